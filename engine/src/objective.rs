@@ -1,0 +1,379 @@
+//! The seed's objective and its exact gradient with respect to the network-input image.
+//!
+//! `J = alpha * J_content + beta * J_style + tv_weight * TV` with
+//! - `J_content = sum over content layers of 1/2 ||a_C - a_G||^2`;
+//! - `J_style = sum_l lambda_l / (2 n_h n_w n_c)^2 ||G_S - G_G||_F^2`, unnormalised Gram
+//!   matrices, `lambda_l = 1/L` over the L style layers, `n_*` the generated image's sizes at `l`;
+//! - `TV` the sum of squared differences of vertically and horizontally neighbouring values of
+//!   the network-input image.
+//!
+//! A style image whose layer has another `n_h n_w` than the generated image's contributes its
+//! Gram matrix scaled by `(n_h n_w)_G / (n_h n_w)_S`; several style images are blended with
+//! weights that sum to 1. [`StyleTargets`] stores Gram matrices per feature position (divided by
+//! `n_h n_w`), so one set of targets serves every output size.
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::layers::LayerName;
+use crate::vgg::Vgg;
+
+/// The unnormalised Gram matrix `F F^T` of a (1, C, H, W) or (C, H, W) activation.
+pub fn gram(features: &Tensor) -> Result<Tensor> {
+    let (c, n) = match features.dims() {
+        [1, c, h, w] | [c, h, w] => (*c, h * w),
+        d => {
+            return Err(EngineError::Candle(candle_core::Error::Msg(format!(
+                "gram needs (1, C, H, W) features, got {d:?}"
+            ))))
+        }
+    };
+    let f = features.reshape((c, n))?;
+    Ok(f.matmul(&f.t()?)?)
+}
+
+/// Blended style Gram matrices per layer, each divided by its layer's `n_h n_w`.
+#[derive(Debug, Clone)]
+pub struct StyleTargets {
+    /// `(layer, Gram / (n_h n_w))`, in the order of the style layers.
+    pub layers: Vec<(LayerName, Tensor)>,
+}
+
+impl StyleTargets {
+    /// Computes the targets of style images `(image, blend weight)` (network-input tensors of
+    /// any sizes); the weights are normalised to sum to 1.
+    pub fn compute(vgg: &Vgg, styles: &[(Tensor, f32)], layers: &[LayerName]) -> Result<Self> {
+        if styles.is_empty() {
+            return Err(EngineError::InvalidOption {
+                option: "style",
+                reason: "at least one style image is needed".into(),
+            });
+        }
+        let total: f32 = styles.iter().map(|(_, w)| *w).sum();
+        if styles.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || !(total > 0.0) {
+            return Err(EngineError::InvalidOption {
+                option: "style-blend-weights",
+                reason: "blend weights must be finite, not negative, and not all zero".into(),
+            });
+        }
+        let positions = layers
+            .iter()
+            .map(|&l| vgg.position(l))
+            .collect::<Result<Vec<_>>>()?;
+        let deepest = positions.iter().copied().max().ok_or(EngineError::InvalidOption {
+            option: "style-layers",
+            reason: "at least one style layer is needed".into(),
+        })?;
+        let mut sums: Vec<Option<Tensor>> = vec![None; layers.len()];
+        for (image, weight) in styles {
+            if *weight == 0.0 {
+                continue;
+            }
+            let acts = vgg.forward(image, deepest, &|p| positions.contains(&p), false)?;
+            for (sum, &p) in sums.iter_mut().zip(&positions) {
+                let a = acts.get(p).ok_or_else(|| {
+                    EngineError::Candle(candle_core::Error::Msg("style layer not kept".into()))
+                })?;
+                let (_, _, h, w) = a.dims4()?;
+                let g = (gram(a)? * (f64::from(*weight / total) / (h * w) as f64))?;
+                *sum = Some(match sum.take() {
+                    Some(s) => (s + g)?,
+                    None => g,
+                });
+            }
+        }
+        let layers = layers
+            .iter()
+            .zip(sums)
+            .map(|(&l, g)| {
+                g.map(|g| (l, g)).ok_or(EngineError::InvalidOption {
+                    option: "style-blend-weights",
+                    reason: "no style image has a positive weight".into(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+}
+
+/// The weights of the objective's three terms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TermWeights {
+    /// alpha.
+    pub content: f32,
+    /// beta.
+    pub style: f32,
+    /// Total variation weight.
+    pub tv: f32,
+}
+
+/// The objective's value, term by term (each term unweighted; `total` is weighted).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Losses {
+    /// `J_content`.
+    pub content: f64,
+    /// `J_style` (already including the lambdas).
+    pub style: f64,
+    /// `J_style^[l]` per style layer (before its lambda), in the order of the style layers.
+    pub style_layers: Vec<f64>,
+    /// `TV`.
+    pub tv: f64,
+    /// `alpha J_content + beta J_style + tv_weight TV`.
+    pub total: f64,
+}
+
+struct StyleTerm {
+    position: usize,
+    /// The target Gram at the generated image's size.
+    target: Tensor,
+    /// `1 / (2 n_h n_w n_c)^2`.
+    coeff: f64,
+    /// `lambda_l`.
+    lambda: f64,
+}
+
+/// The objective for one generated-image size, with its targets computed once.
+pub struct Objective<'a> {
+    vgg: &'a Vgg,
+    height: usize,
+    width: usize,
+    deepest: usize,
+    content: Vec<(usize, Tensor)>,
+    style: Vec<StyleTerm>,
+    weights: TermWeights,
+}
+
+impl<'a> Objective<'a> {
+    /// Targets from a content image (a network-input tensor whose size is the generated
+    /// image's) and style targets.
+    pub fn new(
+        vgg: &'a Vgg,
+        content: &Tensor,
+        content_layers: &[LayerName],
+        style: &StyleTargets,
+        weights: TermWeights,
+    ) -> Result<Self> {
+        for (option, w) in [
+            ("content-weight", weights.content),
+            ("style-weight", weights.style),
+            ("tv-weight", weights.tv),
+        ] {
+            if !w.is_finite() || w < 0.0 {
+                return Err(EngineError::InvalidOption {
+                    option,
+                    reason: format!("{w} is not a finite, non-negative number"),
+                });
+            }
+        }
+        let (_, _, height, width) = content.dims4()?;
+        let content_pos = content_layers
+            .iter()
+            .map(|&l| vgg.position(l))
+            .collect::<Result<Vec<_>>>()?;
+        let style_pos = style
+            .layers
+            .iter()
+            .map(|(l, _)| vgg.position(*l))
+            .collect::<Result<Vec<_>>>()?;
+        let deepest = content_pos
+            .iter()
+            .chain(&style_pos)
+            .copied()
+            .max()
+            .ok_or(EngineError::InvalidOption {
+                option: "content-layers",
+                reason: "no content or style layer given".into(),
+            })?;
+        let acts = vgg.forward(
+            content,
+            deepest,
+            &|p| content_pos.contains(&p) || style_pos.contains(&p),
+            false,
+        )?;
+        let layer_out = |p: usize| {
+            acts.get(p).cloned().ok_or_else(|| {
+                EngineError::Candle(candle_core::Error::Msg("content layer not kept".into()))
+            })
+        };
+        let content = content_pos
+            .iter()
+            .map(|&p| Ok((p, layer_out(p)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let lambda = 1.0 / style.layers.len().max(1) as f64;
+        let style = style
+            .layers
+            .iter()
+            .zip(&style_pos)
+            .map(|((_, per_position), &p)| {
+                // Only the shape of the generated image's activation matters here.
+                let (_, c, h, w) = layer_out(p)?.dims4()?;
+                let n = (h * w) as f64;
+                Ok(StyleTerm {
+                    position: p,
+                    target: (per_position * n)?,
+                    coeff: 1.0 / (2.0 * n * c as f64).powi(2),
+                    lambda,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            vgg,
+            height,
+            width,
+            deepest,
+            content,
+            style,
+            weights,
+        })
+    }
+
+    /// `(height, width)` of the generated image.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// The term weights.
+    pub fn weights(&self) -> TermWeights {
+        self.weights
+    }
+
+    fn input(&self, x: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            x,
+            (1, 3, self.height, self.width),
+            self.vgg.device(),
+        )?)
+    }
+
+    fn keep(&self) -> impl Fn(usize) -> bool + '_ {
+        move |p| {
+            self.content.iter().any(|(q, _)| *q == p) || self.style.iter().any(|s| s.position == p)
+        }
+    }
+
+    /// The objective at `x` (the network-input image, (1, 3, H, W) flattened), forward only.
+    pub fn losses(&self, x: &[f32]) -> Result<Losses> {
+        let acts = self.vgg.forward(&self.input(x)?, self.deepest, &self.keep(), false)?;
+        self.terms(x, &acts, None)
+    }
+
+    /// The objective at `x` and its gradient, written into `grad` (same length as `x`).
+    pub fn evaluate(&self, x: &[f32], grad: &mut [f32]) -> Result<Losses> {
+        let acts = self.vgg.forward(&self.input(x)?, self.deepest, &self.keep(), true)?;
+        let mut layer_grads = Vec::new();
+        let losses = self.terms(x, &acts, Some(&mut layer_grads))?;
+        let g = self.vgg.backward(&acts, layer_grads)?;
+        let g = g.flatten_all()?.to_vec1::<f32>()?;
+        grad.copy_from_slice(&g);
+        if self.weights.tv > 0.0 {
+            tv_gradient(x, self.height, self.width, self.weights.tv, grad);
+        }
+        Ok(losses)
+    }
+
+    /// Loss terms; with `grads`, also the gradients at each layer.
+    fn terms(
+        &self,
+        x: &[f32],
+        acts: &crate::vgg::Activations,
+        mut grads: Option<&mut Vec<(usize, Tensor)>>,
+    ) -> Result<Losses> {
+        let out = |p: usize| {
+            acts.get(p).ok_or_else(|| {
+                EngineError::Candle(candle_core::Error::Msg("objective layer not kept".into()))
+            })
+        };
+        let TermWeights {
+            content: alpha,
+            style: beta,
+            tv: tv_weight,
+        } = self.weights;
+        let mut content = 0.0;
+        for (p, target) in &self.content {
+            let diff = (out(*p)? - target)?;
+            content += 0.5 * sum_sq(&diff)?;
+            if let Some(g) = grads.as_deref_mut() {
+                if alpha > 0.0 {
+                    g.push((*p, (diff * f64::from(alpha))?));
+                }
+            }
+        }
+        let mut style_layers = Vec::with_capacity(self.style.len());
+        for term in &self.style {
+            let a = out(term.position)?;
+            let (_, c, h, w) = a.dims4()?;
+            let f = a.reshape((c, h * w))?;
+            let diff = (f.matmul(&f.t()?)? - &term.target)?;
+            style_layers.push(term.coeff * sum_sq(&diff)?);
+            if let Some(g) = grads.as_deref_mut() {
+                if beta > 0.0 {
+                    // d/dF coeff ||F F^T - T||^2 = 4 coeff (F F^T - T) F, as the Gram is symmetric.
+                    let scale = 4.0 * term.lambda * term.coeff * f64::from(beta);
+                    let gf = (diff.matmul(&f)? * scale)?.reshape((1, c, h, w))?;
+                    g.push((term.position, gf));
+                }
+            }
+        }
+        let style: f64 = style_layers
+            .iter()
+            .zip(&self.style)
+            .map(|(j, term)| term.lambda * j)
+            .sum();
+        let tv = total_variation(x, self.height, self.width);
+        Ok(Losses {
+            content,
+            style,
+            style_layers,
+            tv,
+            total: f64::from(alpha) * content + f64::from(beta) * style + f64::from(tv_weight) * tv,
+        })
+    }
+}
+
+/// Sum of squares, accumulated in f64.
+fn sum_sq(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
+}
+
+/// Sum of squared neighbour differences of a (3, H, W) image, per channel.
+pub fn total_variation(x: &[f32], h: usize, w: usize) -> f64 {
+    let mut tv = 0.0f64;
+    for plane in x.chunks_exact(h * w) {
+        for i in 0..h {
+            let row = &plane[i * w..(i + 1) * w];
+            for j in 0..w {
+                if j + 1 < w {
+                    tv += f64::from(row[j + 1] - row[j]).powi(2);
+                }
+                if i + 1 < h {
+                    tv += f64::from(plane[(i + 1) * w + j] - row[j]).powi(2);
+                }
+            }
+        }
+    }
+    tv
+}
+
+/// Adds `weight * dTV/dx` to `grad`.
+fn tv_gradient(x: &[f32], h: usize, w: usize, weight: f32, grad: &mut [f32]) {
+    let k = 2.0 * weight;
+    for (plane, g) in x.chunks_exact(h * w).zip(grad.chunks_exact_mut(h * w)) {
+        for i in 0..h {
+            for j in 0..w {
+                let at = i * w + j;
+                if j + 1 < w {
+                    let d = k * (plane[at + 1] - plane[at]);
+                    g[at + 1] += d;
+                    g[at] -= d;
+                }
+                if i + 1 < h {
+                    let d = k * (plane[at + w] - plane[at]);
+                    g[at + w] += d;
+                    g[at] -= d;
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,265 @@
+//! Tensor ops whose gradients candle gets wrong or slow, written as candle custom ops.
+//!
+//! candle 0.11's `max_pool2d` backward scales the gradient by 1/4 per pool and misaligns on odd
+//! sizes, and its ReLU backward passes the gradient at exactly 0. These ops give PyTorch's
+//! answers: the max-pool gradient goes to the first maximum of each 2x2 window (row-major, as
+//! PyTorch's CPU kernel), windows are floor-sized (a trailing odd row or column gets zero
+//! gradient), and ReLU's gradient is zero where its output is zero.
+//!
+//! All ops take contiguous f32 tensors of shape (N, C, H, W) on the CPU.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+use crate::error::Result;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op} needs a contiguous tensor"),
+    }
+}
+
+fn dims4(l: &Layout, op: &str) -> candle_core::Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [n, c, h, w] => Ok((n, c, h, w)),
+        ref d => candle_core::bail!("{op} needs an (N, C, H, W) tensor, got {d:?}"),
+    }
+}
+
+/// 2x2 max pool, stride 2, floor on odd sizes.
+struct MaxPool2x2;
+
+impl CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, c, h, w) = dims4(l, self.name())?;
+        let (oh, ow) = (h / 2, w / 2);
+        let mut out = Vec::with_capacity(n * c * oh * ow);
+        for plane in x.chunks_exact(h * w) {
+            for i in 0..oh {
+                let r0 = &plane[2 * i * w..2 * i * w + w];
+                let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + w];
+                for j in 0..ow {
+                    out.push(r0[2 * j].max(r0[2 * j + 1]).max(r1[2 * j].max(r1[2 * j + 1])));
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// Gradient of [`MaxPool2x2`]: arguments (upstream gradient, pool input).
+struct MaxPool2x2Backward;
+
+impl CustomOp2 for MaxPool2x2Backward {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, self.name())?;
+        let x = f32_slice(xs, xl, self.name())?;
+        let (n, c, h, w) = dims4(xl, self.name())?;
+        let (oh, ow) = (h / 2, w / 2);
+        if dims4(gl, self.name())? != (n, c, oh, ow) {
+            candle_core::bail!("{}: gradient shape {:?} for input {:?}", self.name(), gl.dims(), xl.dims());
+        }
+        let mut dx = vec![0f32; n * c * h * w];
+        for ((plane, gplane), dplane) in x
+            .chunks_exact(h * w)
+            .zip(g.chunks_exact(oh * ow))
+            .zip(dx.chunks_exact_mut(h * w))
+        {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let cand = [
+                        2 * i * w + 2 * j,
+                        2 * i * w + 2 * j + 1,
+                        (2 * i + 1) * w + 2 * j,
+                        (2 * i + 1) * w + 2 * j + 1,
+                    ];
+                    // First maximum in row-major order wins ties (PyTorch's CPU rule); a NaN
+                    // wins over numbers, as there.
+                    let mut best = cand[0];
+                    for &k in &cand[1..] {
+                        if plane[k] > plane[best] || plane[k].is_nan() && !plane[best].is_nan() {
+                            best = k;
+                        }
+                    }
+                    dplane[best] += gplane[i * ow + j];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// Gradient of a 2x2 average pool back to an input of `h` x `w`.
+struct AvgPool2x2Backward {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for AvgPool2x2Backward {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2-backward"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, self.name())?;
+        let (n, c, oh, ow) = dims4(gl, self.name())?;
+        let (h, w) = (self.h, self.w);
+        if (oh, ow) != (h / 2, w / 2) {
+            candle_core::bail!("{}: gradient {oh}x{ow} for input {h}x{w}", self.name());
+        }
+        let mut dx = vec![0f32; n * c * h * w];
+        for (gplane, dplane) in g.chunks_exact(oh * ow).zip(dx.chunks_exact_mut(h * w)) {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let v = 0.25 * gplane[i * ow + j];
+                    for (di, dj) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        dplane[(2 * i + di) * w + 2 * j + dj] = v;
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+}
+
+/// 2x2 average pool, stride 2, floor on odd sizes.
+struct AvgPool2x2;
+
+impl CustomOp1 for AvgPool2x2 {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, c, h, w) = dims4(l, self.name())?;
+        let (oh, ow) = (h / 2, w / 2);
+        let mut out = Vec::with_capacity(n * c * oh * ow);
+        for plane in x.chunks_exact(h * w) {
+            for i in 0..oh {
+                let r0 = &plane[2 * i * w..2 * i * w + w];
+                let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + w];
+                for j in 0..ow {
+                    out.push(0.25 * ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1])));
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// ReLU's gradient: arguments (upstream gradient, ReLU output); zero where the output is 0.
+struct ReluBackward;
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, self.name())?;
+        let y = f32_slice(ys, yl, self.name())?;
+        if gl.dims() != yl.dims() {
+            candle_core::bail!("{}: shapes {:?} and {:?}", self.name(), gl.dims(), yl.dims());
+        }
+        let out = g
+            .iter()
+            .zip(y)
+            .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+            .collect();
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// Max pool 2x2 / stride 2 (floor).
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    Ok(x.apply_op1_no_bwd(&MaxPool2x2)?)
+}
+
+/// Gradient of [`max_pool2x2`] with respect to its input `x`, given the output gradient.
+pub fn max_pool2x2_backward(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(grad.apply_op2_no_bwd(x, &MaxPool2x2Backward)?)
+}
+
+/// Average pool 2x2 / stride 2 (floor).
+pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
+    Ok(x.apply_op1_no_bwd(&AvgPool2x2)?)
+}
+
+/// Gradient of [`avg_pool2x2`] for an input of `h` x `w`.
+pub fn avg_pool2x2_backward(grad: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    Ok(grad.apply_op1_no_bwd(&AvgPool2x2Backward { h, w })?)
+}
+
+/// Gradient through a ReLU, given its output `y`.
+pub fn relu_backward(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(grad.apply_op2_no_bwd(y, &ReluBackward)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32], h: usize, w: usize) -> Tensor {
+        Tensor::from_slice(v, (1, 1, h, w), &Device::Cpu).unwrap()
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_whole_to_the_first_maximum() {
+        // candle's own backward returns [.., 1, .., 2] here; the right answer is 4 and 8.
+        let x = t(&[1., 2., 5., 3., 4., 0., 7., 6., 9., 9., 1., 1.], 3, 4);
+        let y = max_pool2x2(&x).unwrap();
+        assert_eq!(vals(&y), vec![4., 7.]);
+        let g = t(&[4., 8.], 1, 2);
+        let dx = max_pool2x2_backward(&g, &x).unwrap();
+        // Odd height: the third row is outside every window and gets nothing.
+        assert_eq!(vals(&dx), vec![0., 0., 0., 0., 4., 0., 8., 0., 0., 0., 0., 0.]);
+        // Ties: the first in row-major order.
+        let x = t(&[3., 3., 3., 3.], 2, 2);
+        let dx = max_pool2x2_backward(&t(&[1.], 1, 1), &x).unwrap();
+        assert_eq!(vals(&dx), vec![1., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn avg_pool_and_its_gradient_on_odd_sizes() {
+        let x = t(&[1., 2., 3., 4., 5., 6., 7., 8., 9.], 3, 3);
+        assert_eq!(vals(&avg_pool2x2(&x).unwrap()), vec![3.]);
+        let dx = avg_pool2x2_backward(&t(&[8.], 1, 1), 3, 3).unwrap();
+        assert_eq!(vals(&dx), vec![2., 2., 0., 2., 2., 0., 0., 0., 0.]);
+        assert_eq!(dx.dims(), &[1, 1, 3, 3]);
+    }
+
+    #[test]
+    fn relu_gradient_is_zero_at_zero() {
+        let y = t(&[0., 1., 0., 2.], 2, 2);
+        let g = t(&[5., 6., 7., 8.], 2, 2);
+        assert_eq!(vals(&relu_backward(&g, &y).unwrap()), vec![0., 6., 0., 8.]);
+    }
+}

@@ -1,0 +1,275 @@
+//! The VGG feature stack: a forward pass that keeps what the backward pass needs, and a
+//! backward pass that turns gradients at named layers into the gradient at the input image.
+//!
+//! The weights are frozen, so the backward pass computes input gradients only: no kernel
+//! gradients are formed. Pools and ReLU use the ops of [`crate::ops`], whose gradients match
+//! PyTorch's.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::layers::{LayerKind, LayerName, VggArch};
+use crate::ops;
+use crate::preprocess::Preprocess;
+use crate::weights::VggWeights;
+
+/// How each block is downsampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// 2x2 max pool (the network's own).
+    #[default]
+    Max,
+    /// 2x2 average pool (Gatys et al. found it gives smoother results).
+    Avg,
+}
+
+impl FromStr for Pooling {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "max" => Ok(Pooling::Max),
+            "avg" => Ok(Pooling::Avg),
+            _ => Err(EngineError::InvalidOption {
+                option: "pooling",
+                reason: format!("`{s}` is neither `max` nor `avg`"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pooling::Max => "max",
+            Pooling::Avg => "avg",
+        })
+    }
+}
+
+/// One frozen 3x3 convolution.
+#[derive(Debug, Clone)]
+struct Conv {
+    /// (out, in, 3, 3).
+    weight: Tensor,
+    /// (1, out, 1, 1), ready to broadcast.
+    bias: Tensor,
+    /// (in, out, 3, 3) with both spatial axes flipped: the input gradient is the convolution
+    /// of the output gradient with this kernel.
+    weight_back: Tensor,
+}
+
+/// A VGG-16/19 feature extractor with frozen weights. Cloning shares the weights.
+#[derive(Debug, Clone)]
+pub struct Vgg {
+    arch: VggArch,
+    preprocess: Preprocess,
+    pooling: Pooling,
+    ops: Vec<LayerName>,
+    convs: Vec<Conv>,
+    device: Device,
+}
+
+/// The activations a forward pass kept, indexed by layer position.
+#[derive(Debug)]
+pub struct Activations {
+    outputs: Vec<Option<Tensor>>,
+    input_dims: (usize, usize),
+}
+
+impl Activations {
+    /// The output of the layer at `position`, if it was kept.
+    pub fn get(&self, position: usize) -> Option<&Tensor> {
+        self.outputs.get(position).and_then(Option::as_ref)
+    }
+}
+
+impl Vgg {
+    /// Builds the network from loaded weights, on the weights' device.
+    pub fn new(weights: VggWeights, pooling: Pooling) -> Result<Self> {
+        let device = weights
+            .convs
+            .first()
+            .map(|c| c.weight.device().clone())
+            .unwrap_or(Device::Cpu);
+        let convs = weights
+            .convs
+            .into_iter()
+            .map(|c| {
+                let out = c.bias.dims1()?;
+                let weight_back = c.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?;
+                Ok(Conv {
+                    bias: c.bias.reshape((1, out, 1, 1))?,
+                    weight: c.weight.contiguous()?,
+                    weight_back,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            arch: weights.arch,
+            preprocess: weights.preprocess,
+            pooling,
+            ops: weights.arch.ops(),
+            convs,
+            device,
+        })
+    }
+
+    /// The same network with another pooling (sharing the weights).
+    pub fn with_pooling(&self, pooling: Pooling) -> Self {
+        Self {
+            pooling,
+            ..self.clone()
+        }
+    }
+
+    /// VGG-16 or VGG-19.
+    pub fn arch(&self) -> VggArch {
+        self.arch
+    }
+
+    /// The input convention of the weights.
+    pub fn preprocess(&self) -> Preprocess {
+        self.preprocess
+    }
+
+    /// Max or average pooling.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Position of a named layer in this network.
+    pub fn position(&self, layer: LayerName) -> Result<usize> {
+        self.arch.position(layer)
+    }
+
+    /// Smallest input side for which the layer at `position` is at least one pixel: each
+    /// pool before it halves the size (rounding down).
+    pub fn min_input_side(&self, position: usize) -> usize {
+        let pools = self.ops[..position]
+            .iter()
+            .filter(|l| l.kind == LayerKind::Pool)
+            .count();
+        1 << pools
+    }
+
+    /// Runs the stack on `x` (1, 3, H, W) up to `deepest` and keeps the outputs for which
+    /// `keep(position)` holds. With `for_backward`, every ReLU output is kept as well, which is
+    /// what [`Self::backward`] needs.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        deepest: usize,
+        keep: &dyn Fn(usize) -> bool,
+        for_backward: bool,
+    ) -> Result<Activations> {
+        let (_, _, h, w) = x.dims4()?;
+        if h < self.min_input_side(deepest) || w < self.min_input_side(deepest) {
+            return Err(EngineError::InvalidOption {
+                option: "image-size",
+                reason: format!(
+                    "a {w}x{h} image is too small for layer {}: it needs at least {} pixels on each side",
+                    self.ops[deepest],
+                    self.min_input_side(deepest)
+                ),
+            });
+        }
+        let mut outputs = vec![None; deepest + 1];
+        let mut cur = x.clone();
+        let mut conv = 0;
+        for (pos, layer) in self.ops[..=deepest].iter().enumerate() {
+            cur = match layer.kind {
+                LayerKind::Conv => {
+                    let c = &self.convs[conv];
+                    conv += 1;
+                    cur.conv2d(&c.weight, 1, 1, 1, 1)?.broadcast_add(&c.bias)?
+                }
+                LayerKind::Relu => cur.relu()?,
+                LayerKind::Pool => match self.pooling {
+                    Pooling::Max => ops::max_pool2x2(&cur)?,
+                    Pooling::Avg => ops::avg_pool2x2(&cur)?,
+                },
+            };
+            if keep(pos) || (for_backward && layer.kind == LayerKind::Relu) {
+                outputs[pos] = Some(cur.clone());
+            }
+        }
+        Ok(Activations {
+            outputs,
+            input_dims: (h, w),
+        })
+    }
+
+    /// Back-propagates `grads` (gradients of the objective at layer positions, each shaped
+    /// like that layer's output) to the input, through a forward pass made with
+    /// `for_backward`. Returns the gradient with respect to the input, (1, 3, H, W).
+    pub fn backward(&self, acts: &Activations, mut grads: Vec<(usize, Tensor)>) -> Result<Tensor> {
+        grads.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+        let deepest = acts.outputs.len() - 1;
+        let mut pending = grads.into_iter().peekable();
+        let mut grad: Option<Tensor> = None;
+        let mut conv = self.ops[..=deepest]
+            .iter()
+            .filter(|l| l.kind == LayerKind::Conv)
+            .count();
+        for pos in (0..=deepest).rev() {
+            while let Some((_, g)) = pending.next_if(|(p, _)| *p == pos) {
+                grad = Some(match grad {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                });
+            }
+            let layer = self.ops[pos];
+            if layer.kind == LayerKind::Conv {
+                conv -= 1;
+            }
+            let Some(g) = grad.take() else { continue };
+            let kept = |p: usize| {
+                acts.get(p).ok_or_else(|| {
+                    EngineError::Candle(candle_core::Error::Msg(format!(
+                        "backward needs the output of {} from a forward pass made for backward",
+                        self.ops[p]
+                    )))
+                })
+            };
+            grad = Some(match layer.kind {
+                LayerKind::Relu => ops::relu_backward(&g, kept(pos)?)?,
+                LayerKind::Conv => {
+                    let c = &self.convs[conv];
+                    if conv == 0 {
+                        // Three output channels: the transposed convolution is the faster form.
+                        g.conv_transpose2d(&c.weight, 1, 0, 1, 1)?
+                    } else {
+                        g.conv2d(&c.weight_back, 1, 1, 1, 1)?
+                    }
+                }
+                LayerKind::Pool => {
+                    // A pool always follows a ReLU, whose output is kept for backward.
+                    let input = kept(pos - 1)?;
+                    match self.pooling {
+                        Pooling::Max => ops::max_pool2x2_backward(&g, input)?,
+                        Pooling::Avg => {
+                            let (_, _, h, w) = input.dims4()?;
+                            ops::avg_pool2x2_backward(&g, h, w)?
+                        }
+                    }
+                }
+            });
+        }
+        let (h, w) = acts.input_dims;
+        match grad {
+            Some(g) => Ok(g),
+            None => Ok(Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &self.device)?),
+        }
+    }
+}
