@@ -95,7 +95,7 @@ mod tests {
         let inv = invert3(&RGB_TO_YIQ).expect("invertible");
         for (r, row) in RGB_TO_YIQ.iter().enumerate() {
             for c in 0..3 {
-                let v: f64 = (0..3).map(|k| row[k] * inv[k][c]).sum();
+                let v: f64 = row.iter().zip(&inv).map(|(m, i)| m * i[c]).sum();
                 let want = if r == c { 1.0 } else { 0.0 };
                 assert!((v - want).abs() < 1e-9, "({r},{c}) = {v}");
             }

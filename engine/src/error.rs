@@ -62,6 +62,7 @@ pub enum EngineError {
     #[error("the render was cancelled")]
     Cancelled,
     /// A tensor operation failed.
+    #[cfg(feature = "compute")]
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

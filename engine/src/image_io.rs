@@ -12,6 +12,7 @@ use std::io::{Cursor, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "compute")]
 use candle_core::{DType, Device, Tensor};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
@@ -25,6 +26,7 @@ use image::{
 pub use image::RgbImage;
 
 use crate::error::{EngineError, Result};
+#[cfg(feature = "compute")]
 use crate::preprocess::Preprocess;
 
 /// JPEG quality used by [`save_image`] for `.jpg`/`.jpeg` outputs.
@@ -265,6 +267,7 @@ pub fn resize_exact(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     image::imageops::resize(img, width, height, FilterType::Lanczos3)
 }
 
+#[cfg(feature = "compute")]
 /// The network-input tensor of an image: shape `(1, 3, H, W)`, `f32`, where network channel
 /// `c` holds `pre.to_network(c, p)` with `p` the pixel's RGB channel `pre.rgb_channel(c)`.
 ///
@@ -284,6 +287,7 @@ pub fn image_to_tensor(img: &RgbImage, pre: Preprocess, device: &Device) -> Resu
     Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
 }
 
+#[cfg(feature = "compute")]
 /// The image of a network-input tensor, the inverse of [`image_to_tensor`]: accepts shape
 /// `(1, 3, H, W)` or `(3, H, W)` of any float dtype on any device; values are mapped back
 /// to pixels, clamped to `[0, 255]` and rounded to nearest.
@@ -484,6 +488,7 @@ mod tests {
 
     // ---- tensors ----
 
+    #[cfg(feature = "compute")]
     #[test]
     fn tensor_round_trip_is_exact_on_non_square_images() {
         for pre in [Preprocess::Torchvision, Preprocess::Caffe] {
@@ -501,6 +506,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "compute")]
     #[test]
     fn tensor_layout_is_nchw_with_the_preprocess_channel_order() {
         let mut img = RgbImage::new(7, 3);
@@ -531,6 +537,7 @@ mod tests {
         assert!((at(0, 0, 0) + 103.939).abs() < 1e-4);
     }
 
+    #[cfg(feature = "compute")]
     #[test]
     fn tensor_to_image_clamps_rounds_and_checks_the_shape() {
         let pre = Preprocess::Caffe;

@@ -148,7 +148,9 @@ impl FromStr for LayerName {
         };
         let number = |t: &str| -> Result<u8> {
             if t.is_empty() || t.len() > 2 || !t.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("expected a block number and a layer number, as in relu4_2"));
+                return Err(bad(
+                    "expected a block number and a layer number, as in relu4_2",
+                ));
             }
             t.parse().map_err(|_| bad("number out of range"))
         };
@@ -184,6 +186,41 @@ impl<'de> Deserialize<'de> for LayerName {
     }
 }
 
+/// How each block is downsampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// 2x2 max pool (the network's own).
+    #[default]
+    Max,
+    /// 2x2 average pool (Gatys et al. found it gives smoother results).
+    Avg,
+}
+
+impl FromStr for Pooling {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "max" => Ok(Pooling::Max),
+            "avg" => Ok(Pooling::Avg),
+            _ => Err(EngineError::InvalidOption {
+                option: "pooling",
+                reason: format!("`{s}` is neither `max` nor `avg`"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pooling::Max => "max",
+            Pooling::Avg => "avg",
+        })
+    }
+}
+
 /// The paper's default content layer.
 pub const DEFAULT_CONTENT_LAYERS: &str = "relu4_2";
 /// The paper's default style layers.
@@ -201,7 +238,10 @@ mod tests {
         }
         let l: LayerName = "relu3_1".parse().unwrap();
         assert_eq!(l, LayerName::new(LayerKind::Relu, 3, 1));
-        assert_eq!(LayerName::parse_list(DEFAULT_STYLE_LAYERS).unwrap().len(), 5);
+        assert_eq!(
+            LayerName::parse_list(DEFAULT_STYLE_LAYERS).unwrap().len(),
+            5
+        );
         assert_eq!(
             LayerName::parse_list(" relu1_1, relu2_1 ").unwrap(),
             vec![
@@ -213,9 +253,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_with_a_reason() {
-        for s in ["", "relu", "relu4", "relu4_", "relu0_1", "relu6_1", "relu1_5", "pool0", "fc6", "relu4_2x", "relu_4_2", "relu1,"] {
+        for s in [
+            "", "relu", "relu4", "relu4_", "relu0_1", "relu6_1", "relu1_5", "pool0", "fc6",
+            "relu4_2x", "relu_4_2", "relu1,",
+        ] {
             let err = LayerName::parse_list(s).unwrap_err();
-            assert!(matches!(err, EngineError::UnknownLayer { .. }), "{s}: {err}");
+            assert!(
+                matches!(err, EngineError::UnknownLayer { .. }),
+                "{s}: {err}"
+            );
         }
         let err = "fc7".parse::<LayerName>().unwrap_err().to_string();
         assert!(err.contains("fc7") && err.contains("relu4_2"), "{err}");
@@ -225,13 +271,32 @@ mod tests {
     fn positions_are_torchvision_indices() {
         let at = |a: VggArch, s: &str| a.position(s.parse().unwrap()).unwrap();
         // torchvision `features.N` indices of the paper's layers.
-        for (s, i) in [("relu1_1", 1), ("relu2_1", 6), ("relu3_1", 11), ("relu4_1", 20), ("relu4_2", 22), ("relu5_1", 29), ("conv1_1", 0), ("pool5", 36)] {
+        for (s, i) in [
+            ("relu1_1", 1),
+            ("relu2_1", 6),
+            ("relu3_1", 11),
+            ("relu4_1", 20),
+            ("relu4_2", 22),
+            ("relu5_1", 29),
+            ("conv1_1", 0),
+            ("pool5", 36),
+        ] {
             assert_eq!(at(VggArch::Vgg19, s), i, "vgg19 {s}");
         }
-        for (s, i) in [("relu1_1", 1), ("relu2_1", 6), ("relu3_1", 11), ("relu4_1", 18), ("relu4_2", 20), ("relu5_1", 25), ("pool5", 30)] {
+        for (s, i) in [
+            ("relu1_1", 1),
+            ("relu2_1", 6),
+            ("relu3_1", 11),
+            ("relu4_1", 18),
+            ("relu4_2", 20),
+            ("relu5_1", 25),
+            ("pool5", 30),
+        ] {
             assert_eq!(at(VggArch::Vgg16, s), i, "vgg16 {s}");
         }
-        let err = VggArch::Vgg16.position("relu3_4".parse().unwrap()).unwrap_err();
+        let err = VggArch::Vgg16
+            .position("relu3_4".parse().unwrap())
+            .unwrap_err();
         assert!(err.to_string().contains("VGG-16"), "{err}");
         assert_eq!(VggArch::from_num_convs(16), Some(VggArch::Vgg19));
         assert_eq!(VggArch::from_num_convs(12), None);

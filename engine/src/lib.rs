@@ -3,20 +3,29 @@
 //! A VGG-16/19 feature extractor with named layers ([`layers`], [`vgg`]), weights from
 //! torchvision safetensors or Keras ONNX files ([`weights`]), the seed's objective with its
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
-//! out ([`image_io`], [`color`]) and one call that renders ([`render`]).
+//! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
+//! renders ([`render`]).
 //!
-//! Plain synchronous code: no async runtime, no network.
+//! Plain synchronous code: no async runtime, no network. Without the default `compute`
+//! feature only the tensor-free parts are built (settings, layer names, images), which is what
+//! the coordinator needs to check jobs without pulling in candle.
 
 pub mod color;
 pub mod error;
 pub mod image_io;
 pub mod layers;
+#[cfg(feature = "compute")]
 pub mod objective;
+#[cfg(feature = "compute")]
 pub mod ops;
 pub mod optim;
 pub mod preprocess;
+#[cfg(feature = "compute")]
 pub mod render;
+pub mod settings;
+#[cfg(feature = "compute")]
 pub mod vgg;
+#[cfg(feature = "compute")]
 pub mod weights;
 
 pub use error::{EngineError, Result};

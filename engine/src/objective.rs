@@ -12,12 +12,14 @@
 //! weights that sum to 1. [`StyleTargets`] stores Gram matrices per feature position (divided by
 //! `n_h n_w`), so one set of targets serves every output size.
 
-use candle_core::{DType, Tensor};
-use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::layers::LayerName;
+use crate::settings::{Losses, TermWeights};
 use crate::vgg::Vgg;
+use candle_core::{DType, Tensor};
 
 /// The unnormalised Gram matrix `F F^T` of a (1, C, H, W) or (C, H, W) activation.
 pub fn gram(features: &Tensor) -> Result<Tensor> {
@@ -51,7 +53,8 @@ impl StyleTargets {
             });
         }
         let total: f32 = styles.iter().map(|(_, w)| *w).sum();
-        if styles.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || !(total > 0.0) {
+        if styles.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || total.is_nan() || total <= 0.0
+        {
             return Err(EngineError::InvalidOption {
                 option: "style-blend-weights",
                 reason: "blend weights must be finite, not negative, and not all zero".into(),
@@ -61,16 +64,22 @@ impl StyleTargets {
             .iter()
             .map(|&l| vgg.position(l))
             .collect::<Result<Vec<_>>>()?;
-        let deepest = positions.iter().copied().max().ok_or(EngineError::InvalidOption {
-            option: "style-layers",
-            reason: "at least one style layer is needed".into(),
-        })?;
+        let deepest = positions
+            .iter()
+            .copied()
+            .max()
+            .ok_or(EngineError::InvalidOption {
+                option: "style-layers",
+                reason: "at least one style layer is needed".into(),
+            })?;
         let mut sums: Vec<Option<Tensor>> = vec![None; layers.len()];
         for (image, weight) in styles {
             if *weight == 0.0 {
                 continue;
             }
-            let acts = vgg.forward(image, deepest, &|p| positions.contains(&p), false)?;
+            let acts = vgg.forward(image, deepest, &|p| positions.contains(&p), false, &|| {
+                false
+            })?;
             for (sum, &p) in sums.iter_mut().zip(&positions) {
                 let a = acts.get(p).ok_or_else(|| {
                     EngineError::Candle(candle_core::Error::Msg("style layer not kept".into()))
@@ -97,32 +106,6 @@ impl StyleTargets {
     }
 }
 
-/// The weights of the objective's three terms.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct TermWeights {
-    /// alpha.
-    pub content: f32,
-    /// beta.
-    pub style: f32,
-    /// Total variation weight.
-    pub tv: f32,
-}
-
-/// The objective's value, term by term (each term unweighted; `total` is weighted).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Losses {
-    /// `J_content`.
-    pub content: f64,
-    /// `J_style` (already including the lambdas).
-    pub style: f64,
-    /// `J_style^[l]` per style layer (before its lambda), in the order of the style layers.
-    pub style_layers: Vec<f64>,
-    /// `TV`.
-    pub tv: f64,
-    /// `alpha J_content + beta J_style + tv_weight TV`.
-    pub total: f64,
-}
-
 struct StyleTerm {
     position: usize,
     /// The target Gram at the generated image's size.
@@ -142,6 +125,7 @@ pub struct Objective<'a> {
     content: Vec<(usize, Tensor)>,
     style: Vec<StyleTerm>,
     weights: TermWeights,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Objective<'a> {
@@ -176,20 +160,18 @@ impl<'a> Objective<'a> {
             .iter()
             .map(|(l, _)| vgg.position(*l))
             .collect::<Result<Vec<_>>>()?;
-        let deepest = content_pos
-            .iter()
-            .chain(&style_pos)
-            .copied()
-            .max()
-            .ok_or(EngineError::InvalidOption {
+        let deepest = content_pos.iter().chain(&style_pos).copied().max().ok_or(
+            EngineError::InvalidOption {
                 option: "content-layers",
                 reason: "no content or style layer given".into(),
-            })?;
+            },
+        )?;
         let acts = vgg.forward(
             content,
             deepest,
             &|p| content_pos.contains(&p) || style_pos.contains(&p),
             false,
+            &|| false,
         )?;
         let layer_out = |p: usize| {
             acts.get(p).cloned().ok_or_else(|| {
@@ -225,7 +207,19 @@ impl<'a> Objective<'a> {
             content,
             style,
             weights,
+            cancel: None,
         })
+    }
+
+    /// Stops evaluations with [`EngineError::Cancelled`] at the next layer once `flag` is set.
+    pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// `(height, width)` of the generated image.
@@ -254,16 +248,27 @@ impl<'a> Objective<'a> {
 
     /// The objective at `x` (the network-input image, (1, 3, H, W) flattened), forward only.
     pub fn losses(&self, x: &[f32]) -> Result<Losses> {
-        let acts = self.vgg.forward(&self.input(x)?, self.deepest, &self.keep(), false)?;
+        let acts = self
+            .vgg
+            .forward(&self.input(x)?, self.deepest, &self.keep(), false, &|| {
+                self.cancelled()
+            })?;
         self.terms(x, &acts, None)
     }
 
     /// The objective at `x` and its gradient, written into `grad` (same length as `x`).
     pub fn evaluate(&self, x: &[f32], grad: &mut [f32]) -> Result<Losses> {
-        let acts = self.vgg.forward(&self.input(x)?, self.deepest, &self.keep(), true)?;
+        let cancelled = || self.cancelled();
+        let acts = self.vgg.forward(
+            &self.input(x)?,
+            self.deepest,
+            &self.keep(),
+            true,
+            &cancelled,
+        )?;
         let mut layer_grads = Vec::new();
         let losses = self.terms(x, &acts, Some(&mut layer_grads))?;
-        let g = self.vgg.backward(&acts, layer_grads)?;
+        let g = self.vgg.backward(&acts, layer_grads, &cancelled)?;
         let g = g.flatten_all()?.to_vec1::<f32>()?;
         grad.copy_from_slice(&g);
         if self.weights.tv > 0.0 {
@@ -333,7 +338,10 @@ impl<'a> Objective<'a> {
 
 /// Sum of squares, accumulated in f64.
 fn sum_sq(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
+    Ok(t.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?)
 }
 
 /// Sum of squared neighbour differences of a (3, H, W) image, per channel.
@@ -376,4 +384,3 @@ fn tv_gradient(x: &[f32], h: usize, w: usize, weight: f32, grad: &mut [f32]) {
         }
     }
 }
-

@@ -45,7 +45,11 @@ impl CustomOp1 for MaxPool2x2 {
                 let r0 = &plane[2 * i * w..2 * i * w + w];
                 let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + w];
                 for j in 0..ow {
-                    out.push(r0[2 * j].max(r0[2 * j + 1]).max(r1[2 * j].max(r1[2 * j + 1])));
+                    out.push(
+                        r0[2 * j]
+                            .max(r0[2 * j + 1])
+                            .max(r1[2 * j].max(r1[2 * j + 1])),
+                    );
                 }
             }
         }
@@ -73,7 +77,12 @@ impl CustomOp2 for MaxPool2x2Backward {
         let (n, c, h, w) = dims4(xl, self.name())?;
         let (oh, ow) = (h / 2, w / 2);
         if dims4(gl, self.name())? != (n, c, oh, ow) {
-            candle_core::bail!("{}: gradient shape {:?} for input {:?}", self.name(), gl.dims(), xl.dims());
+            candle_core::bail!(
+                "{}: gradient shape {:?} for input {:?}",
+                self.name(),
+                gl.dims(),
+                xl.dims()
+            );
         }
         let mut dx = vec![0f32; n * c * h * w];
         for ((plane, gplane), dplane) in x
@@ -182,7 +191,12 @@ impl CustomOp2 for ReluBackward {
         let g = f32_slice(gs, gl, self.name())?;
         let y = f32_slice(ys, yl, self.name())?;
         if gl.dims() != yl.dims() {
-            candle_core::bail!("{}: shapes {:?} and {:?}", self.name(), gl.dims(), yl.dims());
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?}",
+                self.name(),
+                gl.dims(),
+                yl.dims()
+            );
         }
         let out = g
             .iter()
@@ -240,7 +254,10 @@ mod tests {
         let g = t(&[4., 8.], 1, 2);
         let dx = max_pool2x2_backward(&g, &x).unwrap();
         // Odd height: the third row is outside every window and gets nothing.
-        assert_eq!(vals(&dx), vec![0., 0., 0., 0., 4., 0., 8., 0., 0., 0., 0., 0.]);
+        assert_eq!(
+            vals(&dx),
+            vec![0., 0., 0., 0., 4., 0., 8., 0., 0., 0., 0., 0.]
+        );
         // Ties: the first in row-major order.
         let x = t(&[3., 3., 3., 3.], 2, 2);
         let dx = max_pool2x2_backward(&t(&[1.], 1, 1), &x).unwrap();

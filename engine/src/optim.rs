@@ -31,6 +31,22 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// Zeroes the components of a direction `d` that would leave the box at `x` (the active
+    /// bounds), so that `g.d` is the true slope of the projected path at its start.
+    pub fn freeze_active(&self, x: &[f32], d: &mut [f32]) {
+        for ((xs, ds), &(lo, hi)) in x
+            .chunks_exact(self.plane)
+            .zip(d.chunks_exact_mut(self.plane))
+            .zip(&self.channels)
+        {
+            for (&x, d) in xs.iter().zip(ds) {
+                if (x <= lo && *d < 0.0) || (x >= hi && *d > 0.0) {
+                    *d = 0.0;
+                }
+            }
+        }
+    }
+
     /// Clamps `x` into the box.
     pub fn project(&self, x: &mut [f32]) {
         for (plane, &(lo, hi)) in x.chunks_exact_mut(self.plane).zip(&self.channels) {
@@ -118,7 +134,10 @@ pub fn minimize(
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum()
 }
 
 fn axpy(alpha: f64, x: &[f32], y: &mut [f32]) {
@@ -234,11 +253,13 @@ impl Lbfgs {
                 self.update(x, &g);
             }
             self.direction(&g);
+            bounds.freeze_active(x, &mut self.d);
             let mut gtd = dot(&g, &self.d);
             if gtd > -TOLERANCE_CHANGE {
                 // Projection can bend the curvature pairs; start again from steepest descent.
                 self.reset();
                 self.direction(&g);
+                bounds.freeze_active(x, &mut self.d);
                 gtd = dot(&g, &self.d);
                 first = true;
                 if gtd > -TOLERANCE_CHANGE {
@@ -455,7 +476,11 @@ impl LineSearch {
             evals += 1;
             if p.f > f0 + C1 * t * gtd0 || p.f >= bracket[low].f {
                 bracket[high] = p;
-                (low, high) = if bracket[0].f <= bracket[1].f { (0, 1) } else { (1, 0) };
+                (low, high) = if bracket[0].f <= bracket[1].f {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                };
             } else {
                 if p.gtd.abs() <= -C2 * gtd0 {
                     done = true;
@@ -586,7 +611,9 @@ mod tests {
     #[test]
     fn adam_converges_and_stays_in_the_box() {
         let mut x = vec![0.0f32; 30];
-        let opt = Optimizer::Adam { learning_rate: 0.05 };
+        let opt = Optimizer::Adam {
+            learning_rate: 0.05,
+        };
         minimize(opt, &mut x, &bounds(10), [1.0; 3], 600, &mut quadratic).unwrap();
         check_solution(&x, 2e-2);
     }
@@ -595,7 +622,14 @@ mod tests {
     fn errors_from_the_objective_stop_the_run() {
         let mut x = vec![0.0f32; 3];
         let mut f = |_: &[f32], _: &mut [f32]| -> Result<f64> { Err(EngineError::Cancelled) };
-        let err = minimize(Optimizer::default(), &mut x, &bounds(1), [1.0; 3], 5, &mut f);
+        let err = minimize(
+            Optimizer::default(),
+            &mut x,
+            &bounds(1),
+            [1.0; 3],
+            5,
+            &mut f,
+        );
         assert!(matches!(err, Err(EngineError::Cancelled)));
     }
 }

@@ -5,52 +5,13 @@
 //! gradients are formed. Pools and ReLU use the ops of [`crate::ops`], whose gradients match
 //! PyTorch's.
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::layers::{LayerKind, LayerName, VggArch};
+use crate::layers::{LayerKind, LayerName, Pooling, VggArch};
 use crate::ops;
 use crate::preprocess::Preprocess;
 use crate::weights::VggWeights;
-
-/// How each block is downsampled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// 2x2 max pool (the network's own).
-    #[default]
-    Max,
-    /// 2x2 average pool (Gatys et al. found it gives smoother results).
-    Avg,
-}
-
-impl FromStr for Pooling {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "max" => Ok(Pooling::Max),
-            "avg" => Ok(Pooling::Avg),
-            _ => Err(EngineError::InvalidOption {
-                option: "pooling",
-                reason: format!("`{s}` is neither `max` nor `avg`"),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Pooling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Pooling::Max => "max",
-            Pooling::Avg => "avg",
-        })
-    }
-}
 
 /// One frozen 3x3 convolution.
 #[derive(Debug, Clone)]
@@ -165,13 +126,14 @@ impl Vgg {
 
     /// Runs the stack on `x` (1, 3, H, W) up to `deepest` and keeps the outputs for which
     /// `keep(position)` holds. With `for_backward`, every ReLU output is kept as well, which is
-    /// what [`Self::backward`] needs.
+    /// what [`Self::backward`] needs. `cancelled` is polled before each layer.
     pub fn forward(
         &self,
         x: &Tensor,
         deepest: usize,
         keep: &dyn Fn(usize) -> bool,
         for_backward: bool,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Activations> {
         let (_, _, h, w) = x.dims4()?;
         if h < self.min_input_side(deepest) || w < self.min_input_side(deepest) {
@@ -188,6 +150,9 @@ impl Vgg {
         let mut cur = x.clone();
         let mut conv = 0;
         for (pos, layer) in self.ops[..=deepest].iter().enumerate() {
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
             cur = match layer.kind {
                 LayerKind::Conv => {
                     let c = &self.convs[conv];
@@ -213,7 +178,12 @@ impl Vgg {
     /// Back-propagates `grads` (gradients of the objective at layer positions, each shaped
     /// like that layer's output) to the input, through a forward pass made with
     /// `for_backward`. Returns the gradient with respect to the input, (1, 3, H, W).
-    pub fn backward(&self, acts: &Activations, mut grads: Vec<(usize, Tensor)>) -> Result<Tensor> {
+    pub fn backward(
+        &self,
+        acts: &Activations,
+        mut grads: Vec<(usize, Tensor)>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         grads.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
         let deepest = acts.outputs.len() - 1;
         let mut pending = grads.into_iter().peekable();
@@ -234,6 +204,9 @@ impl Vgg {
                 conv -= 1;
             }
             let Some(g) = grad.take() else { continue };
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
             let kept = |p: usize| {
                 acts.get(p).ok_or_else(|| {
                     EngineError::Candle(candle_core::Error::Msg(format!(
@@ -269,7 +242,11 @@ impl Vgg {
         let (h, w) = acts.input_dims;
         match grad {
             Some(g) => Ok(g),
-            None => Ok(Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &self.device)?),
+            None => Ok(Tensor::zeros(
+                (1, 3, h, w),
+                candle_core::DType::F32,
+                &self.device,
+            )?),
         }
     }
 }

@@ -60,7 +60,11 @@ impl VggWeights {
         if convs.len() != arch.num_convs() {
             return Err(bad(
                 origin,
-                &format!("{arch} needs {} convolutions, found {}", arch.num_convs(), convs.len()),
+                &format!(
+                    "{arch} needs {} convolutions, found {}",
+                    arch.num_convs(),
+                    convs.len()
+                ),
             ));
         }
         let mut c_in = 3;
@@ -75,7 +79,11 @@ impl VggWeights {
             if conv.bias.dims() != [dims[0]] {
                 return Err(bad(
                     origin,
-                    &format!("convolution {i} has bias shape {:?}, expected ({},)", conv.bias.dims(), dims[0]),
+                    &format!(
+                        "convolution {i} has bias shape {:?}, expected ({},)",
+                        conv.bias.dims(),
+                        dims[0]
+                    ),
                 ));
             }
             c_in = dims[0];
@@ -142,7 +150,9 @@ fn convs_from_torchvision(
     let convs = expected
         .iter()
         .map(|i| {
-            let weight = kernels.remove(i).ok_or_else(|| bad(path, "missing kernel"))?;
+            let weight = kernels
+                .remove(i)
+                .ok_or_else(|| bad(path, "missing kernel"))?;
             let bias = biases
                 .remove(i)
                 .ok_or_else(|| bad(path, &format!("missing features.{i}.bias")))?;
@@ -225,7 +235,10 @@ fn onnx_tensor(path: &Path, t: onnx::TensorProto, device: &Device) -> Result<Ten
     if t.data_type != onnx::FLOAT {
         return Err(bad(
             path,
-            &format!("initializer {} has ONNX data type {}, expected float", t.name, t.data_type),
+            &format!(
+                "initializer {} has ONNX data type {}, expected float",
+                t.name, t.data_type
+            ),
         ));
     }
     let dims: Vec<usize> = t
@@ -233,7 +246,12 @@ fn onnx_tensor(path: &Path, t: onnx::TensorProto, device: &Device) -> Result<Ten
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|_| bad(path, &format!("initializer {} has a negative dimension", t.name)))?;
+        .map_err(|_| {
+            bad(
+                path,
+                &format!("initializer {} has a negative dimension", t.name),
+            )
+        })?;
     let numel: usize = dims.iter().product();
     let data: Vec<f32> = if !t.raw_data.is_empty() {
         t.raw_data
@@ -246,7 +264,11 @@ fn onnx_tensor(path: &Path, t: onnx::TensorProto, device: &Device) -> Result<Ten
     if data.len() != numel {
         return Err(bad(
             path,
-            &format!("initializer {} holds {} values for shape {dims:?}", t.name, data.len()),
+            &format!(
+                "initializer {} holds {} values for shape {dims:?}",
+                t.name,
+                data.len()
+            ),
         ));
     }
     Ok(Tensor::from_vec(data, dims, device)?)
@@ -258,7 +280,9 @@ fn load_onnx(path: &Path, device: &Device) -> Result<VggWeights> {
     let model = onnx::ModelProto::decode(bytes.as_slice())
         .map_err(|e| bad(path, &format!("not a readable ONNX model ({e})")))?;
     drop(bytes);
-    let graph = model.graph.ok_or_else(|| bad(path, "the ONNX model has no graph"))?;
+    let graph = model
+        .graph
+        .ok_or_else(|| bad(path, "the ONNX model has no graph"))?;
 
     // A torchvision model exported to ONNX keeps its `features.N` names and conventions.
     if graph
@@ -293,11 +317,17 @@ fn load_onnx(path: &Path, device: &Device) -> Result<VggWeights> {
                     [_, _, 3, 3] => w,
                     [3, 3, _, _] => w.permute((3, 2, 0, 1))?.contiguous()?,
                     d => {
-                        return Err(bad(path, &format!("kernel {name} has shape {d:?}, not 3x3")));
+                        return Err(bad(
+                            path,
+                            &format!("kernel {name} has shape {d:?}, not 3x3"),
+                        ));
                     }
                 };
                 if kernels.insert(key, w).is_some() {
-                    return Err(bad(path, &format!("two kernels for block{}_conv{}", key.0, key.1)));
+                    return Err(bad(
+                        path,
+                        &format!("two kernels for block{}_conv{}", key.0, key.1),
+                    ));
                 }
             }
             1 => {
@@ -319,12 +349,18 @@ fn load_onnx(path: &Path, device: &Device) -> Result<VggWeights> {
     for (b, &n) in arch.block_sizes().iter().enumerate() {
         for i in 1..=n {
             let key = (b as u8 + 1, i as u8);
-            let weight = kernels
-                .remove(&key)
-                .ok_or_else(|| bad(path, &format!("missing kernel block{}_conv{}", key.0, key.1)))?;
-            let bias = biases
-                .remove(&key)
-                .ok_or_else(|| bad(path, &format!("missing bias of block{}_conv{}", key.0, key.1)))?;
+            let weight = kernels.remove(&key).ok_or_else(|| {
+                bad(
+                    path,
+                    &format!("missing kernel block{}_conv{}", key.0, key.1),
+                )
+            })?;
+            let bias = biases.remove(&key).ok_or_else(|| {
+                bad(
+                    path,
+                    &format!("missing bias of block{}_conv{}", key.0, key.1),
+                )
+            })?;
             convs.push(ConvParams { weight, bias });
         }
     }
@@ -361,7 +397,10 @@ mod tests {
             keras_conv("functional_1/block4_conv2_1/convolution/ReadVariableOp:0"),
             Some((4, 2))
         );
-        assert_eq!(keras_conv("functional_1/block1_conv1_1/Squeeze:0"), Some((1, 1)));
+        assert_eq!(
+            keras_conv("functional_1/block1_conv1_1/Squeeze:0"),
+            Some((1, 1))
+        );
         assert_eq!(keras_conv("dense_1/MatMul"), None);
     }
 
@@ -381,7 +420,10 @@ mod tests {
             let p = dir.path().join(name);
             std::fs::write(&p, b"\xff\xfe not a model").unwrap();
             let err = VggWeights::load(&p, &Device::Cpu).unwrap_err();
-            assert!(matches!(err, EngineError::BadWeights { .. }), "{name}: {err}");
+            assert!(
+                matches!(err, EngineError::BadWeights { .. }),
+                "{name}: {err}"
+            );
         }
     }
 }

@@ -23,10 +23,13 @@ fn every_tiny_case_matches_pytorch_float64() {
 
 #[test]
 fn gram_is_unnormalised_f_ft() {
-    let f = candle_core::Tensor::new(&[[[[1f32, 2.], [3., 4.]]], [[[0., 1.], [0., 2.]]]], &candle_core::Device::Cpu)
-        .unwrap()
-        .reshape((1, 2, 2, 2))
-        .unwrap();
+    let f = candle_core::Tensor::new(
+        &[[[[1f32, 2.], [3., 4.]]], [[[0., 1.], [0., 2.]]]],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .reshape((1, 2, 2, 2))
+    .unwrap();
     let g: Vec<Vec<f32>> = gram(&f).unwrap().to_vec2().unwrap();
     assert_eq!(g, vec![vec![30., 10.], vec![10., 5.]]);
 }
@@ -40,7 +43,8 @@ fn gradient_matches_central_finite_differences() {
     for name in ["vgg16_max_odd", "vgg16_avg_even", "vgg19_max_layers"] {
         let case = Case::load("tiny_golden", name);
         let vgg = vgg_for(&case).with_pooling(case.pooling());
-        let targets = StyleTargets::compute(&vgg, &case.styles(), &case.layers("style_layers")).unwrap();
+        let targets =
+            StyleTargets::compute(&vgg, &case.styles(), &case.layers("style_layers")).unwrap();
         let obj = Objective::new(
             &vgg,
             &case.tensor("content"),

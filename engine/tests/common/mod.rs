@@ -7,12 +7,16 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use stylefarm_engine::layers::LayerName;
-use stylefarm_engine::objective::{Losses, Objective, StyleTargets, TermWeights};
-use stylefarm_engine::vgg::{Pooling, Vgg};
+use stylefarm_engine::layers::Pooling;
+use stylefarm_engine::objective::{Objective, StyleTargets};
+use stylefarm_engine::settings::{Losses, TermWeights};
+use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// A golden case: its settings (from the json) and tensors (from the safetensors file).
@@ -26,8 +30,9 @@ impl Case {
     pub fn load(stem: &str, name: &str) -> Case {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(data(&format!("{stem}.json"))).unwrap()).unwrap();
-        let tensors = candle_core::safetensors::load(data(&format!("{stem}.safetensors")), &Device::Cpu)
-            .unwrap();
+        let tensors =
+            candle_core::safetensors::load(data(&format!("{stem}.safetensors")), &Device::Cpu)
+                .unwrap();
         Case {
             name: name.to_string(),
             json: json["cases"][name].clone(),
@@ -49,7 +54,11 @@ impl Case {
     }
 
     pub fn f64s(&self, key: &str) -> Vec<f64> {
-        self.tensor(key).flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        self.tensor(key)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
     }
 
     pub fn scalar(&self, key: &str) -> f64 {
@@ -85,14 +94,20 @@ impl Case {
             .unwrap()
             .iter()
             .enumerate()
-            .map(|(i, w)| (self.tensor(&format!("style{i}")), w.as_f64().unwrap() as f32))
+            .map(|(i, w)| {
+                (
+                    self.tensor(&format!("style{i}")),
+                    w.as_f64().unwrap() as f32,
+                )
+            })
             .collect()
     }
 
     /// Our objective and gradient at the case's `x` with `vgg`.
     pub fn evaluate(&self, vgg: &Vgg) -> (Losses, Vec<f32>) {
         let vgg = vgg.with_pooling(self.pooling());
-        let targets = StyleTargets::compute(&vgg, &self.styles(), &self.layers("style_layers")).unwrap();
+        let targets =
+            StyleTargets::compute(&vgg, &self.styles(), &self.layers("style_layers")).unwrap();
         let obj = Objective::new(
             &vgg,
             &self.tensor("content"),
@@ -105,7 +120,11 @@ impl Case {
         let mut grad = vec![0.0; x.len()];
         let losses = obj.evaluate(&x, &mut grad).unwrap();
         let forward_only = obj.losses(&x).unwrap();
-        assert_eq!(losses, forward_only, "{}: forward-only losses differ", self.name);
+        assert_eq!(
+            losses, forward_only,
+            "{}: forward-only losses differ",
+            self.name
+        );
         (losses, grad)
     }
 }
@@ -146,14 +165,25 @@ pub fn check_case(case: &Case, vgg: &Vgg, tol: f64) {
     ] {
         let want = case.scalar(key);
         let e = rel_err(ours, want);
-        assert!(e <= tol, "{n}: {what} {ours} vs golden {want} (relative error {e:.2e})");
+        assert!(
+            e <= tol,
+            "{n}: {what} {ours} vs golden {want} (relative error {e:.2e})"
+        );
     }
-    for (l, (ours, want)) in losses.style_layers.iter().zip(case.f64s("j_style_layers")).enumerate() {
+    for (l, (ours, want)) in losses
+        .style_layers
+        .iter()
+        .zip(case.f64s("j_style_layers"))
+        .enumerate()
+    {
         let e = rel_err(*ours, want);
         assert!(e <= tol, "{n}: style layer {l}: {ours} vs {want} ({e:.2e})");
     }
     let (cos, rel) = compare(&grad, &case.f64s("grad"));
     eprintln!("{n}: gradient cosine {cos:.9}, relative L2 {rel:.2e}");
     assert!(cos >= 0.99999, "{n}: gradient cosine {cos}");
-    assert!(rel <= tol, "{n}: gradient relative L2 error {rel:.2e} > {tol:.0e}");
+    assert!(
+        rel <= tol,
+        "{n}: gradient relative L2 error {rel:.2e} > {tol:.0e}"
+    );
 }

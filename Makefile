@@ -1,0 +1,25 @@
+# The two commands of the README: `make example` renders the example, `make test` runs the tests.
+# Both fetch the pre-trained weights first (once; they are cached in ~/.cache/stylefarm).
+
+CARGO ?= cargo
+
+.PHONY: weights example test lint quality
+
+weights:
+	$(CARGO) run --quiet --bin stylefarm -- fetch-weights
+
+example: weights
+	$(CARGO) run --quiet --bin stylefarm -- render examples/tubingen.jpg examples/starry_night.jpg \
+		-o out.png --image-size 256 --num-iterations 150 --init content --report out.json
+
+test: weights
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Side-by-side with the PyTorch baseline (needs `pip install torch onnx pillow`).
+quality:
+	$(CARGO) build --bin stylefarm
+	bash bench/quality.sh

@@ -1,0 +1,18 @@
+//! stylefarm's gRPC protocol, package `stylefarm.v1` (generated from `proto/` at build time),
+//! and the id newtypes shared by the coordinator, the workers and the client.
+
+pub mod convert;
+pub mod ids;
+
+/// Generated messages, clients and servers of `stylefarm.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("stylefarm.v1");
+}
+
+/// The encoded file descriptor set of `stylefarm.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/stylefarm_descriptor.bin"));
+
+/// Largest chunk of a blob in one message (well under gRPC's 4 MiB default limit).
+pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
