@@ -1,0 +1,317 @@
+//! The blob store: content-addressed files under `data_dir/blobs/<aa>/<sha256>`.
+//!
+//! A blob is written to a temporary file while its hash is computed, checked against the
+//! declared hash and size, fsynced, renamed into place and its directory fsynced: a blob that
+//! exists under its name is always complete and correct, whatever crashed when.
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::error::{CoordinatorError, Result};
+
+/// A checked blob name: 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct BlobHash(String);
+
+impl BlobHash {
+    /// Checks `s` as the value of `field`.
+    pub(crate) fn parse(s: &str, field: &str) -> Result<Self> {
+        if s.is_empty() {
+            return Err(CoordinatorError::invalid(
+                field,
+                "missing: a blob's sha256 is needed",
+            ));
+        }
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            let shown: String = s.chars().take(80).collect();
+            return Err(CoordinatorError::invalid(
+                field,
+                format!("`{shown}` is not a sha256 (64 lowercase hex digits)"),
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// The hash as text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The store's directories.
+#[derive(Debug)]
+pub(crate) struct BlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// An I/O error, as a limit when the disk is full.
+fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {
+    if e.kind() == ErrorKind::StorageFull {
+        CoordinatorError::LimitExceeded(format!(
+            "the coordinator's disk is full (writing {})",
+            path.display()
+        ))
+    } else {
+        CoordinatorError::io(path, e)
+    }
+}
+
+impl BlobStore {
+    /// Opens the store under `data_dir/blobs`, creating it, and removes the temporary files
+    /// of writes a crash interrupted. Blocking.
+    pub(crate) fn open(data_dir: &Path) -> Result<Self> {
+        let root = data_dir.join("blobs");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
+        let entries = std::fs::read_dir(&tmp).map_err(|e| CoordinatorError::io(&tmp, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover temporary blob");
+            }
+        }
+        Ok(Self { root, tmp })
+    }
+
+    /// Where the blob lives.
+    pub(crate) fn path(&self, hash: &BlobHash) -> PathBuf {
+        self.root.join(&hash.as_str()[..2]).join(hash.as_str())
+    }
+
+    /// The blob's size, or `None` when it is not stored.
+    pub(crate) async fn size(&self, hash: &BlobHash) -> Result<Option<u64>> {
+        let path = self.path(hash);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CoordinatorError::io(path, e)),
+        }
+    }
+
+    /// The blob's bytes.
+    pub(crate) async fn read_all(&self, hash: &BlobHash) -> Result<Vec<u8>> {
+        let path = self.path(hash);
+        tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+            ErrorKind::NotFound => CoordinatorError::NotFound {
+                kind: "blob",
+                id: hash.to_string(),
+            },
+            _ => CoordinatorError::io(path, e),
+        })
+    }
+
+    /// The blob opened at `offset`, and its size.
+    pub(crate) async fn open_at(
+        &self,
+        hash: &BlobHash,
+        offset: u64,
+    ) -> Result<(tokio::fs::File, u64)> {
+        let path = self.path(hash);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => CoordinatorError::NotFound {
+                    kind: "blob",
+                    id: hash.to_string(),
+                },
+                _ => CoordinatorError::io(&path, e),
+            })?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| CoordinatorError::io(&path, e))?
+            .len();
+        if offset > size {
+            return Err(CoordinatorError::OffsetOutOfRange {
+                sha256: hash.to_string(),
+                size,
+                offset,
+            });
+        }
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| CoordinatorError::io(&path, e))?;
+        Ok((file, size))
+    }
+
+    /// Starts writing a blob that should hash to `hash` and hold `size` bytes.
+    pub(crate) async fn begin(&self, hash: BlobHash, size: u64) -> Result<BlobWriter> {
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}", hash, uuid::Uuid::new_v4().simple()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io_error(&tmp, e))?;
+        Ok(BlobWriter {
+            file,
+            guard: TempFile(Some(tmp)),
+            hasher: Sha256::new(),
+            written: 0,
+            size,
+            path: self.path(&hash),
+            hash,
+        })
+    }
+}
+
+/// Removes a temporary file unless it was renamed into place.
+#[derive(Debug)]
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Best effort: a leftover is removed at the next start.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A blob being written.
+#[derive(Debug)]
+pub(crate) struct BlobWriter {
+    file: tokio::fs::File,
+    guard: TempFile,
+    hasher: Sha256,
+    written: u64,
+    size: u64,
+    hash: BlobHash,
+    path: PathBuf,
+}
+
+impl BlobWriter {
+    /// Appends `data`; refuses more bytes than declared.
+    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
+        if self.written + len > self.size {
+            return Err(CoordinatorError::invalid(
+                "data",
+                format!(
+                    "the stream carries more than the declared size of {} bytes; nothing was stored",
+                    self.size
+                ),
+            ));
+        }
+        self.hasher.update(data);
+        let tmp = self
+            .guard
+            .0
+            .as_deref()
+            .unwrap_or(Path::new("temporary blob"));
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|e| io_error(tmp, e))?;
+        self.written += len;
+        Ok(())
+    }
+
+    /// Checks size and hash, then makes the blob durable under its name.
+    pub(crate) async fn finish(mut self) -> Result<u64> {
+        if self.written != self.size {
+            return Err(CoordinatorError::invalid(
+                "size",
+                format!(
+                    "the stream carried {} bytes, not the declared {}; nothing was stored",
+                    self.written, self.size
+                ),
+            ));
+        }
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if actual != self.hash.as_str() {
+            return Err(CoordinatorError::invalid(
+                "sha256",
+                format!(
+                    "the data's sha256 is {actual}, not the declared {}; nothing was stored",
+                    self.hash
+                ),
+            ));
+        }
+        let Some(tmp) = self.guard.0.clone() else {
+            return Err(CoordinatorError::Internal("blob written twice".into()));
+        };
+        self.file.flush().await.map_err(|e| io_error(&tmp, e))?;
+        self.file.sync_all().await.map_err(|e| io_error(&tmp, e))?;
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+            // The rename is durable once the directory is.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| CoordinatorError::io(dir, e))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("storing a blob failed: {e}")))?;
+        result?;
+        // Renamed: nothing left to remove.
+        self.guard.0 = None;
+        Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn hashes_are_checked() {
+        assert!(BlobHash::parse(&sha(b"x"), "sha256").is_ok());
+        let upper = sha(b"x").to_uppercase();
+        let e = BlobHash::parse(&upper, "sha256").unwrap_err();
+        assert!(e.to_string().starts_with("invalid sha256: `"), "{e}");
+        let e = BlobHash::parse("", "spec.content[0].sha256").unwrap_err();
+        assert!(e.to_string().contains("spec.content[0].sha256"), "{e}");
+        assert!(BlobHash::parse("../../etc/passwd", "sha256").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_stored_only_when_its_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"hello blobs";
+        let hash = BlobHash::parse(&sha(data), "sha256").unwrap();
+
+        let mut w = store.begin(hash.clone(), data.len() as u64).await.unwrap();
+        w.write(b"hello BLOBS").await.unwrap();
+        let e = w.finish().await.unwrap_err();
+        assert!(e.to_string().contains("nothing was stored"), "{e}");
+        assert_eq!(store.size(&hash).await.unwrap(), None);
+
+        let mut w = store.begin(hash.clone(), data.len() as u64).await.unwrap();
+        w.write(data).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), data.len() as u64);
+        assert_eq!(store.size(&hash).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(store.read_all(&hash).await.unwrap(), data);
+        // No temporary files are left behind.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        let mut w = store.begin(hash.clone(), 3).await.unwrap();
+        assert!(w.write(data).await.is_err());
+    }
+}

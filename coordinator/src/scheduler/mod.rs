@@ -1,0 +1,1052 @@
+//! The scheduler: jobs, tasks and workers as typed states, moved by events (submit, lease,
+//! update, complete, fail, lease lapse, cancel, retry) at a time the caller passes in.
+//!
+//! Pure logic with no I/O: every event records [`Effect`]s (what changed), which the caller
+//! persists and publishes ([`crate::core`]). A method that refuses an event changes nothing.
+//!
+//! Rules, in short:
+//! - A ready task (queued, or soft-failed and waiting for its retry) goes to the first worker
+//!   that asks and may take it: not blocklisted for the job, enough memory (a requirement of 0
+//!   means none; a worker reporting 0 bytes only takes tasks without one), preferably a worker
+//!   on which the task has not failed before. Higher job priority first, then submission order,
+//!   then frame order.
+//! - Leasing starts an attempt (`attempts += 1`) under a lease that expires `lease_ms` later;
+//!   each update renews it and marks the task running.
+//! - Completion succeeds the task. An application or out-of-memory failure, and a lease that
+//!   lapses (the worker died or hung: counted as a failure of the task on that worker), end
+//!   the attempt: the task is retried until it has used `max_attempts`, then fails. An
+//!   interrupted attempt (the worker is shutting down) is handed back and does not count.
+//! - A worker that fails [`BLOCKLIST_AFTER`] tasks of one job is set aside for that job.
+//! - Cancel: ready tasks are canceled at once; leased ones are canceled but keep their lease
+//!   ("draining") until the worker hears `cancel` in its next update and reports back, or the
+//!   lease lapses. A cancel-drained report changes nothing else.
+//! - A job's state follows from its tasks: queued until a task starts, active until every
+//!   task is final, then completed (all succeeded), canceled (any canceled) or failed. A task
+//!   that fails for good does not stop the job's other tasks: they finish first.
+//! - Retry re-queues the failed and canceled tasks of a finished job with fresh attempts and
+//!   forgets the job's blocklist.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use stylefarm_proto::ids::{JobId, LeaseId, TaskId, WorkerId};
+use stylefarm_proto::v1;
+
+use crate::error::{CoordinatorError, Result};
+
+/// Failures of one job's tasks on one worker after which the worker gets no more of them.
+pub(crate) const BLOCKLIST_AFTER: u32 = 3;
+
+/// The scheduler's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SchedulerConfig {
+    /// How long a lease lasts without an update, ms.
+    pub(crate) lease_ms: i64,
+    /// Attempts per task when the job does not say.
+    pub(crate) default_max_attempts: u32,
+}
+
+/// A worker's hold on a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) id: LeaseId,
+    pub(crate) worker: WorkerId,
+    pub(crate) deadline_ms: i64,
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Ready, never failed (or its failures were handed back).
+    Queued,
+    /// Handed to a worker that has not reported yet.
+    Leased(Lease),
+    /// The worker has reported at least once.
+    Running(Lease),
+    /// Done; the result is in the task record.
+    Succeeded,
+    /// Failed, ready to be retried.
+    SoftFailed,
+    /// Failed for good (attempts used up).
+    Failed,
+    /// Canceled; `draining` is the lease of a worker that has not yet heard about it.
+    Canceled { draining: Option<Lease> },
+}
+
+impl TaskState {
+    /// The lease held on the task, if any.
+    pub(crate) fn lease(&self) -> Option<&Lease> {
+        match self {
+            Self::Leased(l) | Self::Running(l) => Some(l),
+            Self::Canceled { draining } => draining.as_ref(),
+            Self::Queued | Self::Succeeded | Self::SoftFailed | Self::Failed => None,
+        }
+    }
+
+    /// Whether a worker may lease the task.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self, Self::Queued | Self::SoftFailed)
+    }
+
+    /// The state as on the wire.
+    pub(crate) fn to_proto(&self) -> v1::TaskState {
+        match self {
+            Self::Queued => v1::TaskState::Queued,
+            Self::Leased(_) => v1::TaskState::Leased,
+            Self::Running(_) => v1::TaskState::Running,
+            Self::Succeeded => v1::TaskState::Succeeded,
+            Self::SoftFailed => v1::TaskState::SoftFailed,
+            Self::Failed => v1::TaskState::Failed,
+            Self::Canceled { .. } => v1::TaskState::Canceled,
+        }
+    }
+
+    /// The ready state for a task that has used `attempts` attempts.
+    fn ready(attempts: u32) -> Self {
+        if attempts == 0 {
+            Self::Queued
+        } else {
+            Self::SoftFailed
+        }
+    }
+}
+
+/// Where a job is (derived from its tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobState {
+    Queued,
+    Active,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    /// Whether the job is done.
+    pub(crate) fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+
+    /// The state as on the wire.
+    pub(crate) fn to_proto(self) -> v1::JobState {
+        match self {
+            Self::Queued => v1::JobState::Queued,
+            Self::Active => v1::JobState::Active,
+            Self::Completed => v1::JobState::Completed,
+            Self::Failed => v1::JobState::Failed,
+            Self::Canceled => v1::JobState::Canceled,
+        }
+    }
+
+    /// The state from its tasks' states.
+    fn derive<'a>(tasks: impl IntoIterator<Item = &'a TaskState>) -> Self {
+        let (mut all_final, mut all_succeeded) = (true, true);
+        let (mut started, mut canceled) = (false, false);
+        for state in tasks {
+            match state {
+                TaskState::Queued => {
+                    all_final = false;
+                    all_succeeded = false;
+                }
+                TaskState::Leased(_) | TaskState::Running(_) | TaskState::SoftFailed => {
+                    all_final = false;
+                    all_succeeded = false;
+                    started = true;
+                }
+                TaskState::Succeeded => started = true,
+                TaskState::Failed => {
+                    all_succeeded = false;
+                    started = true;
+                }
+                TaskState::Canceled { .. } => {
+                    all_succeeded = false;
+                    canceled = true;
+                }
+            }
+        }
+        match (all_final, all_succeeded, canceled, started) {
+            (false, _, _, false) => Self::Queued,
+            (false, _, _, true) => Self::Active,
+            (true, true, _, _) => Self::Completed,
+            (true, false, true, _) => Self::Canceled,
+            (true, false, false, _) => Self::Failed,
+        }
+    }
+}
+
+/// How an attempt failed, as the worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The task itself failed: counts as an attempt.
+    Application,
+    /// The worker ran out of memory: counts as an attempt.
+    OutOfMemory,
+    /// The worker stopped (shutdown): handed back, no attempt used.
+    Interrupted,
+}
+
+/// One task of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskRecord {
+    pub(crate) id: TaskId,
+    pub(crate) job: JobId,
+    pub(crate) index: u32,
+    pub(crate) spec: v1::TaskSpec,
+    pub(crate) state: TaskState,
+    /// Attempts started and not handed back.
+    pub(crate) attempts: u32,
+    /// The worker that holds or last held the task.
+    pub(crate) worker: Option<WorkerId>,
+    pub(crate) progress: Option<v1::Progress>,
+    pub(crate) result: Option<v1::BlobRef>,
+    pub(crate) final_losses: Option<v1::Losses>,
+    /// Why the last attempt failed ("" when none did).
+    pub(crate) error: String,
+    /// Workers on which the task failed this run (it prefers others).
+    pub(crate) failed_on: Vec<WorkerId>,
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JobRecord {
+    pub(crate) id: JobId,
+    /// Submission order.
+    pub(crate) seq: i64,
+    pub(crate) spec: v1::JobSpec,
+    /// By index.
+    pub(crate) tasks: Vec<TaskId>,
+    pub(crate) created_ms: i64,
+    pub(crate) updated_ms: i64,
+    /// Derived from the tasks; kept up to date by the scheduler.
+    pub(crate) state: JobState,
+}
+
+/// One registered worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WorkerRecord {
+    pub(crate) id: WorkerId,
+    pub(crate) name: String,
+    pub(crate) capabilities: v1::Capabilities,
+    pub(crate) registered_ms: i64,
+    pub(crate) last_seen_ms: i64,
+    pub(crate) current_task: Option<TaskId>,
+    pub(crate) tasks_done: u32,
+    pub(crate) tasks_failed: u32,
+}
+
+/// What an event changed: the caller persists these, then publishes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// A new job and all its tasks.
+    JobCreated(JobId),
+    /// A task's row changed (state, progress, result, ...).
+    TaskChanged(TaskId),
+    /// A job's row changed (updated time, state).
+    JobChanged(JobId),
+    /// A job's state changed (after its tasks' changes).
+    JobStateChanged(JobId),
+    /// A worker's row changed.
+    WorkerChanged(WorkerId),
+    /// A worker's failure count for a job changed.
+    FailureCounted(JobId, WorkerId),
+    /// A job's failure counts were forgotten.
+    FailuresCleared(JobId),
+    /// A task became ready: wake the workers waiting for one.
+    TasksReady,
+    /// A lease was granted: the expiry loop may have an earlier deadline to wait for.
+    LeaseGranted,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Grant {
+    pub(crate) lease: LeaseId,
+    pub(crate) task: TaskId,
+    pub(crate) job: JobId,
+    pub(crate) spec: v1::TaskSpec,
+    pub(crate) deadline_ms: i64,
+}
+
+/// The answer to a worker's update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpdateAnswer {
+    pub(crate) deadline_ms: i64,
+    /// The task was canceled: the worker must stop.
+    pub(crate) cancel: bool,
+}
+
+/// Everything the scheduler holds, as loaded from the database.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) jobs: Vec<JobRecord>,
+    pub(crate) tasks: Vec<TaskRecord>,
+    pub(crate) workers: Vec<WorkerRecord>,
+    pub(crate) failures: Vec<(JobId, WorkerId, u32)>,
+}
+
+/// Queue order: higher priority, earlier job, lower index.
+type ReadyKey = (Reverse<i32>, i64, u32, TaskId);
+
+/// What goes into a [`v1::Job`] built by [`Scheduler::job_proto`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// Tasks with their specs.
+    Full,
+    /// Tasks without their specs (listings).
+    Summary,
+    /// No tasks (job events).
+    NoTasks,
+}
+
+/// The state machine.
+#[derive(Debug)]
+pub(crate) struct Scheduler {
+    config: SchedulerConfig,
+    jobs: HashMap<JobId, JobRecord>,
+    /// Job ids by submission order.
+    order: BTreeMap<i64, JobId>,
+    tasks: HashMap<TaskId, TaskRecord>,
+    workers: HashMap<WorkerId, WorkerRecord>,
+    /// Held leases.
+    leases: HashMap<LeaseId, TaskId>,
+    ready: BTreeSet<ReadyKey>,
+    failures: HashMap<(JobId, WorkerId), u32>,
+    next_seq: i64,
+    effects: Vec<Effect>,
+}
+
+impl Scheduler {
+    /// An empty farm.
+    pub(crate) fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
+            jobs: HashMap::new(),
+            order: BTreeMap::new(),
+            tasks: HashMap::new(),
+            workers: HashMap::new(),
+            leases: HashMap::new(),
+            ready: BTreeSet::new(),
+            failures: HashMap::new(),
+            next_seq: 1,
+            effects: Vec::new(),
+        }
+    }
+
+    /// The farm as stored, after a restart: leases held before are void, their tasks go back
+    /// to the queue without using up an attempt (the effects say which rows changed).
+    pub(crate) fn restore(config: SchedulerConfig, snapshot: Snapshot) -> Self {
+        let mut s = Self::new(config);
+        for job in snapshot.jobs {
+            s.next_seq = s.next_seq.max(job.seq + 1);
+            s.order.insert(job.seq, job.id);
+            s.jobs.insert(job.id, job);
+        }
+        for task in snapshot.tasks {
+            s.tasks.insert(task.id, task);
+        }
+        for worker in snapshot.workers {
+            s.workers.insert(worker.id, worker);
+        }
+        for (job, worker, n) in snapshot.failures {
+            s.failures.insert((job, worker), n);
+        }
+        // Tasks are attached to jobs in index order whatever order they were loaded in.
+        for job in s.jobs.values_mut() {
+            job.tasks.clear();
+        }
+        let mut by_job: Vec<(JobId, u32, TaskId)> =
+            s.tasks.values().map(|t| (t.job, t.index, t.id)).collect();
+        by_job.sort();
+        for (job, _, task) in by_job {
+            if let Some(j) = s.jobs.get_mut(&job) {
+                j.tasks.push(task);
+            }
+        }
+        // Leases held before the restart are void: their tasks go back to the queue and the
+        // interrupted attempt is not counted.
+        for task in s.tasks.values_mut() {
+            let voided = match &task.state {
+                TaskState::Leased(_) | TaskState::Running(_) => {
+                    task.attempts = task.attempts.saturating_sub(1);
+                    TaskState::ready(task.attempts)
+                }
+                TaskState::Canceled { draining: Some(_) } => TaskState::Canceled { draining: None },
+                TaskState::Queued
+                | TaskState::SoftFailed
+                | TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Canceled { draining: None } => continue,
+            };
+            task.state = voided;
+            s.effects.push(Effect::TaskChanged(task.id));
+        }
+        let ready: Vec<ReadyKey> = s
+            .tasks
+            .values()
+            .filter(|t| t.state.is_ready())
+            .map(|t| s.ready_key(t))
+            .collect();
+        s.ready.extend(ready);
+        let worker_ids: Vec<WorkerId> = s.workers.keys().copied().collect();
+        for id in worker_ids {
+            if let Some(w) = s.workers.get_mut(&id) {
+                if w.current_task.take().is_some() {
+                    s.effects.push(Effect::WorkerChanged(id));
+                }
+            }
+        }
+        let job_ids: Vec<JobId> = s.jobs.keys().copied().collect();
+        for id in job_ids {
+            let derived = JobState::derive(s.job_tasks(id).map(|t| &t.state));
+            if let Some(job) = s.jobs.get_mut(&id) {
+                if job.state != derived {
+                    job.state = derived;
+                    s.effects.push(Effect::JobChanged(id));
+                }
+            }
+        }
+        if !s.ready.is_empty() {
+            s.effects.push(Effect::TasksReady);
+        }
+        s
+    }
+
+    /// The effects recorded since the last call.
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Events
+
+    /// A new job with one task per spec (already validated).
+    pub(crate) fn submit(
+        &mut self,
+        id: JobId,
+        spec: v1::JobSpec,
+        task_specs: Vec<v1::TaskSpec>,
+        now: i64,
+    ) -> JobId {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut tasks = Vec::with_capacity(task_specs.len());
+        for (index, task_spec) in (0u32..).zip(task_specs) {
+            let task = TaskRecord {
+                id: TaskId::new(),
+                job: id,
+                index,
+                spec: task_spec,
+                state: TaskState::Queued,
+                attempts: 0,
+                worker: None,
+                progress: None,
+                result: None,
+                final_losses: None,
+                error: String::new(),
+                failed_on: Vec::new(),
+            };
+            tasks.push(task.id);
+            self.tasks.insert(task.id, task);
+        }
+        let job = JobRecord {
+            id,
+            seq,
+            spec,
+            tasks,
+            created_ms: now,
+            updated_ms: now,
+            state: JobState::Queued,
+        };
+        self.order.insert(seq, id);
+        self.jobs.insert(id, job);
+        let ids: Vec<TaskId> = self.job_tasks(id).map(|t| t.id).collect();
+        for task in ids {
+            if let Some(t) = self.tasks.get(&task) {
+                let key = self.ready_key(t);
+                self.ready.insert(key);
+            }
+        }
+        self.effects.push(Effect::JobCreated(id));
+        self.effects.push(Effect::TasksReady);
+        id
+    }
+
+    /// A new worker.
+    pub(crate) fn register_worker(
+        &mut self,
+        name: String,
+        capabilities: v1::Capabilities,
+        now: i64,
+    ) -> WorkerId {
+        let id = WorkerId::new();
+        self.workers.insert(
+            id,
+            WorkerRecord {
+                id,
+                name,
+                capabilities,
+                registered_ms: now,
+                last_seen_ms: now,
+                current_task: None,
+                tasks_done: 0,
+                tasks_failed: 0,
+            },
+        );
+        self.effects.push(Effect::WorkerChanged(id));
+        id
+    }
+
+    /// A worker asks for a task: the best one it may take, under a new lease, or `None`.
+    pub(crate) fn lease(&mut self, worker: WorkerId, now: i64) -> Result<Option<Grant>> {
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or_else(|| not_found("worker", worker))?;
+        let memory = w.capabilities.memory_bytes;
+        let mut chosen = None;
+        let mut fallback = None;
+        for key in &self.ready {
+            let Some(task) = self.tasks.get(&key.3) else {
+                continue;
+            };
+            if self.blocklisted(task.job, worker) {
+                continue;
+            }
+            let needs = task.spec.required_memory_bytes;
+            if needs > 0 && needs > memory {
+                continue;
+            }
+            if task.failed_on.contains(&worker) {
+                fallback = fallback.or(Some(key.3));
+                continue;
+            }
+            chosen = Some(key.3);
+            break;
+        }
+        self.touch(worker, now);
+        let Some(task_id) = chosen.or(fallback) else {
+            return Ok(None);
+        };
+        let lease = Lease {
+            id: LeaseId::new(),
+            worker,
+            deadline_ms: now.saturating_add(self.config.lease_ms),
+        };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return Err(CoordinatorError::Internal(format!(
+                "task {task_id} vanished from the queue"
+            )));
+        };
+        task.attempts += 1;
+        task.worker = Some(worker);
+        let (job, spec) = (task.job, task.spec.clone());
+        self.set_state(task_id, TaskState::Leased(lease));
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.current_task = Some(task_id);
+        }
+        self.effects.push(Effect::LeaseGranted);
+        self.refresh_job(job, now);
+        Ok(Some(Grant {
+            lease: lease.id,
+            task: task_id,
+            job,
+            spec,
+            deadline_ms: lease.deadline_ms,
+        }))
+    }
+
+    /// A worker reports progress (a heartbeat): the lease is renewed; the answer says whether
+    /// the task was canceled.
+    pub(crate) fn update(
+        &mut self,
+        lease: LeaseId,
+        progress: Option<v1::Progress>,
+        now: i64,
+    ) -> Result<UpdateAnswer> {
+        let (task_id, held) = self.held(lease)?;
+        let deadline_ms = held
+            .deadline_ms
+            .max(now.saturating_add(self.config.lease_ms));
+        let renewed = Lease {
+            deadline_ms,
+            ..held
+        };
+        let (job, cancel) = {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                return Err(CoordinatorError::LeaseLost { lease });
+            };
+            let cancel = matches!(task.state, TaskState::Canceled { .. });
+            if !cancel {
+                if let Some(p) = progress {
+                    task.progress = Some(p);
+                }
+            }
+            (task.job, cancel)
+        };
+        let state = if cancel {
+            TaskState::Canceled {
+                draining: Some(renewed),
+            }
+        } else {
+            TaskState::Running(renewed)
+        };
+        self.set_state(task_id, state);
+        self.touch(held.worker, now);
+        self.refresh_job(job, now);
+        Ok(UpdateAnswer {
+            deadline_ms,
+            cancel,
+        })
+    }
+
+    /// A worker finished a task with `result`.
+    pub(crate) fn complete(
+        &mut self,
+        lease: LeaseId,
+        result: v1::BlobRef,
+        losses: Option<v1::Losses>,
+        now: i64,
+    ) -> Result<()> {
+        let (task_id, held) = self.held(lease)?;
+        let (job, canceled) = self.task_job_and_canceled(task_id, lease)?;
+        if canceled {
+            self.set_state(task_id, TaskState::Canceled { draining: None });
+        } else {
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.result = Some(result);
+                task.final_losses = losses;
+                task.error.clear();
+            }
+            self.set_state(task_id, TaskState::Succeeded);
+            if let Some(w) = self.workers.get_mut(&held.worker) {
+                w.tasks_done += 1;
+            }
+        }
+        self.release_worker(held.worker, task_id, now);
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    /// A worker gave up on a task.
+    pub(crate) fn fail(
+        &mut self,
+        lease: LeaseId,
+        kind: FailureKind,
+        message: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (task_id, held) = self.held(lease)?;
+        let (job, canceled) = self.task_job_and_canceled(task_id, lease)?;
+        if canceled {
+            self.set_state(task_id, TaskState::Canceled { draining: None });
+        } else {
+            match kind {
+                FailureKind::Interrupted => {
+                    let attempts = match self.tasks.get_mut(&task_id) {
+                        Some(task) => {
+                            task.attempts = task.attempts.saturating_sub(1);
+                            task.attempts
+                        }
+                        None => 0,
+                    };
+                    self.set_state(task_id, TaskState::ready(attempts));
+                }
+                FailureKind::Application => self.count_failure(task_id, held.worker, message),
+                FailureKind::OutOfMemory => {
+                    self.count_failure(task_id, held.worker, &format!("out of memory: {message}"));
+                }
+            }
+        }
+        self.release_worker(held.worker, task_id, now);
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    /// Leases whose deadline has passed are taken back (a failure of the task on that worker);
+    /// returns how many.
+    pub(crate) fn expire(&mut self, now: i64) -> usize {
+        let mut lapsed: Vec<(i64, LeaseId, TaskId)> = self
+            .leases
+            .iter()
+            .filter_map(|(lease, task)| {
+                let held = self.tasks.get(task)?.state.lease()?;
+                (held.deadline_ms <= now).then_some((held.deadline_ms, *lease, *task))
+            })
+            .collect();
+        lapsed.sort();
+        for (_, _, task_id) in &lapsed {
+            let Some(task) = self.tasks.get(task_id) else {
+                continue;
+            };
+            let Some(held) = task.state.lease().copied() else {
+                continue;
+            };
+            let job = task.job;
+            if matches!(task.state, TaskState::Canceled { .. }) {
+                self.set_state(*task_id, TaskState::Canceled { draining: None });
+            } else {
+                tracing::warn!(task_id = %task_id, worker_id = %held.worker, "lease lapsed: the task goes back to the queue");
+                let reason = format!(
+                    "worker {} stopped reporting and its lease lapsed",
+                    held.worker
+                );
+                self.count_failure(*task_id, held.worker, &reason);
+            }
+            if let Some(w) = self.workers.get_mut(&held.worker) {
+                if w.current_task == Some(*task_id) {
+                    w.current_task = None;
+                    self.effects.push(Effect::WorkerChanged(held.worker));
+                }
+            }
+            self.refresh_job(job, now);
+        }
+        lapsed.len()
+    }
+
+    /// Cancels a job: ready tasks at once, leased ones as soon as their worker hears it. A
+    /// finished job is left as it is.
+    pub(crate) fn cancel(&mut self, job: JobId, now: i64) -> Result<()> {
+        let j = self.jobs.get(&job).ok_or_else(|| not_found("job", job))?;
+        if j.state.is_final() {
+            return Ok(());
+        }
+        let tasks = j.tasks.clone();
+        for id in tasks {
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            let next = match &task.state {
+                TaskState::Queued | TaskState::SoftFailed => TaskState::Canceled { draining: None },
+                TaskState::Leased(l) | TaskState::Running(l) => {
+                    TaskState::Canceled { draining: Some(*l) }
+                }
+                TaskState::Succeeded | TaskState::Failed | TaskState::Canceled { .. } => continue,
+            };
+            self.set_state(id, next);
+        }
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    /// Runs the failed and canceled tasks of a finished job again, with fresh attempts.
+    pub(crate) fn retry(&mut self, job: JobId, now: i64) -> Result<()> {
+        let j = self.jobs.get(&job).ok_or_else(|| not_found("job", job))?;
+        if !j.state.is_final() {
+            return Err(CoordinatorError::WrongJobState {
+                job,
+                reason: "it is still running; only a finished job can be retried".into(),
+            });
+        }
+        let tasks = j.tasks.clone();
+        for id in tasks {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if !matches!(task.state, TaskState::Failed | TaskState::Canceled { .. }) {
+                continue;
+            }
+            let draining = task.state.lease().map(|l| l.worker);
+            task.attempts = 0;
+            task.error.clear();
+            task.failed_on.clear();
+            task.progress = None;
+            self.set_state(id, TaskState::Queued);
+            if let Some(worker) = draining {
+                self.release_worker(worker, id, now);
+            }
+        }
+        if self.failures.keys().any(|(j, _)| *j == job) {
+            self.failures.retain(|(j, _), _| *j != job);
+            self.effects.push(Effect::FailuresCleared(job));
+        }
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queries
+
+    /// The earliest lease deadline, if any lease is held.
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        self.leases
+            .values()
+            .filter_map(|t| Some(self.tasks.get(t)?.state.lease()?.deadline_ms))
+            .min()
+    }
+
+    /// A job record.
+    pub(crate) fn job(&self, id: JobId) -> Result<&JobRecord> {
+        self.jobs.get(&id).ok_or_else(|| not_found("job", id))
+    }
+
+    /// A task record.
+    pub(crate) fn task(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    /// A worker record.
+    pub(crate) fn worker(&self, id: WorkerId) -> Option<&WorkerRecord> {
+        self.workers.get(&id)
+    }
+
+    /// A job's tasks, by index.
+    pub(crate) fn job_tasks(&self, id: JobId) -> impl Iterator<Item = &TaskRecord> + '_ {
+        self.jobs
+            .get(&id)
+            .into_iter()
+            .flat_map(|j| j.tasks.iter())
+            .filter_map(|t| self.tasks.get(t))
+    }
+
+    /// How many tasks of `job` have failed on `worker`.
+    pub(crate) fn failures(&self, job: JobId, worker: WorkerId) -> u32 {
+        self.failures.get(&(job, worker)).copied().unwrap_or(0)
+    }
+
+    /// Whether `worker` is set aside for `job`.
+    pub(crate) fn blocklisted(&self, job: JobId, worker: WorkerId) -> bool {
+        self.failures(job, worker) >= BLOCKLIST_AFTER
+    }
+
+    /// Job ids, newest first.
+    pub(crate) fn newest_jobs(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.order.values().rev().copied()
+    }
+
+    /// Workers, most recently seen first.
+    pub(crate) fn workers(&self) -> Vec<&WorkerRecord> {
+        let mut w: Vec<&WorkerRecord> = self.workers.values().collect();
+        w.sort_by_key(|w| (Reverse(w.last_seen_ms), w.id));
+        w
+    }
+
+    /// A task on the wire.
+    pub(crate) fn task_proto(task: &TaskRecord, with_spec: bool) -> v1::Task {
+        v1::Task {
+            id: task.id.to_string(),
+            job_id: task.job.to_string(),
+            index: task.index,
+            state: task.state.to_proto() as i32,
+            spec: with_spec.then(|| task.spec.clone()),
+            attempts: task.attempts,
+            worker_id: task.worker.map(|w| w.to_string()).unwrap_or_default(),
+            progress: task.progress.clone(),
+            result: task.result.clone(),
+            final_losses: task.final_losses,
+            error: task.error.clone(),
+        }
+    }
+
+    /// A job on the wire.
+    pub(crate) fn job_proto(&self, id: JobId, detail: Detail) -> Result<v1::Job> {
+        let job = self.job(id)?;
+        let tasks: Vec<&TaskRecord> = self.job_tasks(id).collect();
+        let result = match (job.state, tasks.as_slice()) {
+            (JobState::Completed, [only]) => only.result.clone(),
+            _ => None,
+        };
+        let error = match job.state {
+            JobState::Failed => tasks
+                .iter()
+                .find(|t| t.state == TaskState::Failed)
+                .map(|t| {
+                    format!(
+                        "task {} ({}) failed after {} attempt{}: {}",
+                        t.index,
+                        t.spec.output_name,
+                        t.attempts,
+                        if t.attempts == 1 { "" } else { "s" },
+                        t.error
+                    )
+                })
+                .unwrap_or_default(),
+            JobState::Canceled => "canceled".to_string(),
+            JobState::Queued | JobState::Active | JobState::Completed => String::new(),
+        };
+        let tasks = match detail {
+            Detail::Full => tasks.iter().map(|t| Self::task_proto(t, true)).collect(),
+            Detail::Summary => tasks.iter().map(|t| Self::task_proto(t, false)).collect(),
+            Detail::NoTasks => Vec::new(),
+        };
+        Ok(v1::Job {
+            id: job.id.to_string(),
+            state: job.state.to_proto() as i32,
+            spec: Some(job.spec.clone()),
+            tasks,
+            created_unix_ms: job.created_ms,
+            updated_unix_ms: job.updated_ms,
+            result,
+            error,
+        })
+    }
+
+    /// Counts for `QueueStats`; workers count when seen within a lease duration of `now`.
+    pub(crate) fn stats(&self, now: i64) -> v1::QueueStatsResponse {
+        let mut s = v1::QueueStatsResponse::default();
+        for job in self.jobs.values() {
+            match job.state {
+                JobState::Queued => s.jobs_queued += 1,
+                JobState::Active => s.jobs_active += 1,
+                JobState::Completed | JobState::Failed | JobState::Canceled => {}
+            }
+        }
+        for task in self.tasks.values() {
+            match task.state {
+                TaskState::Queued | TaskState::SoftFailed => s.tasks_queued += 1,
+                TaskState::Leased(_) | TaskState::Running(_) => s.tasks_running += 1,
+                TaskState::Succeeded => s.tasks_succeeded += 1,
+                TaskState::Failed => s.tasks_failed += 1,
+                TaskState::Canceled { .. } => {}
+            }
+        }
+        let cutoff = now.saturating_sub(self.config.lease_ms);
+        s.workers = self
+            .workers
+            .values()
+            .filter(|w| w.last_seen_ms >= cutoff)
+            .count() as u32;
+        s
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Helpers
+
+    fn ready_key(&self, task: &TaskRecord) -> ReadyKey {
+        let (priority, seq) = self
+            .jobs
+            .get(&task.job)
+            .map_or((0, i64::MAX), |j| (j.spec.priority, j.seq));
+        (Reverse(priority), seq, task.index, task.id)
+    }
+
+    /// The task and lease behind a lease id the worker holds.
+    fn held(&self, lease: LeaseId) -> Result<(TaskId, Lease)> {
+        let task = self
+            .leases
+            .get(&lease)
+            .ok_or(CoordinatorError::LeaseLost { lease })?;
+        let held = self
+            .tasks
+            .get(task)
+            .and_then(|t| t.state.lease())
+            .filter(|l| l.id == lease)
+            .ok_or(CoordinatorError::LeaseLost { lease })?;
+        Ok((*task, *held))
+    }
+
+    /// The task's job, and whether the task was canceled (its lease is draining).
+    fn task_job_and_canceled(&self, task: TaskId, lease: LeaseId) -> Result<(JobId, bool)> {
+        let task = self
+            .tasks
+            .get(&task)
+            .ok_or(CoordinatorError::LeaseLost { lease })?;
+        Ok((task.job, matches!(task.state, TaskState::Canceled { .. })))
+    }
+
+    /// Moves a task to `state`, keeping the queue and the lease index in step.
+    fn set_state(&mut self, id: TaskId, state: TaskState) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        let key = self.ready_key(task);
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut task.state, state);
+        if let Some(l) = old.lease() {
+            self.leases.remove(&l.id);
+        }
+        if let Some(l) = task.state.lease() {
+            self.leases.insert(l.id, id);
+        }
+        if old.is_ready() {
+            self.ready.remove(&key);
+        }
+        if task.state.is_ready() {
+            self.ready.insert(key);
+            self.effects.push(Effect::TasksReady);
+        }
+        self.effects.push(Effect::TaskChanged(id));
+    }
+
+    /// An attempt failed on `worker` (application error, out of memory, lapsed lease).
+    fn count_failure(&mut self, task_id: TaskId, worker: WorkerId, reason: &str) {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let job = task.job;
+        task.error = reason.to_string();
+        if !task.failed_on.contains(&worker) {
+            task.failed_on.push(worker);
+        }
+        let attempts = task.attempts;
+        let max = self
+            .jobs
+            .get(&job)
+            .map_or(self.config.default_max_attempts, |j| {
+                if j.spec.max_attempts == 0 {
+                    self.config.default_max_attempts
+                } else {
+                    j.spec.max_attempts
+                }
+            });
+        let count = self.failures.entry((job, worker)).or_insert(0);
+        *count += 1;
+        if *count == BLOCKLIST_AFTER {
+            tracing::warn!(job_id = %job, worker_id = %worker, "worker failed {BLOCKLIST_AFTER} tasks of the job: it gets no more of them");
+        }
+        self.effects.push(Effect::FailureCounted(job, worker));
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.tasks_failed += 1;
+            self.effects.push(Effect::WorkerChanged(worker));
+        }
+        let state = if attempts >= max {
+            TaskState::Failed
+        } else {
+            TaskState::SoftFailed
+        };
+        self.set_state(task_id, state);
+    }
+
+    /// The worker is done with `task` (and was seen now).
+    fn release_worker(&mut self, worker: WorkerId, task: TaskId, now: i64) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if w.current_task == Some(task) {
+                w.current_task = None;
+            }
+        }
+        self.touch(worker, now);
+    }
+
+    fn touch(&mut self, worker: WorkerId, now: i64) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen_ms = w.last_seen_ms.max(now);
+            self.effects.push(Effect::WorkerChanged(worker));
+        }
+    }
+
+    /// Re-derives a job's state after its tasks changed.
+    fn refresh_job(&mut self, id: JobId, now: i64) {
+        let derived = JobState::derive(self.job_tasks(id).map(|t| &t.state));
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.updated_ms = job.updated_ms.max(now);
+        self.effects.push(Effect::JobChanged(id));
+        if job.state != derived {
+            tracing::info!(job_id = %id, from = ?job.state, to = ?derived, "job state changed");
+            job.state = derived;
+            self.effects.push(Effect::JobStateChanged(id));
+        }
+    }
+}
+
+fn not_found(kind: &'static str, id: impl ToString) -> CoordinatorError {
+    CoordinatorError::NotFound {
+        kind,
+        id: id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+//! The scheduler's rules as pure logic, with a manual clock.
+
+use std::time::Duration;
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+
+const LEASE: Duration = Duration::from_secs(30);
+const GIB: u64 = 1024 * 1024 * 1024;
+
+struct Farm {
+    s: Scheduler,
+    clock: ManualClock,
+}
+
+impl Farm {
+    fn new() -> Self {
+        Self {
+            s: Scheduler::new(SchedulerConfig {
+                lease_ms: LEASE.as_millis() as i64,
+                default_max_attempts: 3,
+            }),
+            clock: ManualClock::default(),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn worker(&mut self, memory_bytes: u64) -> WorkerId {
+        let now = self.now();
+        let caps = v1::Capabilities {
+            memory_bytes,
+            ..Default::default()
+        };
+        self.s.register_worker("w".into(), caps, now)
+    }
+
+    fn job(&mut self, tasks: usize, priority: i32, max_attempts: u32, memory: u64) -> JobId {
+        let spec = v1::JobSpec {
+            priority,
+            max_attempts,
+            required_memory_bytes: memory,
+            ..Default::default()
+        };
+        let task_specs = (0..tasks)
+            .map(|i| v1::TaskSpec {
+                output_name: format!("frame_{i:04}.png"),
+                required_memory_bytes: memory,
+                ..Default::default()
+            })
+            .collect();
+        let now = self.now();
+        self.s.submit(JobId::new(), spec, task_specs, now)
+    }
+
+    fn lease(&mut self, w: WorkerId) -> Option<Grant> {
+        let now = self.now();
+        self.s.lease(w, now).unwrap()
+    }
+
+    fn update(&mut self, lease: LeaseId) -> Result<UpdateAnswer> {
+        let now = self.now();
+        self.s.update(lease, Some(v1::Progress::default()), now)
+    }
+
+    fn complete(&mut self, lease: LeaseId) -> Result<()> {
+        let now = self.now();
+        let result = v1::BlobRef {
+            sha256: "ab".repeat(32),
+            size: 3,
+        };
+        self.s.complete(lease, result, None, now)
+    }
+
+    fn fail(&mut self, lease: LeaseId, kind: FailureKind) -> Result<()> {
+        let now = self.now();
+        self.s.fail(lease, kind, "it broke", now)
+    }
+
+    fn expire_after(&mut self, d: Duration) -> usize {
+        self.clock.advance(d);
+        let now = self.now();
+        self.s.expire(now)
+    }
+
+    fn task(&self, id: TaskId) -> &TaskRecord {
+        self.s.task(id).unwrap()
+    }
+
+    fn job_state(&self, id: JobId) -> JobState {
+        self.s.job(id).unwrap().state
+    }
+}
+
+#[test]
+fn a_lapsed_lease_requeues_the_task_and_counts_an_attempt() {
+    let mut f = Farm::new();
+    let (a, b) = (f.worker(0), f.worker(0));
+    let job = f.job(1, 0, 0, 0);
+    let g = f.lease(a).unwrap();
+    assert_eq!(g.deadline_ms, f.now() + 30_000);
+    assert_eq!(f.job_state(job), JobState::Active);
+    assert_eq!(f.s.next_deadline(), Some(g.deadline_ms));
+
+    // An update renews the lease: nothing lapses at the first deadline.
+    f.clock.advance(Duration::from_secs(20));
+    let answer = f.update(g.lease).unwrap();
+    assert!(!answer.cancel);
+    assert_eq!(f.expire_after(Duration::from_secs(15)), 0);
+    assert!(matches!(f.task(g.task).state, TaskState::Running(_)));
+
+    assert_eq!(f.expire_after(Duration::from_secs(16)), 1);
+    let t = f.task(g.task);
+    assert_eq!(t.state, TaskState::SoftFailed);
+    assert_eq!(t.attempts, 1);
+    assert!(t.error.contains("lease lapsed"), "{}", t.error);
+    assert_eq!(f.s.next_deadline(), None);
+    assert!(f.s.worker(a).unwrap().current_task.is_none());
+    assert!(f.s.take_effects().contains(&Effect::TasksReady));
+
+    let again = f.lease(b).unwrap();
+    assert_eq!(again.task, g.task);
+    assert_eq!(f.task(g.task).attempts, 2);
+}
+
+#[test]
+fn a_stale_lease_is_refused_and_its_late_result_does_not_count() {
+    let mut f = Farm::new();
+    let (a, b) = (f.worker(0), f.worker(0));
+    let job = f.job(1, 0, 0, 0);
+    let old = f.lease(a).unwrap();
+    f.expire_after(LEASE + Duration::from_millis(1));
+    let new = f.lease(b).unwrap();
+
+    for e in [
+        f.update(old.lease).unwrap_err(),
+        f.complete(old.lease).unwrap_err(),
+        f.fail(old.lease, FailureKind::Application).unwrap_err(),
+    ] {
+        assert!(matches!(e, CoordinatorError::LeaseLost { .. }), "{e}");
+    }
+    assert!(matches!(f.task(new.task).state, TaskState::Leased(l) if l.worker == b));
+
+    f.complete(new.lease).unwrap();
+    assert_eq!(f.job_state(job), JobState::Completed);
+    assert!(matches!(
+        f.complete(new.lease).unwrap_err(),
+        CoordinatorError::LeaseLost { .. }
+    ));
+    let j = f.s.job_proto(job, Detail::Full).unwrap();
+    assert_eq!(j.result.unwrap().size, 3);
+    assert_eq!(f.s.worker(b).unwrap().tasks_done, 1);
+    assert_eq!(f.s.worker(a).unwrap().tasks_failed, 1);
+}
+
+#[test]
+fn a_failing_task_is_retried_up_to_max_attempts_then_fails_the_job() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(1, 0, 2, 0);
+    let g = f.lease(w).unwrap();
+    f.fail(g.lease, FailureKind::Application).unwrap();
+    assert_eq!(f.task(g.task).state, TaskState::SoftFailed);
+    assert_eq!(f.job_state(job), JobState::Active);
+
+    let g = f.lease(w).unwrap();
+    f.fail(g.lease, FailureKind::OutOfMemory).unwrap();
+    let t = f.task(g.task);
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(t.attempts, 2);
+    assert!(t.error.starts_with("out of memory"), "{}", t.error);
+    assert_eq!(f.job_state(job), JobState::Failed);
+    let j = f.s.job_proto(job, Detail::NoTasks).unwrap();
+    assert!(j.error.contains("failed after 2 attempts"), "{}", j.error);
+    assert!(f.lease(w).is_none());
+
+    // The default applies when the job says 0.
+    let job = f.job(1, 0, 0, 0);
+    for _ in 0..3 {
+        let g = f.lease(w).unwrap();
+        f.fail(g.lease, FailureKind::Application).unwrap();
+    }
+    assert_eq!(f.job_state(job), JobState::Failed);
+}
+
+#[test]
+fn a_worker_that_fails_three_tasks_of_a_job_is_blocklisted_for_it() {
+    let mut f = Farm::new();
+    let (bad, good) = (f.worker(0), f.worker(0));
+    let job = f.job(5, 0, 10, 0);
+    let other = f.job(1, 0, 0, 0);
+    for _ in 0..BLOCKLIST_AFTER {
+        let g = f.lease(bad).unwrap();
+        assert_eq!(g.job, job);
+        f.fail(g.lease, FailureKind::Application).unwrap();
+    }
+    assert!(f.s.blocklisted(job, bad));
+    assert!(!f.s.blocklisted(job, good));
+    // The bad worker now only gets the other job's task, then nothing.
+    assert_eq!(f.lease(bad).unwrap().job, other);
+    assert!(f.lease(bad).is_none());
+    assert_eq!(f.lease(good).unwrap().job, job);
+    assert!(f
+        .s
+        .take_effects()
+        .contains(&Effect::FailureCounted(job, bad)));
+}
+
+#[test]
+fn an_interrupted_attempt_is_handed_back_without_using_an_attempt() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(1, 0, 1, 0);
+    for _ in 0..5 {
+        let g = f.lease(w).unwrap();
+        f.update(g.lease).unwrap();
+        f.fail(g.lease, FailureKind::Interrupted).unwrap();
+        let t = f.task(g.task);
+        assert_eq!(t.state, TaskState::Queued);
+        assert_eq!(t.attempts, 0);
+    }
+    assert_eq!(f.s.failures(job, w), 0);
+    assert_eq!(f.s.worker(w).unwrap().tasks_failed, 0);
+    let g = f.lease(w).unwrap();
+    f.complete(g.lease).unwrap();
+    assert_eq!(f.job_state(job), JobState::Completed);
+}
+
+#[test]
+fn higher_priority_goes_first_then_submission_order_then_frame_order() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let low = f.job(2, 0, 0, 0);
+    let high = f.job(1, 5, 0, 0);
+    let low2 = f.job(1, 0, 0, 0);
+    let negative = f.job(1, -1, 0, 0);
+    let order: Vec<(JobId, u32)> = (0..5)
+        .map(|_| {
+            let g = f.lease(w).unwrap();
+            (g.job, f.task(g.task).index)
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [(high, 0), (low, 0), (low, 1), (low2, 0), (negative, 0)]
+    );
+}
+
+#[test]
+fn a_task_never_goes_to_a_worker_with_too_little_memory() {
+    let mut f = Farm::new();
+    let small = f.worker(4 * GIB);
+    let unknown = f.worker(0);
+    let big = f.worker(16 * GIB);
+    let heavy = f.job(1, 10, 0, 8 * GIB);
+    assert!(f.lease(small).is_none());
+    assert!(f.lease(unknown).is_none());
+    let light = f.job(1, 0, 0, 0);
+    // The small worker skips the heavy task (higher priority) and takes the light one.
+    assert_eq!(f.lease(small).unwrap().job, light);
+    assert_eq!(f.lease(big).unwrap().job, heavy);
+}
+
+#[test]
+fn cancel_reaches_a_running_task_through_the_update_answer() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(2, 0, 0, 0);
+    let g = f.lease(w).unwrap();
+    f.update(g.lease).unwrap();
+    f.s.cancel(job, f.now()).unwrap();
+    assert_eq!(f.job_state(job), JobState::Canceled);
+    let t = f.task(g.task);
+    assert!(matches!(t.state, TaskState::Canceled { draining: Some(_) }));
+    assert_eq!(
+        f.s.job_tasks(job)
+            .filter(|t| t.state == TaskState::Canceled { draining: None })
+            .count(),
+        1
+    );
+
+    let answer = f.update(g.lease).unwrap();
+    assert!(answer.cancel);
+    // The worker stops and says so: accepted, the task stays canceled.
+    f.fail(g.lease, FailureKind::Interrupted).unwrap();
+    let t = f.task(g.task);
+    assert_eq!(t.state, TaskState::Canceled { draining: None });
+    assert_eq!(t.attempts, 1);
+    assert!(f.s.worker(w).unwrap().current_task.is_none());
+    assert!(f.lease(w).is_none());
+    assert_eq!(f.s.next_deadline(), None);
+    assert!(f.s.cancel(job, f.now()).is_ok());
+}
+
+#[test]
+fn a_result_reported_after_cancel_is_accepted_but_not_used() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(1, 0, 0, 0);
+    let g = f.lease(w).unwrap();
+    f.s.cancel(job, f.now()).unwrap();
+    f.complete(g.lease).unwrap();
+    assert_eq!(f.task(g.task).state, TaskState::Canceled { draining: None });
+    assert!(f.task(g.task).result.is_none());
+    assert_eq!(f.job_state(job), JobState::Canceled);
+    // A canceled task whose worker vanished is released when the lease lapses.
+    let job = f.job(1, 0, 0, 0);
+    let g = f.lease(w).unwrap();
+    f.s.cancel(job, f.now()).unwrap();
+    assert_eq!(f.expire_after(LEASE), 1);
+    assert_eq!(f.task(g.task).state, TaskState::Canceled { draining: None });
+    assert_eq!(f.s.failures(job, w), 0);
+}
+
+#[test]
+fn retry_requeues_failed_and_canceled_tasks_of_a_finished_job() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(2, 0, 1, 0);
+    let first = f.lease(w).unwrap();
+    let e = f.s.retry(job, f.now()).unwrap_err();
+    assert!(matches!(e, CoordinatorError::WrongJobState { .. }), "{e}");
+    f.complete(first.lease).unwrap();
+    let second = f.lease(w).unwrap();
+    f.fail(second.lease, FailureKind::Application).unwrap();
+    assert_eq!(f.job_state(job), JobState::Failed);
+
+    f.s.retry(job, f.now()).unwrap();
+    assert_eq!(f.job_state(job), JobState::Active);
+    let t = f.task(second.task);
+    assert_eq!(
+        (t.state.clone(), t.attempts, t.error.as_str()),
+        (TaskState::Queued, 0, "")
+    );
+    assert_eq!(f.task(first.task).state, TaskState::Succeeded);
+    let g = f.lease(w).unwrap();
+    assert_eq!(g.task, second.task);
+    f.complete(g.lease).unwrap();
+    assert_eq!(f.job_state(job), JobState::Completed);
+}
+
+#[test]
+fn a_failed_task_prefers_another_worker_but_its_own_may_take_it_back() {
+    let mut f = Farm::new();
+    let (a, b) = (f.worker(0), f.worker(0));
+    let job = f.job(2, 0, 0, 0);
+    let g0 = f.lease(a).unwrap();
+    f.fail(g0.lease, FailureKind::Application).unwrap();
+    // Worker a skips the task it failed while another is ready...
+    let g1 = f.lease(a).unwrap();
+    assert_ne!(g1.task, g0.task);
+    // ...and b takes it.
+    assert_eq!(f.lease(b).unwrap().task, g0.task);
+    f.s.cancel(job, f.now()).unwrap();
+
+    let _ = f.job(1, 0, 0, 0);
+    let g = f.lease(a).unwrap();
+    f.fail(g.lease, FailureKind::Application).unwrap();
+    assert_eq!(
+        f.lease(a).unwrap().task,
+        g.task,
+        "nothing else to do: the same worker retries"
+    );
+}
+
+#[test]
+fn other_tasks_of_a_job_finish_before_it_fails() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(2, 0, 1, 0);
+    let a = f.lease(w).unwrap();
+    let b = f.lease(w).unwrap();
+    f.fail(a.lease, FailureKind::Application).unwrap();
+    assert_eq!(f.job_state(job), JobState::Active);
+    f.complete(b.lease).unwrap();
+    assert_eq!(f.job_state(job), JobState::Failed);
+    assert!(f.s.take_effects().contains(&Effect::JobStateChanged(job)));
+}
+
+#[test]
+fn a_restart_voids_leases_without_using_attempts() {
+    let mut f = Farm::new();
+    let w = f.worker(0);
+    let job = f.job(3, 0, 0, 0);
+    let done = f.lease(w).unwrap();
+    f.complete(done.lease).unwrap();
+    let running = f.lease(w).unwrap();
+    f.update(running.lease).unwrap();
+    let failed_once = f.lease(w).unwrap();
+    f.fail(failed_once.lease, FailureKind::Application).unwrap();
+    let retrying = f.lease(w).unwrap();
+    assert_eq!(retrying.task, failed_once.task);
+
+    let snapshot = Snapshot {
+        jobs: f.s.jobs.values().cloned().collect(),
+        tasks: f.s.tasks.values().cloned().collect(),
+        workers: f.s.workers.values().cloned().collect(),
+        failures: f
+            .s
+            .failures
+            .iter()
+            .map(|((j, w), n)| (*j, *w, *n))
+            .collect(),
+    };
+    let mut s = Scheduler::restore(f.s.config, snapshot);
+    let effects = s.take_effects();
+    assert!(effects.contains(&Effect::TaskChanged(running.task)));
+    assert!(effects.contains(&Effect::TasksReady));
+
+    let t = s.task(running.task).unwrap();
+    assert_eq!((t.state.clone(), t.attempts), (TaskState::Queued, 0));
+    let t = s.task(failed_once.task).unwrap();
+    assert_eq!((t.state.clone(), t.attempts), (TaskState::SoftFailed, 1));
+    assert_eq!(s.task(done.task).unwrap().state, TaskState::Succeeded);
+    assert!(s.worker(w).unwrap().current_task.is_none());
+    assert_eq!(s.job(job).unwrap().state, JobState::Active);
+    assert_eq!(s.failures(job, w), 1);
+    let now = f.clock.now_ms();
+    assert!(matches!(
+        s.update(running.lease, None, now).unwrap_err(),
+        CoordinatorError::LeaseLost { .. }
+    ));
+    // Both go out again, in frame order.
+    assert_eq!(s.lease(w, now).unwrap().unwrap().task, running.task);
+    assert_eq!(s.lease(w, now).unwrap().unwrap().task, failed_once.task);
+}
+
+#[test]
+fn unknown_workers_and_jobs_are_not_found() {
+    let mut f = Farm::new();
+    let now = f.now();
+    assert!(matches!(
+        f.s.lease(WorkerId::new(), now).unwrap_err(),
+        CoordinatorError::NotFound { kind: "worker", .. }
+    ));
+    assert!(matches!(
+        f.s.cancel(JobId::new(), now).unwrap_err(),
+        CoordinatorError::NotFound { kind: "job", .. }
+    ));
+    assert!(
+        f.s.take_effects().is_empty(),
+        "a refused event changes nothing"
+    );
+}
+
+#[test]
+fn job_state_follows_the_tasks() {
+    use TaskState::*;
+    let lease = Lease {
+        id: LeaseId::new(),
+        worker: WorkerId::new(),
+        deadline_ms: 0,
+    };
+    let cases: [(&[TaskState], JobState); 7] = [
+        (&[Queued, Queued], JobState::Queued),
+        (&[Queued, Leased(lease)], JobState::Active),
+        (&[Succeeded, Queued], JobState::Active),
+        (&[Failed, Running(lease)], JobState::Active),
+        (&[Succeeded, Succeeded], JobState::Completed),
+        (&[Succeeded, Failed], JobState::Failed),
+        (&[Failed, Canceled { draining: None }], JobState::Canceled),
+    ];
+    for (tasks, want) in cases {
+        assert_eq!(JobState::derive(tasks), want, "{tasks:?}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The gRPC services. Handlers are thin: check and convert the request, call the core, turn
+//! its error into a status (one `From<CoordinatorError> for Status`).
+
+mod admin;
+mod blobs;
+mod jobs;
+mod workers;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+use crate::blobs::BlobStore;
+use crate::core::{CoreHandle, Signals};
+use crate::error::{CoordinatorError, Result};
+use crate::validate::{ImageChecker, JobLimits};
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) core: CoreHandle,
+    pub(crate) blobs: Arc<BlobStore>,
+    pub(crate) images: Arc<ImageChecker>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) limits: Limits,
+}
+
+/// The settings the handlers need.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) job: JobLimits,
+    pub(crate) max_blob_bytes: u64,
+    pub(crate) max_long_poll: Duration,
+    pub(crate) heartbeat_interval: Duration,
+}
+
+/// An id field of a request.
+pub(crate) fn parse_id<T>(s: &str, field: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: ToString,
+{
+    if s.is_empty() {
+        return Err(CoordinatorError::invalid(field, "missing"));
+    }
+    s.parse()
+        .map_err(|e: T::Err| CoordinatorError::invalid(field, e.to_string()))
+}
+
+/// Refuses calls without the farm token (`authorization: Bearer TOKEN`) when one is set.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    expected: Option<Arc<MetadataValue<tonic::metadata::Ascii>>>,
+}
+
+impl Auth {
+    /// `None`: every call passes. Errors when the token cannot be sent in a header.
+    pub(crate) fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let expected = match token {
+            None => None,
+            Some(t) => Some(Arc::new(
+                MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    anyhow::anyhow!("the farm token holds characters a gRPC header cannot carry")
+                })?,
+            )),
+        };
+        Ok(Self { expected })
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        match request.metadata().get("authorization") {
+            Some(given) if same_bytes(given.as_bytes(), expected.as_bytes()) => Ok(request),
+            _ => Err(CoordinatorError::Unauthenticated.into()),
+        }
+    }
+}
+
+/// An `Api` on a fresh data directory, for handler tests.
+#[cfg(test)]
+pub(crate) fn test_api(dir: &std::path::Path) -> Api {
+    use crate::clock::ManualClock;
+    use crate::core::Core;
+    use crate::scheduler::SchedulerConfig;
+
+    let signals = Arc::new(Signals::new());
+    let config = SchedulerConfig {
+        lease_ms: 30_000,
+        default_max_attempts: 3,
+    };
+    let clock = Arc::new(ManualClock::default());
+    let core = Core::open(dir, config, clock, signals.clone()).unwrap();
+    let (core, _stopped) = CoreHandle::start(core).unwrap();
+    Api {
+        core,
+        blobs: Arc::new(BlobStore::open(dir).unwrap()),
+        images: Arc::new(ImageChecker::new()),
+        signals,
+        limits: Limits {
+            job: JobLimits { max_tasks: 10 },
+            max_blob_bytes: 1 << 20,
+            max_long_poll: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(2),
+        },
+    }
+}

@@ -1,0 +1,345 @@
+//! Checking a submitted job from end to end and turning it into tasks: every field, every
+//! referenced blob (stored, of the declared size, a decodable image), the settings through the
+//! engine's own checks. A job that passes here runs; one that does not is refused with a
+//! sentence naming the field, and nothing else on the farm notices.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use stylefarm_engine::image_io::{decode_image, DecodeLimits};
+use stylefarm_engine::settings::Init;
+use stylefarm_proto::convert::settings_from_proto;
+use stylefarm_proto::ids::JobId;
+use stylefarm_proto::v1;
+use tokio::sync::Semaphore;
+
+use crate::blobs::{BlobHash, BlobStore};
+use crate::error::{CoordinatorError, Result};
+
+/// Most style images in one job.
+pub(crate) const MAX_STYLES: usize = 32;
+/// Longest job name, in characters.
+const MAX_NAME_CHARS: usize = 256;
+/// Longest content name (a file name), in bytes.
+const MAX_FILE_NAME_BYTES: usize = 255;
+/// Most attempts a job may ask for per task.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// A checked job, ready for the scheduler.
+#[derive(Debug, Clone)]
+pub(crate) struct JobPlan {
+    pub(crate) id: JobId,
+    /// As submitted, with blob sizes filled in.
+    pub(crate) spec: v1::JobSpec,
+    /// One per content image.
+    pub(crate) tasks: Vec<v1::TaskSpec>,
+}
+
+/// Decodes each blob used as an image once (decoding is the expensive part of checking a
+/// job) and one at a time, so that a burst of submissions cannot exhaust memory.
+#[derive(Debug)]
+pub(crate) struct ImageChecker {
+    checked: Mutex<HashSet<BlobHash>>,
+    permits: Semaphore,
+    limits: DecodeLimits,
+}
+
+impl ImageChecker {
+    pub(crate) fn new() -> Self {
+        Self {
+            checked: Mutex::new(HashSet::new()),
+            permits: Semaphore::new(1),
+            limits: DecodeLimits::default(),
+        }
+    }
+
+    fn known(&self, hash: &BlobHash) -> bool {
+        self.checked
+            .lock()
+            .map(|c| c.contains(hash))
+            .unwrap_or(false)
+    }
+
+    /// Checks that the stored blob `hash` is an image the workers can decode; errors name
+    /// `field`.
+    async fn check(&self, blobs: &BlobStore, hash: &BlobHash, field: &str) -> Result<()> {
+        if self.known(hash) {
+            return Ok(());
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        if self.known(hash) {
+            return Ok(());
+        }
+        let bytes = blobs.read_all(hash).await?;
+        let what = format!("blob {hash}");
+        let limits = self.limits;
+        let decoded = tokio::task::spawn_blocking(move || {
+            decode_image(&bytes, &what, &limits).map(|img| img.dimensions())
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("checking an image failed: {e}")))?;
+        match decoded {
+            Ok(_) => {
+                if let Ok(mut c) = self.checked.lock() {
+                    c.insert(hash.clone());
+                }
+                Ok(())
+            }
+            Err(e) => Err(CoordinatorError::invalid(field, e.to_string())),
+        }
+    }
+}
+
+/// Limits a job is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobLimits {
+    pub(crate) max_tasks: usize,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordinatorError {
+    CoordinatorError::invalid(field, reason)
+}
+
+/// A blob reference that names a stored blob; its size is filled in when it was 0.
+async fn check_blob(blobs: &BlobStore, blob: &mut v1::BlobRef, field: &str) -> Result<BlobHash> {
+    let hash = BlobHash::parse(&blob.sha256, &format!("{field}.sha256"))?;
+    let Some(size) = blobs.size(&hash).await? else {
+        return Err(invalid(field, format!("blob {hash} has not been uploaded")));
+    };
+    if blob.size != 0 && blob.size != size {
+        return Err(invalid(
+            format!("{field}.size"),
+            format!("blob {hash} holds {size} bytes, not {}", blob.size),
+        ));
+    }
+    blob.size = size;
+    Ok(hash)
+}
+
+/// Whether `name` can name an output file on any system.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// Output file names: the content's name with a `.png` extension, or `frame_NNNN.png`; made
+/// unique by appending the frame index where two would collide.
+fn output_names(spec: &v1::JobSpec) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut names = Vec::with_capacity(spec.content.len());
+    for index in 0..spec.content.len() {
+        let base = match spec.content_names.get(index) {
+            Some(n) => {
+                let stem = std::path::Path::new(n)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(n);
+                format!("{stem}.png")
+            }
+            None => format!("frame_{index:04}.png"),
+        };
+        let count = seen.entry(base.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            names.push(base);
+        } else {
+            let stem = base.trim_end_matches(".png");
+            names.push(format!("{stem}_{index:04}.png"));
+        }
+    }
+    names
+}
+
+/// Checks a submitted spec and plans its tasks (one per content image).
+pub(crate) async fn plan_job(
+    spec: Option<v1::JobSpec>,
+    limits: JobLimits,
+    blobs: &BlobStore,
+    images: &ImageChecker,
+) -> Result<JobPlan> {
+    let mut spec = spec.ok_or_else(|| invalid("spec", "missing: a job needs a spec"))?;
+
+    if spec.name.chars().count() > MAX_NAME_CHARS {
+        return Err(invalid(
+            "spec.name",
+            format!("longer than {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    // Later issues: refused by name rather than silently ignored.
+    if let Some(tiles) = &spec.tiles {
+        if tiles.tile_size > 0 {
+            return Err(invalid(
+                "spec.tiles.tile_size",
+                "tiling is not supported yet",
+            ));
+        }
+    }
+    if !spec.sweeps.is_empty() {
+        return Err(invalid(
+            "spec.sweeps",
+            "parameter sweeps are not supported yet",
+        ));
+    }
+    if spec.temporal {
+        return Err(invalid(
+            "spec.temporal",
+            "temporal rendering (each frame from the previous output) is not supported yet",
+        ));
+    }
+
+    if spec.content.is_empty() {
+        return Err(invalid(
+            "spec.content",
+            "at least one content image is needed",
+        ));
+    }
+    if spec.content.len() > limits.max_tasks {
+        return Err(CoordinatorError::LimitExceeded(format!(
+            "spec.content holds {} images, over the limit of {} tasks per job",
+            spec.content.len(),
+            limits.max_tasks
+        )));
+    }
+    if spec.styles.is_empty() {
+        return Err(invalid("spec.styles", "at least one style image is needed"));
+    }
+    if spec.styles.len() > MAX_STYLES {
+        return Err(CoordinatorError::LimitExceeded(format!(
+            "spec.styles holds {} images, over the limit of {MAX_STYLES}",
+            spec.styles.len()
+        )));
+    }
+    if !spec.content_names.is_empty() {
+        if spec.content_names.len() != spec.content.len() {
+            return Err(invalid(
+                "spec.content_names",
+                format!(
+                    "{} names for {} content images",
+                    spec.content_names.len(),
+                    spec.content.len()
+                ),
+            ));
+        }
+        for (i, name) in spec.content_names.iter().enumerate() {
+            if !plain_file_name(name) {
+                let shown: String = name.chars().take(80).collect();
+                return Err(invalid(
+                    format!("spec.content_names[{i}]"),
+                    format!("`{shown}` is not a plain file name"),
+                ));
+            }
+        }
+    }
+    if spec.max_attempts > MAX_ATTEMPTS {
+        return Err(invalid(
+            "spec.max_attempts",
+            format!("{} is over the limit of {MAX_ATTEMPTS}", spec.max_attempts),
+        ));
+    }
+
+    let settings = spec.settings.clone().unwrap_or_default();
+    let engine = settings_from_proto(&settings, spec.styles.len(), "spec.settings")?;
+
+    let init_given = spec
+        .init_image
+        .as_ref()
+        .is_some_and(|b| !b.sha256.is_empty() || b.size != 0);
+    match (engine.init == Init::Image, init_given) {
+        (true, false) => {
+            return Err(invalid(
+                "spec.init_image",
+                "spec.settings.init is IMAGE but no init image was given",
+            ))
+        }
+        (false, true) => {
+            return Err(invalid(
+                "spec.init_image",
+                "an init image was given but spec.settings.init is not IMAGE",
+            ))
+        }
+        (true, true) | (false, false) => {}
+    }
+    if !init_given {
+        spec.init_image = None;
+    }
+
+    // Every blob: well-formed, stored, of the declared size; then decodable.
+    let mut images_to_check = Vec::new();
+    for (i, blob) in spec.content.iter_mut().enumerate() {
+        let field = format!("spec.content[{i}]");
+        images_to_check.push((check_blob(blobs, blob, &field).await?, field));
+    }
+    for (i, blob) in spec.styles.iter_mut().enumerate() {
+        let field = format!("spec.styles[{i}]");
+        images_to_check.push((check_blob(blobs, blob, &field).await?, field));
+    }
+    if let Some(blob) = spec.init_image.as_mut() {
+        let field = "spec.init_image".to_string();
+        images_to_check.push((check_blob(blobs, blob, &field).await?, field));
+    }
+    for (hash, field) in &images_to_check {
+        images.check(blobs, hash, field).await?;
+    }
+
+    let names = output_names(&spec);
+    let tasks = spec
+        .content
+        .iter()
+        .zip(names)
+        .zip(0u32..)
+        .map(|((content, output_name), index)| v1::TaskSpec {
+            content: Some(content.clone()),
+            styles: spec.styles.clone(),
+            init_image: spec.init_image.clone(),
+            settings: Some(settings.clone()),
+            part: Some(v1::task_spec::Part::Frame(v1::Frame { index })),
+            output_name,
+            required_memory_bytes: spec.required_memory_bytes,
+        })
+        .collect();
+    Ok(JobPlan {
+        id: JobId::new(),
+        spec,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_come_from_content_names_and_stay_unique() {
+        let blob = v1::BlobRef::default();
+        let spec = v1::JobSpec {
+            content: vec![blob.clone(), blob.clone(), blob],
+            content_names: vec!["a.jpg".into(), "b.png".into(), "a.png".into()],
+            ..Default::default()
+        };
+        assert_eq!(output_names(&spec), ["a.png", "b.png", "a_0002.png"]);
+        let spec = v1::JobSpec {
+            content: vec![v1::BlobRef::default(); 2],
+            ..Default::default()
+        };
+        assert_eq!(output_names(&spec), ["frame_0000.png", "frame_0001.png"]);
+    }
+
+    #[test]
+    fn file_names_are_plain() {
+        assert!(plain_file_name("tubingen.jpg"));
+        assert!(!plain_file_name("../etc/passwd"));
+        assert!(!plain_file_name("a\\b"));
+        assert!(!plain_file_name(".."));
+        assert!(!plain_file_name(""));
+    }
+}

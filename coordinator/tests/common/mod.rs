@@ -1,0 +1,277 @@
+//! Helpers for the gRPC tests: an in-process coordinator on 127.0.0.1:0, clients, blobs and
+//! images.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stylefarm_coordinator::{serve_with_clock, Config, ManualClock};
+use stylefarm_engine::image_io::{encode_png, RgbImage};
+use stylefarm_proto::v1::{
+    self, admin_service_client::AdminServiceClient, blob_service_client::BlobServiceClient,
+    job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+/// Long enough for anything that should happen at once; short enough to fail fast.
+pub const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// A running coordinator.
+pub struct Farm {
+    pub url: String,
+    pub dir: PathBuf,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The four clients on one channel.
+#[derive(Clone)]
+pub struct Clients {
+    pub jobs: JobServiceClient<Channel>,
+    pub blobs: BlobServiceClient<Channel>,
+    pub workers: WorkerServiceClient<Channel>,
+    pub admin: AdminServiceClient<Channel>,
+    pub channel: Channel,
+}
+
+impl Farm {
+    /// Starts a coordinator on `dir` with a manual clock.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(Config::new(dir)).await
+    }
+
+    /// Starts a coordinator with `config` and a manual clock.
+    pub async fn start_with(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let clock = Arc::new(ManualClock::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let dir = config.data_dir.clone();
+        let server = tokio::spawn(serve_with_clock(listener, config, clock.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            dir,
+            clock,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub async fn clients(&self) -> Clients {
+        let channel = Endpoint::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Clients {
+            jobs: JobServiceClient::new(channel.clone()),
+            blobs: BlobServiceClient::new(channel.clone()),
+            workers: WorkerServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel.clone()),
+            channel,
+        }
+    }
+
+    /// Stops the coordinator gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(PROMPTLY, server)
+                .await
+                .expect("the coordinator stops promptly")
+                .expect("no panic")
+                .expect("the coordinator stops cleanly");
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A small PNG with a gradient, `seed` making each different.
+pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let mut raw = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            raw.extend_from_slice(&[x as u8 ^ seed, y as u8, seed]);
+        }
+    }
+    let img = RgbImage::from_raw(width, height, raw).unwrap();
+    encode_png(&img).unwrap()
+}
+
+/// Write requests for `data` in chunks of `chunk` bytes, declaring `sha` and the size.
+pub fn write_requests(data: &[u8], sha: &str, chunk: usize) -> Vec<v1::WriteBlobRequest> {
+    let mut reqs: Vec<v1::WriteBlobRequest> = data
+        .chunks(chunk)
+        .map(|c| v1::WriteBlobRequest {
+            data: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    if reqs.is_empty() {
+        reqs.push(v1::WriteBlobRequest::default());
+    }
+    reqs[0].sha256 = sha.to_string();
+    reqs[0].size = data.len() as u64;
+    reqs
+}
+
+/// Uploads `data` in 1 MiB chunks.
+pub async fn upload(c: &mut Clients, data: &[u8]) -> v1::BlobRef {
+    let reqs = write_requests(data, &sha256(data), stylefarm_proto::BLOB_CHUNK_BYTES);
+    c.blobs
+        .write(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner()
+        .blob
+        .unwrap()
+}
+
+/// Reads a whole blob from `offset`, checking the chunk size.
+pub async fn download(c: &mut Clients, sha: &str, offset: u64) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = c
+        .blobs
+        .read(v1::ReadBlobRequest {
+            sha256: sha.to_string(),
+            offset,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        assert!(chunk.data.len() <= stylefarm_proto::BLOB_CHUNK_BYTES);
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}
+
+/// A spec of one frame per content image with default settings (few iterations).
+pub fn spec(content: Vec<v1::BlobRef>, styles: Vec<v1::BlobRef>) -> v1::JobSpec {
+    v1::JobSpec {
+        name: "test".into(),
+        content,
+        styles,
+        settings: Some(v1::RenderSettings {
+            image_size: Some(64),
+            num_iterations: Some(5),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Uploads a content and a style image and returns a one-frame spec.
+pub async fn simple_spec(c: &mut Clients) -> v1::JobSpec {
+    let content = upload(c, &png(16, 12, 1)).await;
+    let style = upload(c, &png(8, 8, 2)).await;
+    spec(vec![content], vec![style])
+}
+
+pub async fn submit(c: &mut Clients, spec: v1::JobSpec) -> Result<String, tonic::Status> {
+    Ok(c.jobs
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner()
+        .job_id)
+}
+
+pub async fn get_job(c: &mut Clients, id: &str) -> v1::Job {
+    c.jobs
+        .get_job(v1::GetJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn register(c: &mut Clients, name: &str, memory_bytes: u64) -> String {
+    c.workers
+        .register_worker(v1::RegisterWorkerRequest {
+            name: name.into(),
+            capabilities: Some(v1::Capabilities {
+                device: v1::Device::Cpu as i32,
+                threads: 2,
+                memory_bytes,
+                models: vec!["vgg19-torch".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id
+}
+
+pub async fn lease(c: &mut Clients, worker: &str, wait_ms: u32) -> Option<v1::Lease> {
+    c.workers
+        .lease_task(v1::LeaseTaskRequest {
+            worker_id: worker.into(),
+            wait_ms,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+}
+
+pub async fn update(
+    c: &mut Clients,
+    lease: &str,
+    iteration: u32,
+) -> Result<v1::UpdateTaskResponse, tonic::Status> {
+    Ok(c.workers
+        .update_task(v1::UpdateTaskRequest {
+            lease_id: lease.into(),
+            progress: Some(v1::Progress {
+                iteration,
+                total_iterations: 5,
+                losses: Some(v1::Losses {
+                    total: 100.0 / f64::from(iteration + 1),
+                    ..Default::default()
+                }),
+                preview: None,
+            }),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Uploads `output` and completes the lease with it.
+pub async fn complete(
+    c: &mut Clients,
+    lease: &str,
+    output: &[u8],
+) -> Result<v1::BlobRef, tonic::Status> {
+    let blob = upload(c, output).await;
+    c.workers
+        .complete_task(v1::CompleteTaskRequest {
+            lease_id: lease.into(),
+            result: Some(blob.clone()),
+            final_losses: Some(v1::Losses {
+                total: 1.0,
+                ..Default::default()
+            }),
+            seconds: 0.5,
+        })
+        .await?;
+    Ok(blob)
+}
+
+pub fn job_state(job: &v1::Job) -> v1::JobState {
+    v1::JobState::try_from(job.state).unwrap()
+}
+
+pub fn task_state(task: &v1::Task) -> v1::TaskState {
+    v1::TaskState::try_from(task.state).unwrap()
+}
