@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {err}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message, not as a `source`, so it is printed once).
+        err: std::io::Error,
     },
     /// Bytes that are not a readable image (empty, truncated, corrupt, unknown format).
     #[error("{what} is not an image stylefarm can read: {reason}")]

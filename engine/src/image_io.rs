@@ -169,9 +169,9 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<R
 /// # Errors
 /// [`EngineError::Io`] when the file cannot be read, else as [`decode_image`].
 pub fn load_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
-    let io_err = |source| EngineError::Io {
+    let io_err = |err| EngineError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     let what = path.display().to_string();
     let size = fs::metadata(path).map_err(io_err)?.len();
@@ -403,9 +403,9 @@ pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
 /// Writes `bytes` to a new temporary file next to `path`, syncs it and renames it to `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io_err = |source| EngineError::Io {
+    let io_err = |err| EngineError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     let Some(name) = path.file_name() else {
         return Err(EngineError::InvalidOption {

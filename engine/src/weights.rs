@@ -104,9 +104,9 @@ fn bad(path: &Path, reason: &str) -> EngineError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io {
+    move |err| EngineError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 
