@@ -1,0 +1,154 @@
+//! stylefarm's worker: a render node that registers with a coordinator, leases tasks, fetches
+//! their images as content-addressed blobs, runs the engine on them and uploads the results.
+//!
+//! # Threads
+//! The gRPC side is async (tonic on the caller's tokio runtime): registration, the `LeaseTask`
+//! long poll, blob transfers, heartbeats and the final `CompleteTask`/`FailTask`. Each task's
+//! CPU work (decoding, the render, PNG/JPEG encoding) runs on its own OS thread, so heartbeats
+//! never starve behind candle. The two sides meet in three places: a `watch` channel that holds
+//! the latest progress and preview (the render thread writes, the heartbeat loop reads), a
+//! cancel flag the engine polls at every network layer, and a oneshot for the result.
+//!
+//! # Starting one in-process
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stylefarm_worker::{fake::FakeEngine, Config};
+//!
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let config = Config::new("http://127.0.0.1:50051");
+//! let engine = Arc::new(FakeEngine::new(Duration::from_millis(5)));
+//! let worker = tokio::spawn(stylefarm_worker::run(config, engine, async {
+//!     let _ = stopped.await;
+//! }));
+//! // ... submit jobs ...
+//! let _ = stop.send(());
+//! worker.await??;
+//! # Ok(()) }
+//! ```
+
+mod blobs;
+pub mod engine;
+pub mod fake;
+mod observer;
+mod rpc;
+mod task;
+pub mod weights;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use engine::{CandleEngine, Engine, TaskInput, TaskOutput};
+pub use worker::run;
+
+/// How a worker connects and behaves; [`Config::new`] fills in sensible defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The coordinator's address, `http://host:port`.
+    pub coordinator: String,
+    /// A human name for `stylefarm workers` (need not be unique).
+    pub name: String,
+    /// CPU threads the engine uses (reported to the coordinator; the binary also sets
+    /// `RAYON_NUM_THREADS` from it).
+    pub threads: usize,
+    /// Memory this worker offers, in bytes (reported to the coordinator, which uses it to
+    /// match tasks; 0 = unknown).
+    pub memory_bytes: u64,
+    /// Where fetched blobs are cached, content-addressed; `None`: a temporary directory that
+    /// is removed when [`run`] returns.
+    pub cache_dir: Option<PathBuf>,
+    /// Iterations between previews sent with progress (0 = no previews).
+    pub preview_every: u32,
+    /// On shutdown, how long a running task may take to finish before it is cancelled and
+    /// handed back as interrupted.
+    pub grace: Duration,
+    /// The farm token, sent as `authorization: Bearer TOKEN` when set.
+    pub token: Option<String>,
+}
+
+impl Config {
+    /// A configuration for the coordinator at `coordinator` (`http://host:port`): named after
+    /// the host and process, all CPUs, the machine's memory, a temporary blob cache, a
+    /// preview every 10 iterations and 30 s of grace on shutdown.
+    pub fn new(coordinator: impl Into<String>) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            name: default_name(),
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            memory_bytes: total_memory_bytes().unwrap_or(0),
+            cache_dir: None,
+            preview_every: 10,
+            grace: Duration::from_secs(30),
+            token: None,
+        }
+    }
+}
+
+/// `host-pid`, so that several workers on one machine can be told apart.
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The machine's total memory from `/proc/meminfo` (Linux); `None` elsewhere.
+pub fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// What can stop a worker from starting or running (task failures never do: they fail the
+/// task).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No weights file was given and none is in the cache.
+    #[error("{}", weights::NO_WEIGHTS_MESSAGE)]
+    NoWeights,
+    /// A weights path that was given but cannot be used.
+    #[error("{what} {path} {reason}")]
+    WeightsPath {
+        /// Where the path came from (`the --weights file`, ...).
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        reason: String,
+    },
+    /// The coordinator address is not a URL tonic can connect to.
+    #[error(
+        "invalid coordinator address `{url}`: {reason} (expected e.g. http://127.0.0.1:50051)"
+    )]
+    BadCoordinator {
+        /// The address as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The coordinator answered, but refused this worker (bad token, bad registration).
+    #[error("the coordinator at {url} refused this worker: {message}")]
+    Refused {
+        /// The coordinator's address.
+        url: String,
+        /// The coordinator's status and message.
+        message: String,
+    },
+    /// The blob cache directory cannot be created or used.
+    #[error("cannot use the blob cache directory {path}: {source}")]
+    Cache {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Loading the engine failed (weights file unreadable or not a VGG).
+    #[error(transparent)]
+    Engine(#[from] stylefarm_engine::EngineError),
+}

@@ -1,0 +1,234 @@
+//! The worker's main loop: register (waiting for the coordinator if it is not up yet), then
+//! long-poll for leases and run them one at a time until shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stylefarm_proto::v1::{
+    Capabilities, Device, LeaseTaskRequest, LeaseTaskResponse, RegisterWorkerRequest,
+};
+use tonic::{Code, Status};
+
+use crate::blobs::BlobCache;
+use crate::engine::Engine;
+use crate::rpc::{describe, within, Backoff, Rpc, RPC_TIMEOUT};
+use crate::task::{run_lease, TaskContext};
+use crate::{Config, WorkerError};
+
+/// How long the coordinator may hold a `LeaseTask` call when no task is ready.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// Heartbeat gap when the coordinator does not say.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Bounds on the coordinator's heartbeat interval and `retry_after`.
+const MIN_GAP: Duration = Duration::from_millis(50);
+const MAX_GAP: Duration = Duration::from_secs(60);
+
+/// The shutdown future, pollable from several places: once it has fired, [`Shutdown::wait`]
+/// returns at once.
+pub(crate) struct Shutdown {
+    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+    fired: bool,
+}
+
+impl Shutdown {
+    fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            signal: Box::pin(signal),
+            fired: false,
+        }
+    }
+
+    /// Waits until shutdown is asked for (cancel-safe).
+    pub(crate) async fn wait(&mut self) {
+        if !self.fired {
+            self.signal.as_mut().await;
+            self.fired = true;
+        }
+    }
+}
+
+/// Runs a worker until `shutdown` completes: registers with the coordinator at
+/// `config.coordinator` (retrying until it answers), then leases and runs tasks one at a time
+/// on `engine`.
+///
+/// On shutdown it stops leasing; a running task gets `config.grace` to finish, after which it
+/// is cancelled and handed back as interrupted. `run` returns once the coordinator has
+/// acknowledged (or after a bounded number of retries when it cannot be reached). It holds no
+/// global state, so several workers can run in one process.
+///
+/// # Errors
+/// A bad coordinator address, an unusable cache directory, or a coordinator that refuses this
+/// worker (bad token). Failed tasks are reported to the coordinator, never returned here.
+pub async fn run(
+    config: Config,
+    engine: Arc<dyn Engine>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::new(shutdown);
+    let rpc = Rpc::connect(&config.coordinator, config.token.as_deref())?;
+    let cache = BlobCache::open(config.cache_dir.clone()).map_err(|source| WorkerError::Cache {
+        path: config.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
+        source,
+    })?;
+    let request = RegisterWorkerRequest {
+        name: config.name.clone(),
+        capabilities: Some(Capabilities {
+            device: Device::Cpu as i32,
+            threads: u32::try_from(config.threads).unwrap_or(u32::MAX),
+            memory_bytes: config.memory_bytes,
+            models: engine.models(),
+        }),
+    };
+    let Some(mut registration) = register(&rpc, &request, &mut shutdown).await? else {
+        tracing::info!("worker stopped before it registered");
+        return Ok(());
+    };
+    let mut ctx = TaskContext {
+        rpc: rpc.clone(),
+        engine,
+        cache: Arc::new(cache),
+        heartbeat: registration.heartbeat,
+        preview_every: config.preview_every,
+        grace: config.grace,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let lease_request = LeaseTaskRequest {
+            worker_id: registration.worker_id.clone(),
+            wait_ms: u32::try_from(LEASE_WAIT.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut client = rpc.workers.clone();
+        let answer = tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            r = within(LEASE_WAIT + RPC_TIMEOUT, client.lease_task(lease_request)) => r,
+        };
+        let wait = match answer.map(tonic::Response::into_inner) {
+            Ok(LeaseTaskResponse {
+                lease: Some(lease), ..
+            }) => {
+                backoff.reset();
+                run_lease(&ctx, lease, &mut shutdown).await;
+                continue;
+            }
+            Ok(LeaseTaskResponse {
+                lease: None,
+                retry_after_ms,
+            }) => {
+                backoff.reset();
+                Duration::from_millis(u64::from(retry_after_ms)).clamp(MIN_GAP, MAX_GAP)
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                tracing::warn!(
+                    "the coordinator does not know this worker ({}): registering again",
+                    describe(&s)
+                );
+                match register(&rpc, &request, &mut shutdown).await? {
+                    Some(r) => registration = r,
+                    None => break,
+                }
+                ctx.heartbeat = registration.heartbeat;
+                continue;
+            }
+            Err(s) if refused(&s) => return Err(refusal(&rpc, &s).into()),
+            Err(s) => {
+                tracing::warn!("asking for a task failed: {}", describe(&s));
+                backoff.next_wait()
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// What the coordinator gave this worker.
+struct Registration {
+    worker_id: String,
+    heartbeat: Duration,
+}
+
+/// Registers, retrying while the coordinator cannot be reached; `None` if shutdown came
+/// first.
+async fn register(
+    rpc: &Rpc,
+    request: &RegisterWorkerRequest,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Registration>, WorkerError> {
+    let mut backoff = Backoff::new();
+    let mut told = false;
+    loop {
+        let mut client = rpc.workers.clone();
+        let answer = tokio::select! {
+            biased;
+            () = shutdown.wait() => return Ok(None),
+            r = within(RPC_TIMEOUT, client.register_worker(request.clone())) => r,
+        };
+        match answer.map(tonic::Response::into_inner) {
+            Ok(r) if r.worker_id.is_empty() => {
+                return Err(refusal(
+                    rpc,
+                    &Status::internal("the registration has no worker id"),
+                ));
+            }
+            Ok(r) => {
+                let heartbeat = match r.heartbeat_interval_ms {
+                    0 => DEFAULT_HEARTBEAT,
+                    ms => Duration::from_millis(u64::from(ms)).clamp(MIN_GAP, MAX_GAP),
+                };
+                tracing::info!(worker_id = %r.worker_id, heartbeat_ms = heartbeat.as_millis() as u64, "registered with the coordinator at {}", rpc.url);
+                return Ok(Some(Registration {
+                    worker_id: r.worker_id,
+                    heartbeat,
+                }));
+            }
+            Err(s) if refused(&s) => return Err(refusal(rpc, &s)),
+            Err(s) => {
+                if told {
+                    tracing::debug!("still waiting for the coordinator: {}", describe(&s));
+                } else {
+                    tracing::info!(
+                        "waiting for the coordinator at {} ({})",
+                        rpc.url,
+                        describe(&s)
+                    );
+                    told = true;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return Ok(None),
+            () = tokio::time::sleep(backoff.next_wait()) => {}
+        }
+    }
+}
+
+/// Answers that retrying cannot change.
+fn refused(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::Unimplemented
+    )
+}
+
+fn refusal(rpc: &Rpc, status: &Status) -> WorkerError {
+    let hint = match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => " (check the farm token)",
+        Code::Unimplemented => " (is that address a stylefarm coordinator?)",
+        _ => "",
+    };
+    WorkerError::Refused {
+        url: rpc.url.clone(),
+        message: format!("{}{hint}", describe(status)),
+    }
+}

@@ -1,0 +1,169 @@
+//! One worker (with the fake engine) on a real coordinator, both in-process: a job submitted
+//! over gRPC is rendered and its result read back; a cancelled job stops the worker's render,
+//! so the next job runs straight away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::{Rgb, RgbImage};
+use sha2::{Digest, Sha256};
+use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
+use stylefarm_proto::v1::job_event::Event;
+use stylefarm_proto::v1::job_service_client::JobServiceClient;
+use stylefarm_proto::v1::*;
+use stylefarm_worker::fake::FakeEngine;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+async fn put(blobs: &mut BlobServiceClient<Channel>, data: Vec<u8>) -> BlobRef {
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let size = data.len() as u64;
+    let msg = WriteBlobRequest {
+        sha256: sha256.clone(),
+        size,
+        data,
+    };
+    blobs.write(tokio_stream::iter([msg])).await.unwrap();
+    BlobRef { sha256, size }
+}
+
+async fn get(blobs: &mut BlobServiceClient<Channel>, blob: &BlobRef) -> Vec<u8> {
+    let mut stream = blobs
+        .read(ReadBlobRequest {
+            sha256: blob.sha256.clone(),
+            offset: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        data.extend_from_slice(&m.data);
+    }
+    data
+}
+
+fn job(content: &BlobRef, style: &BlobRef, iterations: u32) -> SubmitJobRequest {
+    SubmitJobRequest {
+        spec: Some(JobSpec {
+            content: vec![content.clone()],
+            styles: vec![style.clone()],
+            settings: Some(RenderSettings {
+                image_size: Some(40),
+                num_iterations: Some(iterations),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Watches `job_id` until `done` holds for an event, within 30 s.
+async fn watch_until(
+    jobs: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    mut done: impl FnMut(&Event) -> bool,
+) {
+    let mut stream = jobs
+        .watch_job(WatchJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = stream.message().await.unwrap() {
+            if e.event.as_ref().is_some_and(&mut done) {
+                return;
+            }
+        }
+        panic!("the watch ended first");
+    });
+    found.await.expect("no such event within 30 s");
+}
+
+fn job_state(e: &Event) -> Option<JobState> {
+    match e {
+        Event::Snapshot(j) | Event::Job(j) => JobState::try_from(j.state).ok(),
+        Event::Task(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_renders_jobs_and_a_cancel_stops_its_render() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = stylefarm_coordinator::Config::new(data_dir.path());
+    config.heartbeat_interval = Duration::from_millis(100);
+    let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
+    let coordinator = tokio::spawn(stylefarm_coordinator::serve(listener, config, async {
+        let _ = coordinator_stopped.await;
+    }));
+
+    let mut worker_config = stylefarm_worker::Config::new(url.clone());
+    worker_config.preview_every = 2;
+    let (stop_worker, worker_stopped) = oneshot::channel::<()>();
+    let engine = Arc::new(FakeEngine::new(Duration::from_millis(10)));
+    let worker = tokio::spawn(stylefarm_worker::run(worker_config, engine, async {
+        let _ = worker_stopped.await;
+    }));
+
+    let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
+    let mut blobs = BlobServiceClient::connect(url).await.unwrap();
+    let content_img = RgbImage::from_fn(40, 30, |x, y| Rgb([x as u8 * 6, y as u8 * 8, 77]));
+    let content = put(&mut blobs, encode_png(&content_img).unwrap()).await;
+    let style = put(&mut blobs, encode_png(&RgbImage::new(16, 16)).unwrap()).await;
+
+    // A long job (1000 s on the fake engine): cancelled once it runs.
+    let long = jobs
+        .submit_job(job(&content, &style, 100_000))
+        .await
+        .unwrap();
+    let long = long.into_inner().job_id;
+    watch_until(
+        &mut jobs,
+        &long,
+        |e| matches!(e, Event::Task(t) if t.progress.as_ref().is_some_and(|p| p.iteration > 0)),
+    )
+    .await;
+    jobs.cancel_job(CancelJobRequest {
+        job_id: long.clone(),
+    })
+    .await
+    .unwrap();
+    watch_until(&mut jobs, &long, |e| {
+        job_state(e) == Some(JobState::Canceled)
+    })
+    .await;
+
+    // The only worker takes the next job: the cancelled render has stopped.
+    let short = jobs.submit_job(job(&content, &style, 5)).await.unwrap();
+    let short = short.into_inner().job_id;
+    watch_until(&mut jobs, &short, |e| {
+        matches!(job_state(e), Some(JobState::Completed | JobState::Failed))
+    })
+    .await;
+    let done = jobs
+        .get_job(GetJobRequest { job_id: short })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, JobState::Completed as i32, "{done:?}");
+    let result = done.result.expect("the job's result");
+    let out = decode_image(
+        &get(&mut blobs, &result).await,
+        "result",
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    let mut expected = content_img;
+    image::imageops::invert(&mut expected);
+    assert_eq!(out.as_raw(), expected.as_raw());
+
+    let _ = stop_worker.send(());
+    worker.await.unwrap().unwrap();
+    let _ = stop_coordinator.send(());
+    coordinator.await.unwrap().unwrap();
+}
