@@ -10,7 +10,7 @@ weights:
 
 example: weights
 	$(CARGO) run --quiet --bin stylefarm -- render examples/tubingen.jpg examples/starry_night.jpg \
-		-o out.png --image-size 256 --num-iterations 150 --init content --report out.json
+		-o out.png --image-size 256 --num-iterations 100 --init content --report out.json
 
 test: weights
 	$(CARGO) test --workspace
