@@ -1,8 +1,7 @@
 //! Writing results: a result blob (PNG) goes to disk byte for byte as `.png`, or converted
 //! for `.jpg`; files are written whole or not at all (a temporary file renamed into place).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use stylefarm_engine::image_io::{decode_image, save_image, DecodeLimits};
@@ -53,21 +52,7 @@ pub fn write_image(png: &[u8], path: &Path) -> Result<()> {
 
 /// Writes `bytes` to a temporary file next to `path` and renames it to `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let cannot = || format!("cannot write {}", path.display());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".stylefarm-")
-        .tempfile_in(&dir)
-        .with_context(cannot)?;
-    tmp.write_all(bytes).with_context(cannot)?;
-    tmp.as_file().sync_all().with_context(cannot)?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(cannot)?;
-    Ok(())
+    Ok(stylefarm_engine::image_io::write_atomically(path, bytes)?)
 }
 
 /// Width and height of an encoded image, from its header.

@@ -401,7 +401,7 @@ pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to a new temporary file next to `path`, syncs it and renames it to `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io_err = |err| EngineError::Io {
         path: path.to_path_buf(),
