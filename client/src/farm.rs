@@ -3,22 +3,21 @@
 //! errors as one sentence a person can act on.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use stylefarm_proto::blob::{sha256_hex, write_requests, Auth};
 use stylefarm_proto::v1::admin_service_client::AdminServiceClient;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;
 use stylefarm_proto::v1::{
     BlobRef, CancelJobRequest, FindMissingBlobsRequest, GetJobRequest, Job, JobEvent, JobSpec,
     ListJobsRequest, ListWorkersRequest, ReadBlobRequest, SubmitJobRequest, WatchJobRequest,
-    WorkerInfo, WriteBlobRequest,
+    WorkerInfo,
 };
-use stylefarm_proto::BLOB_CHUNK_BYTES;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 /// How long connecting to the coordinator may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,52 +146,8 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call when a farm token is set.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    header: Option<MetadataValue<Ascii>>,
-}
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(h) = &self.header {
-            request.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(request)
-    }
-}
-
 /// The channel the clients share.
 pub type Transport = InterceptedService<Channel, Auth>;
-
-/// Lowercase hex sha256 of `data`: a blob's name.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// The messages of a `Write` of `data`: the first carries the hash and size, each at most
-/// [`BLOB_CHUNK_BYTES`] of data; an empty blob is one message without data.
-pub fn write_requests(data: &[u8], sha256: &str) -> Vec<WriteBlobRequest> {
-    if data.is_empty() {
-        return vec![WriteBlobRequest {
-            sha256: sha256.to_string(),
-            size: 0,
-            data: Vec::new(),
-        }];
-    }
-    data.chunks(BLOB_CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, chunk)| WriteBlobRequest {
-            sha256: if i == 0 {
-                sha256.to_string()
-            } else {
-                String::new()
-            },
-            size: if i == 0 { data.len() as u64 } else { 0 },
-            data: chunk.to_vec(),
-        })
-        .collect()
-}
 
 /// A connection to one coordinator (cheap to clone: the clients share the channel).
 #[derive(Debug, Clone)]
@@ -234,15 +189,8 @@ impl FarmClient {
             .http2_keep_alive_interval(KEEP_ALIVE)
             .keep_alive_timeout(KEEP_ALIVE)
             .keep_alive_while_idle(true);
-        let header = token
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(
-                        |_| bad("the farm token holds characters a header cannot carry".into()),
-                    )
-            })
-            .transpose()?;
+        let auth = Auth::new(token)
+            .ok_or_else(|| bad("the farm token holds characters a header cannot carry".into()))?;
         let channel = endpoint
             .connect()
             .await
@@ -250,7 +198,7 @@ impl FarmClient {
                 url: url.clone(),
                 reason: chain(&e),
             })?;
-        let channel = InterceptedService::new(channel, Auth { header });
+        let channel = InterceptedService::new(channel, auth);
         Ok(Self {
             jobs: JobServiceClient::new(channel.clone()),
             blobs: BlobServiceClient::new(channel.clone()),
@@ -324,7 +272,7 @@ impl FarmClient {
 
     /// One `Write` of `data`, whatever the coordinator holds.
     pub async fn write(&self, data: &[u8], sha256: &str) -> Result<BlobRef, FarmError> {
-        let requests = write_requests(data, sha256);
+        let requests = write_requests(Arc::new(data.to_vec()), sha256.to_string());
         let written = self
             .blobs
             .clone()
@@ -472,21 +420,6 @@ impl FarmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn writes_are_chunked_with_the_hash_first() {
-        let data = vec![7u8; BLOB_CHUNK_BYTES * 2 + 5];
-        let sha = sha256_hex(&data);
-        let reqs = write_requests(&data, &sha);
-        assert_eq!(reqs.len(), 3);
-        assert_eq!(reqs[0].sha256, sha);
-        assert_eq!(reqs[0].size, data.len() as u64);
-        assert!(reqs[1..].iter().all(|r| r.sha256.is_empty() && r.size == 0));
-        assert!(reqs.iter().all(|r| r.data.len() <= BLOB_CHUNK_BYTES));
-        let total: usize = reqs.iter().map(|r| r.data.len()).sum();
-        assert_eq!(total, data.len());
-        assert_eq!(write_requests(&[], &sha256_hex(&[])).len(), 1);
-    }
 
     #[test]
     fn statuses_read_as_sentences() {

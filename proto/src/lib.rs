@@ -1,6 +1,7 @@
 //! stylefarm's gRPC protocol, package `stylefarm.v1` (generated from `proto/` at build time),
 //! and the id newtypes shared by the coordinator, the workers and the client.
 
+pub mod blob;
 pub mod convert;
 pub mod ids;
 

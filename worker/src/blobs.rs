@@ -1,5 +1,5 @@
 //! Blobs: moving images to and from the coordinator's BlobService in chunks of at most
-//! [`BLOB_CHUNK_BYTES`], checking every hash, and a local content-addressed cache so a worker
+//! [`stylefarm_proto::BLOB_CHUNK_BYTES`], checking every hash, and a local content-addressed cache so a worker
 //! fetches a style image (or a content frame) once.
 
 use std::fs;
@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
+use stylefarm_proto::blob::{is_sha256, sha256_hex, write_requests};
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
-use stylefarm_proto::v1::{BlobRef, FindMissingBlobsRequest, ReadBlobRequest, WriteBlobRequest};
-use stylefarm_proto::BLOB_CHUNK_BYTES;
+use stylefarm_proto::v1::{BlobRef, FindMissingBlobsRequest, ReadBlobRequest};
+
 use tonic::Status;
 
 use crate::rpc::{describe, retry, transient, within, Transport, RPC_TIMEOUT};
@@ -24,35 +24,6 @@ const CACHE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Tries per transfer (a broken `Read` resumes from where it stopped).
 const TRANSFER_ATTEMPTS: u32 = 4;
-
-/// Lowercase hex sha256 of `data`.
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// Whether `s` is a blob name: 64 lowercase hex digits (so it is also a safe file name).
-pub(crate) fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The messages of a `Write` of `data`: the first carries the hash and size, each at most
-/// [`BLOB_CHUNK_BYTES`] of data; an empty blob is one message without data.
-pub(crate) fn write_requests(
-    data: Arc<Vec<u8>>,
-    sha256: String,
-) -> impl Iterator<Item = WriteBlobRequest> + Send + 'static {
-    let chunks = data.len().div_ceil(BLOB_CHUNK_BYTES).max(1);
-    (0..chunks).map(move |i| {
-        let start = i * BLOB_CHUNK_BYTES;
-        let end = (start + BLOB_CHUNK_BYTES).min(data.len());
-        let first = i == 0;
-        WriteBlobRequest {
-            sha256: if first { sha256.clone() } else { String::new() },
-            size: if first { data.len() as u64 } else { 0 },
-            data: data[start..end].to_vec(),
-        }
-    })
-}
 
 /// Uploads `data` (whose sha256 is `sha256`) unless the coordinator already has it.
 pub(crate) async fn upload(
@@ -270,43 +241,6 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        let good = sha256_hex(b"abc");
-        assert_eq!(
-            good,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert!(is_sha256(&good));
-        assert!(!is_sha256(&good.to_uppercase()));
-        assert!(!is_sha256(&good[1..]));
-        assert!(!is_sha256(&format!("../{}", &good[3..])));
-    }
-
-    #[test]
-    fn writes_are_chunked_under_the_limit() {
-        for len in [
-            0,
-            1,
-            BLOB_CHUNK_BYTES,
-            BLOB_CHUNK_BYTES + 1,
-            3 * BLOB_CHUNK_BYTES + 7,
-        ] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let sha = sha256_hex(&data);
-            let msgs: Vec<_> = write_requests(Arc::new(data.clone()), sha.clone()).collect();
-            assert_eq!(msgs.len(), len.div_ceil(BLOB_CHUNK_BYTES).max(1), "{len}");
-            assert_eq!(
-                (msgs[0].sha256.as_str(), msgs[0].size),
-                (sha.as_str(), len as u64)
-            );
-            assert!(msgs[1..].iter().all(|m| m.sha256.is_empty() && m.size == 0));
-            assert!(msgs.iter().all(|m| m.data.len() <= BLOB_CHUNK_BYTES));
-            let joined: Vec<u8> = msgs.into_iter().flat_map(|m| m.data).collect();
-            assert_eq!(joined, data);
-        }
-    }
 
     #[test]
     fn cache_reuses_verified_blobs_and_drops_damaged_ones() {

@@ -11,7 +11,7 @@ use stylefarm_engine::settings::Losses;
 use stylefarm_engine::{EngineError, Result};
 use tokio::sync::watch;
 
-use crate::blobs::sha256_hex;
+use stylefarm_proto::blob::sha256_hex;
 
 /// Longer side of a preview, in pixels (smaller images are not enlarged).
 pub(crate) const PREVIEW_SIDE: u32 = 128;

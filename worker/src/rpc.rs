@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use stylefarm_proto::blob::Auth;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
+
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 use crate::WorkerError;
 
@@ -18,21 +19,6 @@ pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The channel every client uses, with the token interceptor.
 pub(crate) type Transport = InterceptedService<Channel, Auth>;
-
-/// Adds `authorization: Bearer TOKEN` to every call when a token is configured.
-#[derive(Debug, Clone)]
-pub(crate) struct Auth {
-    header: Option<MetadataValue<Ascii>>,
-}
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(h) = &self.header {
-            request.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(request)
-    }
-}
 
 /// The worker's clients of the coordinator (cheap to clone: they share the channel).
 #[derive(Debug, Clone)]
@@ -60,19 +46,11 @@ impl Rpc {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let header = match token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| WorkerError::Refused {
-                        url: url.to_string(),
-                        message: "the farm token holds characters a gRPC header cannot carry"
-                            .into(),
-                    })?,
-            ),
-            None => None,
-        };
-        let channel = InterceptedService::new(endpoint.connect_lazy(), Auth { header });
+        let auth = Auth::new(token).ok_or_else(|| WorkerError::Refused {
+            url: url.to_string(),
+            message: "the farm token holds characters a gRPC header cannot carry".into(),
+        })?;
+        let channel = InterceptedService::new(endpoint.connect_lazy(), auth);
         Ok(Self {
             url: url.to_string(),
             workers: WorkerServiceClient::new(channel.clone()),

@@ -26,11 +26,12 @@ use tokio::time::{sleep_until, Instant};
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::blobs::{self, is_sha256, sha256_hex, BlobCache, MAX_BLOB_BYTES};
+use crate::blobs::{self, BlobCache, MAX_BLOB_BYTES};
 use crate::engine::{Engine, TaskInput};
 use crate::observer::{ProgressObserver, ProgressState};
 use crate::rpc::{describe, lease_lost, retry, within, Rpc, RPC_TIMEOUT};
 use crate::worker::Shutdown;
+use stylefarm_proto::blob::{is_sha256, sha256_hex};
 
 /// Shortest gap between two `UpdateTask` calls: progress goes out at most 4 times a second.
 const MIN_UPDATE_GAP: Duration = Duration::from_millis(250);
