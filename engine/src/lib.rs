@@ -11,6 +11,8 @@
 //! the coordinator needs to check jobs without pulling in candle.
 
 pub mod color;
+#[cfg(feature = "compute")]
+pub mod conv;
 pub mod error;
 pub mod image_io;
 pub mod layers;

@@ -5,8 +5,11 @@
 //! gradients are formed. Pools and ReLU use the ops of [`crate::ops`], whose gradients match
 //! PyTorch's.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 
+use crate::conv::Conv3x3;
 use crate::error::{EngineError, Result};
 use crate::layers::{LayerKind, LayerName, Pooling, VggArch};
 use crate::ops;
@@ -23,6 +26,8 @@ struct Conv {
     /// (in, out, 3, 3) with both spatial axes flipped: the input gradient is the convolution
     /// of the output gradient with this kernel.
     weight_back: Tensor,
+    /// On the CPU, Winograd forms of `weight` (with the bias) and `weight_back`.
+    fast: Option<Arc<(Conv3x3, Conv3x3)>>,
 }
 
 /// A VGG-16/19 feature extractor with frozen weights. Cloning shares the weights.
@@ -64,7 +69,18 @@ impl Vgg {
             .map(|c| {
                 let out = c.bias.dims1()?;
                 let weight_back = c.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?;
+                let fast = if device.is_cpu() {
+                    let (cout, cin, _, _) = c.weight.dims4()?;
+                    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                    Some(Arc::new((
+                        Conv3x3::new(&flat(&c.weight)?, Some(&flat(&c.bias)?), cout, cin),
+                        Conv3x3::new(&flat(&weight_back)?, None, cin, cout),
+                    )))
+                } else {
+                    None
+                };
                 Ok(Conv {
+                    fast,
                     bias: c.bias.reshape((1, out, 1, 1))?,
                     weight: c.weight.contiguous()?,
                     weight_back,
@@ -87,6 +103,17 @@ impl Vgg {
             pooling,
             ..self.clone()
         }
+    }
+
+    /// The same network computing every convolution with candle's own `conv2d` instead of
+    /// the Winograd form: the reference the fast path is checked against, and smoother in
+    /// float32 (Winograd's transforms add relative rounding of a few 1e-6).
+    pub fn reference(&self) -> Self {
+        let mut vgg = self.clone();
+        for c in &mut vgg.convs {
+            c.fast = None;
+        }
+        vgg
     }
 
     /// VGG-16 or VGG-19.
@@ -149,15 +176,31 @@ impl Vgg {
         let mut outputs = vec![None; deepest + 1];
         let mut cur = x.clone();
         let mut conv = 0;
-        for (pos, layer) in self.ops[..=deepest].iter().enumerate() {
+        let mut pos = 0;
+        while pos <= deepest {
             if cancelled() {
                 return Err(EngineError::Cancelled);
             }
+            let layer = self.ops[pos];
             cur = match layer.kind {
                 LayerKind::Conv => {
                     let c = &self.convs[conv];
                     conv += 1;
-                    cur.conv2d(&c.weight, 1, 1, 1, 1)?.broadcast_add(&c.bias)?
+                    match &c.fast {
+                        Some(fast) => {
+                            // The conv output itself is rarely asked for: then the ReLU after
+                            // it is applied in the same pass.
+                            let fuse = !keep(pos)
+                                && pos < deepest
+                                && self.ops[pos + 1].kind == LayerKind::Relu;
+                            let y = fast.0.apply(&cur, fuse)?;
+                            if fuse {
+                                pos += 1;
+                            }
+                            y
+                        }
+                        None => cur.conv2d(&c.weight, 1, 1, 1, 1)?.broadcast_add(&c.bias)?,
+                    }
                 }
                 LayerKind::Relu => cur.relu()?,
                 LayerKind::Pool => match self.pooling {
@@ -165,9 +208,10 @@ impl Vgg {
                     Pooling::Avg => ops::avg_pool2x2(&cur)?,
                 },
             };
-            if keep(pos) || (for_backward && layer.kind == LayerKind::Relu) {
+            if keep(pos) || (for_backward && self.ops[pos].kind == LayerKind::Relu) {
                 outputs[pos] = Some(cur.clone());
             }
+            pos += 1;
         }
         Ok(Activations {
             outputs,
@@ -219,7 +263,9 @@ impl Vgg {
                 LayerKind::Relu => ops::relu_backward(&g, kept(pos)?)?,
                 LayerKind::Conv => {
                     let c = &self.convs[conv];
-                    if conv == 0 {
+                    if let Some(fast) = &c.fast {
+                        fast.1.apply(&g, false)?
+                    } else if conv == 0 {
                         // Three output channels: the transposed convolution is the faster form.
                         g.conv_transpose2d(&c.weight, 1, 0, 1, 1)?
                     } else {

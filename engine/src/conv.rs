@@ -1,0 +1,461 @@
+//! Frozen 3x3 convolutions (stride 1, padding 1) on the CPU by Winograd's F(4x4, 3x3).
+//!
+//! VGG's weights never change during a render, so each kernel is transformed once
+//! (`U = G g Gᵀ`, in f64) when the network is built. A convolution then transforms the input in
+//! 6x6 patches with stride 4 (`V = Bᵀ d B`), multiplies `U` and `V` as 36 independent matrix
+//! products over the channels, and transforms the products back to 4x4 output tiles
+//! (`Y = Aᵀ M A`). That is 36 multiplies per 16 outputs where the direct form needs 144, and
+//! the products are large GEMMs. The input gradient of a frozen convolution is itself a 3x3
+//! convolution (of the output gradient with the flipped, transposed kernel), so the backward
+//! pass uses the same code and no kernel gradient is ever formed.
+//!
+//! The work runs in chunks of tile rows so the transformed buffers stay a few MiB whatever the
+//! image size. Transforms run a whole row of tiles at a time (vectorisable loops over
+//! contiguous memory); the row pass works on image rows and the column pass on rows split into
+//! their four phases (column mod 4). Matrices are from Lavin and Gray, "Fast Algorithms for
+//! Convolutional Neural Networks" (2016).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Bytes of transformed input and products one chunk may hold.
+const CHUNK_BYTES: usize = 24 << 20;
+
+/// A frozen 3x3 convolution, stride 1, zero padding 1, with the kernel already transformed.
+#[derive(Debug, Clone)]
+pub struct Conv3x3 {
+    cin: usize,
+    cout: usize,
+    /// Transformed kernel, (36, cout, cin): `u[xi]` is the matrix for Winograd point `xi`.
+    u: Vec<f32>,
+    /// One value per output channel.
+    bias: Vec<f32>,
+}
+
+/// `Bᵀ` applied to six equally long rows: `out[k] = Σ_i Bᵀ[k][i] d[i]`.
+#[inline(always)]
+fn bt_rows(d: [&[f32]; 6], out: [&mut [f32]; 6]) {
+    let [o0, o1, o2, o3, o4, o5] = out;
+    let n = o0.len();
+    let [d0, d1, d2, d3, d4, d5] = d.map(|s| &s[..n]);
+    let (o1, o2, o3, o4, o5) = (
+        &mut o1[..n],
+        &mut o2[..n],
+        &mut o3[..n],
+        &mut o4[..n],
+        &mut o5[..n],
+    );
+    for i in 0..n {
+        let (a0, a1, a2, a3, a4, a5) = (d0[i], d1[i], d2[i], d3[i], d4[i], d5[i]);
+        o0[i] = 4.0 * a0 - 5.0 * a2 + a4;
+        o1[i] = -4.0 * (a1 + a2) + a3 + a4;
+        o2[i] = 4.0 * (a1 - a2) - a3 + a4;
+        o3[i] = 2.0 * (a3 - a1) - a2 + a4;
+        o4[i] = 2.0 * (a1 - a3) - a2 + a4;
+        o5[i] = 4.0 * a1 - 5.0 * a3 + a5;
+    }
+}
+
+/// `Aᵀ` applied to six equally long rows: `out[a] = Σ_k Aᵀ[a][k] m[k]`.
+#[inline(always)]
+fn at_rows(m: [&[f32]; 6], out: [&mut [f32]; 4]) {
+    let [o0, o1, o2, o3] = out;
+    let n = o0.len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
+    let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    for i in 0..n {
+        let (s12, d12) = (m1[i] + m2[i], m1[i] - m2[i]);
+        let (s34, d34) = (m3[i] + m4[i], m3[i] - m4[i]);
+        o0[i] = m0[i] + s12 + s34;
+        o1[i] = d12 + 2.0 * d34;
+        o2[i] = s12 + 4.0 * s34;
+        o3[i] = d12 + 8.0 * d34 + m5[i];
+    }
+}
+
+/// Splits `s` into `N` consecutive slices of length `len`.
+fn split<const N: usize>(s: &mut [f32], len: usize) -> [&mut [f32]; N] {
+    let mut rest = &mut s[..N * len];
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        head
+    })
+}
+
+impl Conv3x3 {
+    /// Builds the convolution from a (cout, cin, 3, 3) kernel and an optional bias (zero
+    /// without).
+    ///
+    /// # Panics
+    /// When `weight` does not hold `cout * cin * 9` values or `bias` not `cout`: the caller
+    /// checks shapes.
+    pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
+        assert_eq!(weight.len(), cout * cin * 9, "kernel shape");
+        const G: [[f64; 3]; 6] = [
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut u = vec![0.0f32; 36 * cout * cin];
+        for co in 0..cout {
+            for ci in 0..cin {
+                let g = &weight[(co * cin + ci) * 9..][..9];
+                // (G g) is 6x3, then (G g) Gᵀ is 6x6.
+                let mut gg = [[0.0f64; 3]; 6];
+                for (k, row) in gg.iter_mut().enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|r| G[k][r] * f64::from(g[r * 3 + c])).sum();
+                    }
+                }
+                for k in 0..6 {
+                    for m in 0..6 {
+                        let v: f64 = (0..3).map(|c| gg[k][c] * G[m][c]).sum();
+                        u[((k * 6 + m) * cout + co) * cin + ci] = v as f32;
+                    }
+                }
+            }
+        }
+        let bias = match bias {
+            Some(b) => {
+                assert_eq!(b.len(), cout, "bias shape");
+                b.to_vec()
+            }
+            None => vec![0.0; cout],
+        };
+        Self { cin, cout, u, bias }
+    }
+
+    /// Input channels.
+    pub fn cin(&self) -> usize {
+        self.cin
+    }
+
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
+    /// Convolves `x` (cin, h, w) into `out` (cout, h, w), adding the bias and, with `relu`,
+    /// clamping at zero. Runs on rayon's pool.
+    ///
+    /// # Panics
+    /// When the slice lengths do not match the shapes.
+    pub fn forward(&self, x: &[f32], h: usize, w: usize, relu: bool, out: &mut [f32]) {
+        assert_eq!(x.len(), self.cin * h * w, "input shape");
+        assert_eq!(out.len(), self.cout * h * w, "output shape");
+        if h == 0 || w == 0 {
+            return;
+        }
+        let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
+        let per_row = 36 * (self.cin + self.cout) * tw * 4;
+        let rows = (CHUNK_BYTES / per_row).clamp(1, th);
+        let mut v = vec![0.0f32; 36 * self.cin * rows * tw];
+        let mut m = vec![0.0f32; 36 * self.cout * rows * tw];
+        for ty0 in (0..th).step_by(rows) {
+            let ty1 = (ty0 + rows).min(th);
+            let tc = (ty1 - ty0) * tw;
+            self.transform_input(x, h, w, ty0, ty1, &mut v[..36 * self.cin * tc]);
+            self.multiply(&v[..36 * self.cin * tc], &mut m[..36 * self.cout * tc], tc);
+            self.transform_output(&m[..36 * self.cout * tc], h, w, ty0, ty1, relu, out);
+        }
+    }
+
+    /// `v` (cin, 36, tc) for tile rows `ty0..ty1`.
+    fn transform_input(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        ty0: usize,
+        ty1: usize,
+        v: &mut [f32],
+    ) {
+        let tw = w.div_ceil(4);
+        let tc = (ty1 - ty0) * tw;
+        // Padded row: column c holds input column c - 1; 4 (tw + 1) wide so every phase has
+        // tw + 1 entries.
+        let wp = 4 * (tw + 1);
+        let plane = h * w;
+        v.par_chunks_mut(36 * tc)
+            .zip(x.par_chunks(plane))
+            .for_each_init(
+                || vec![0.0f32; 18 * wp],
+                |scratch, (vc, xc)| {
+                    let (rows, rest) = scratch.split_at_mut(6 * wp);
+                    let (lin, tmp) = rest.split_at_mut(6 * wp);
+                    for ty in ty0..ty1 {
+                        for (i, row) in rows.chunks_exact_mut(wp).enumerate() {
+                            let r = (4 * ty + i) as isize - 1;
+                            row.fill(0.0);
+                            if (0..h as isize).contains(&r) {
+                                let r = r as usize;
+                                row[1..=w].copy_from_slice(&xc[r * w..(r + 1) * w]);
+                            }
+                        }
+                        // Row pass over whole padded rows, then split by phase: tmp[k] holds
+                        // four phase rows of tw + 1 entries, phase q (column 4t + q) at
+                        // [q (tw + 1)..].
+                        {
+                            let mut r = rows.chunks_exact(wp);
+                            let d = std::array::from_fn(|_| r.next().unwrap_or_default());
+                            bt_rows(d, split::<6>(lin, wp));
+                        }
+                        for (src, dst) in lin.chunks_exact(wp).zip(tmp.chunks_exact_mut(wp)) {
+                            for (q, ph) in dst.chunks_exact_mut(tw + 1).enumerate() {
+                                for (t, p) in ph.iter_mut().enumerate() {
+                                    *p = src[4 * t + q];
+                                }
+                            }
+                        }
+                        // Column pass: d_j[t] = padded column 4t + j, from phase j % 4 at
+                        // t + j / 4.
+                        let base = (ty - ty0) * tw;
+                        for k in 0..6 {
+                            let t = &tmp[k * wp..(k + 1) * wp];
+                            let ph = |q: usize, off: usize| {
+                                &t[q * (tw + 1) + off..q * (tw + 1) + off + tw]
+                            };
+                            let d = [ph(0, 0), ph(1, 0), ph(2, 0), ph(3, 0), ph(0, 1), ph(1, 1)];
+                            let outs = split::<6>(&mut vc[k * 6 * tc..(k + 1) * 6 * tc], tc)
+                                .map(|s| &mut s[base..base + tw]);
+                            bt_rows(d, outs);
+                        }
+                    }
+                },
+            );
+    }
+
+    /// `m[co][xi] = Σ_ci u[xi][co][ci] v[ci][xi]` for the 36 points, as independent GEMMs.
+    fn multiply(&self, v: &[f32], m: &mut [f32], tc: usize) {
+        let (cin, cout) = (self.cin, self.cout);
+        let m_ptr = SendPtr(m.as_mut_ptr());
+        (0..36).into_par_iter().for_each(|xi| {
+            let m_ptr = &m_ptr;
+            // SAFETY: for point xi the product writes rows co * 36 tc + xi tc .. + tc of `m`,
+            // which no other point touches; `u` and `v` are only read. The strides describe
+            // matrices inside the slices' bounds: u[xi] is (cout, cin) row-major, v's rows are
+            // 36 tc apart, m's rows 36 tc apart.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    tc,
+                    cin,
+                    m_ptr.0.add(xi * tc),
+                    1,
+                    (36 * tc) as isize,
+                    false,
+                    self.u.as_ptr().add(xi * cout * cin),
+                    1,
+                    cin as isize,
+                    v.as_ptr().add(xi * tc),
+                    1,
+                    (36 * tc) as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+
+    /// Writes the output rows of tile rows `ty0..ty1` from `m` (cout, 36, tc).
+    #[allow(clippy::too_many_arguments)]
+    fn transform_output(
+        &self,
+        m: &[f32],
+        h: usize,
+        w: usize,
+        ty0: usize,
+        ty1: usize,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let tw = w.div_ceil(4);
+        let tc = (ty1 - ty0) * tw;
+        out.par_chunks_mut(h * w)
+            .zip(m.par_chunks(36 * tc))
+            .zip(self.bias.par_iter())
+            .for_each_init(
+                || vec![0.0f32; 24 * tw + 16 * tw],
+                |scratch, ((oc, mc), &b)| {
+                    let (s, y) = scratch.split_at_mut(24 * tw);
+                    for ty in ty0..ty1 {
+                        let base = (ty - ty0) * tw;
+                        let row = |xi: usize| &mc[xi * tc + base..xi * tc + base + tw];
+                        // Row pass: s[a][n] = Σ_k Aᵀ[a][k] m[k][n].
+                        for n in 0..6 {
+                            let d = [
+                                row(n),
+                                row(6 + n),
+                                row(12 + n),
+                                row(18 + n),
+                                row(24 + n),
+                                row(30 + n),
+                            ];
+                            let [s0, s1, s2, s3] =
+                                split::<4>(&mut s[n * 4 * tw..(n + 1) * 4 * tw], tw);
+                            at_rows(d, [s0, s1, s2, s3]);
+                        }
+                        // Column pass: y[a][b] = Σ_n Aᵀ[b][n] s[a][n].
+                        for a in 0..4 {
+                            let sn = |n: usize| &s[(n * 4 + a) * tw..(n * 4 + a + 1) * tw];
+                            let d = [sn(0), sn(1), sn(2), sn(3), sn(4), sn(5)];
+                            let [y0, y1, y2, y3] = split::<4>(&mut y[..], tw);
+                            at_rows(d, [y0, y1, y2, y3]);
+                            let r = 4 * ty + a;
+                            if r >= h {
+                                break;
+                            }
+                            let orow = &mut oc[r * w..(r + 1) * w];
+                            for (c, o) in orow.iter_mut().enumerate() {
+                                let val = y[(c % 4) * tw + c / 4] + b;
+                                *o = if relu { val.max(0.0) } else { val };
+                            }
+                        }
+                    }
+                },
+            );
+    }
+}
+
+/// [`Conv3x3::forward`] as a candle op on (N, C, H, W) f32 tensors.
+struct Conv3x3Op<'a> {
+    conv: &'a Conv3x3,
+    relu: bool,
+}
+
+impl CustomOp1 for Conv3x3Op<'_> {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("{} needs a contiguous tensor", self.name());
+        };
+        let x = &s.as_slice::<f32>()?[start..end];
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!(
+                "{} needs an (N, C, H, W) tensor, got {:?}",
+                self.name(),
+                l.dims()
+            );
+        };
+        if c != self.conv.cin {
+            candle_core::bail!(
+                "{}: {c} input channels for a kernel of {}",
+                self.name(),
+                self.conv.cin
+            );
+        }
+        let cout = self.conv.cout;
+        let mut out = vec![0.0f32; n * cout * h * w];
+        for (xi, oi) in x
+            .chunks_exact(c * h * w)
+            .zip(out.chunks_exact_mut(cout * h * w))
+        {
+            self.conv.forward(xi, h, w, self.relu, oi);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, cout, h, w))))
+    }
+}
+
+impl Conv3x3 {
+    /// Convolves a CPU tensor (N, cin, H, W), adding the bias and, with `relu`, clamping at 0.
+    pub fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(x.apply_op1_no_bwd(&Conv3x3Op { conv: self, relu })?)
+    }
+}
+
+/// A raw pointer that may cross to rayon's threads; see the SAFETY notes where it is used.
+struct SendPtr(*mut f32);
+// SAFETY: used only for writes to disjoint regions, one region per parallel job.
+unsafe impl Sync for SendPtr {}
+// SAFETY: as above.
+unsafe impl Send for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Direct 3x3 correlation with zero padding, in f64.
+    fn direct(
+        x: &[f32],
+        wt: &[f32],
+        b: &[f32],
+        cin: usize,
+        cout: usize,
+        h: usize,
+        w: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0f64; cout * h * w];
+        for co in 0..cout {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut acc = f64::from(b[co]);
+                    for ci in 0..cin {
+                        for kh in 0..3 {
+                            for kw in 0..3 {
+                                let (r, c) =
+                                    (y as isize + kh as isize - 1, xx as isize + kw as isize - 1);
+                                if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
+                                    continue;
+                                }
+                                acc += f64::from(wt[((co * cin + ci) * 3 + kh) * 3 + kw])
+                                    * f64::from(x[(ci * h + r as usize) * w + c as usize]);
+                            }
+                        }
+                    }
+                    out[(co * h + y) * w + xx] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn winograd_matches_the_direct_convolution_at_odd_and_even_sizes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for &(cin, cout, h, w) in &[
+            (3, 8, 9, 13),
+            (8, 3, 16, 12),
+            (5, 7, 1, 1),
+            (4, 4, 2, 3),
+            (16, 16, 33, 7),
+            (2, 2, 5, 4),
+        ] {
+            let x: Vec<f32> = (0..cin * h * w)
+                .map(|_| rng.random_range(-100.0..150.0))
+                .collect();
+            let wt: Vec<f32> = (0..cout * cin * 9)
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect();
+            let b: Vec<f32> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want = direct(&x, &wt, &b, cin, cout, h, w);
+            let conv = Conv3x3::new(&wt, Some(&b), cout, cin);
+            for relu in [false, true] {
+                let mut got = vec![f32::NAN; cout * h * w];
+                conv.forward(&x, h, w, relu, &mut got);
+                let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    let e = if relu { e.max(0.0) } else { e };
+                    assert!(
+                        (f64::from(g) - e).abs() <= 1e-5 * scale,
+                        "{cin}->{cout} {h}x{w} relu={relu} at {i}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
