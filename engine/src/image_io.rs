@@ -241,20 +241,30 @@ pub fn resize_to_max_side(img: &RgbImage, max_side: u32) -> RgbImage {
     if w == 0 || h == 0 {
         return img.clone();
     }
+    let (nw, nh) = fit_max_side(w, h, max_side);
+    resize_exact(img, nw, nh)
+}
+
+/// The size [`resize_to_max_side`] gives a `width` × `height` image: the longer side becomes
+/// `max_side` (0 is taken as 1), the shorter one is scaled and rounded to nearest, at least 1.
+/// The coordinator plans tiles with it without touching pixels.
+pub fn fit_max_side(width: u32, height: u32, max_side: u32) -> (u32, u32) {
     let max_side = u64::from(max_side.max(1));
-    let (long, short) = (u64::from(w.max(h)), u64::from(w.min(h)));
+    let (long, short) = (
+        u64::from(width.max(height).max(1)),
+        u64::from(width.min(height)),
+    );
     // Rounded to nearest; never above max_side since short <= long.
     let scaled_short = ((short * max_side + long / 2) / long).max(1);
     let (max_side, scaled_short) = (
         u32::try_from(max_side).unwrap_or(u32::MAX),
         u32::try_from(scaled_short).unwrap_or(u32::MAX),
     );
-    let (nw, nh) = if w >= h {
+    if width >= height {
         (max_side, scaled_short)
     } else {
         (scaled_short, max_side)
-    };
-    resize_exact(img, nw, nh)
+    }
 }
 
 /// Resizes to exactly `width` × `height` (a 0 is taken as 1) with the Lanczos3 filter;

@@ -4,7 +4,7 @@
 //! torchvision safetensors or Keras ONNX files ([`weights`]), the seed's objective with its
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
 //! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
-//! renders ([`render`]).
+//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]); contact sheets of sweeps ([`sheet`]).
 //!
 //! Plain synchronous code: no async runtime, no network. Without the default `compute`
 //! feature only the tensor-free parts are built (settings, layer names, images), which is what
@@ -25,6 +25,8 @@ pub mod preprocess;
 #[cfg(feature = "compute")]
 pub mod render;
 pub mod settings;
+pub mod sheet;
+pub mod tiles;
 #[cfg(feature = "compute")]
 pub mod vgg;
 #[cfg(feature = "compute")]
