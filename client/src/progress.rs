@@ -46,6 +46,7 @@ pub fn task_state_name(state: i32) -> &'static str {
         Ok(TaskState::SoftFailed) => "failed, will retry",
         Ok(TaskState::Failed) => "failed",
         Ok(TaskState::Canceled) => "canceled",
+        Ok(TaskState::Waiting) => "waiting",
         Ok(TaskState::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -168,6 +169,7 @@ impl Display {
             return;
         };
         let state_changed = new || line.state != task.state;
+        let was_waiting = !new && line.state == TaskState::Waiting as i32;
         line.state = task.state;
         let state = TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified);
         if matches!(state, TaskState::Queued | TaskState::SoftFailed) {
@@ -217,7 +219,7 @@ impl Display {
         if !state_changed {
             return;
         }
-        let Some(note) = state_note(state, task, new) else {
+        let Some(note) = state_note(state, task, new, was_waiting) else {
             return;
         };
         match &line.bar {
@@ -316,8 +318,9 @@ impl Display {
     }
 }
 
-/// What to say when a task enters `state` (`new`: first seen); `None`: nothing to say.
-fn state_note(state: TaskState, task: &Task, new: bool) -> Option<String> {
+/// What to say when a task enters `state` (`new`: first seen; `was_waiting`: it waited for
+/// other tasks until now); `None`: nothing to say.
+fn state_note(state: TaskState, task: &Task, new: bool, was_waiting: bool) -> Option<String> {
     Some(match state {
         TaskState::Leased | TaskState::Running => format!("running on {}", task.worker_id),
         TaskState::Succeeded => match &task.final_losses {
@@ -327,8 +330,9 @@ fn state_note(state: TaskState, task: &Task, new: bool) -> Option<String> {
         TaskState::Failed => format!("failed: {}", task.error),
         TaskState::SoftFailed => format!("failed, will retry: {}", task.error),
         TaskState::Canceled => "canceled".to_string(),
+        TaskState::Queued if was_waiting => "ready".to_string(),
         TaskState::Queued if !new => "queued again".to_string(),
-        TaskState::Queued | TaskState::Unspecified => return None,
+        TaskState::Queued | TaskState::Waiting | TaskState::Unspecified => return None,
     })
 }
 

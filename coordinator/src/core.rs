@@ -31,6 +31,9 @@ pub(crate) struct Signals {
     pub(crate) tasks_ready: Notify,
     /// A lease was granted: the expiry loop looks at the deadlines again.
     pub(crate) leases_changed: Notify,
+    /// An assemble task became ready: the assembler looks for work (one permit is kept when
+    /// it is busy).
+    pub(crate) assembly_ready: Notify,
     shutdown: watch::Sender<bool>,
 }
 
@@ -39,6 +42,7 @@ impl Signals {
         Self {
             tasks_ready: Notify::new(),
             leases_changed: Notify::new(),
+            assembly_ready: Notify::new(),
             shutdown: watch::Sender::new(false),
         }
     }
@@ -152,6 +156,7 @@ impl Core {
             match effect {
                 Effect::TasksReady => self.signals.tasks_ready.notify_waiters(),
                 Effect::LeaseGranted => self.signals.leases_changed.notify_waiters(),
+                Effect::AssembleReady => self.signals.assembly_ready.notify_one(),
                 Effect::TaskChanged(t) => {
                     if tasks_seen.insert(*t) {
                         tasks.push(*t);

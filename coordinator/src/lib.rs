@@ -1,5 +1,7 @@
 //! stylefarm's coordinator: takes style-transfer jobs over gRPC, splits them into tasks (one
-//! per content frame), leases the tasks to workers, and keeps jobs, tasks, progress and results
+//! per content frame, tile, sweep point or coarse-to-fine stage, some depending on others),
+//! leases the tasks to workers, assembles results made of several tasks (tiles, contact
+//! sheets), and keeps jobs, tasks, progress and results
 //! in SQLite and a content-addressed blob store under its data directory, so that they survive
 //! a restart.
 //!
@@ -21,10 +23,12 @@
 //! # Ok(()) }
 //! ```
 
+mod assemble;
 mod blobs;
 mod clock;
 mod core;
 mod error;
+mod plan;
 mod scheduler;
 mod service;
 mod store;
@@ -46,6 +50,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use crate::clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use crate::error::CoordinatorError;
 
+use crate::assemble::assembler_loop;
 use crate::blobs::BlobStore;
 use crate::core::{Core, CoreHandle, Signals};
 use crate::scheduler::SchedulerConfig;
@@ -160,9 +165,10 @@ pub async fn serve_with_clock(
     };
     let (core, db_stopped) = CoreHandle::start(core).context("cannot start the database thread")?;
 
+    let blobs = Arc::new(blobs);
     let api = Api {
         core: core.clone(),
-        blobs: Arc::new(blobs),
+        blobs: blobs.clone(),
         images: Arc::new(ImageChecker::new()),
         signals: signals.clone(),
         limits: Limits {
@@ -236,7 +242,11 @@ pub async fn serve_with_clock(
             served
         }
     };
-    let (served, ()) = tokio::join!(server, expiry_loop(core.clone(), clock, signals));
+    let (served, (), ()) = tokio::join!(
+        server,
+        expiry_loop(core.clone(), clock, signals.clone()),
+        assembler_loop(core.clone(), blobs, signals)
+    );
     core.stop().await;
     let _ = db_stopped.await;
     served.context("the gRPC server failed")?;

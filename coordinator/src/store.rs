@@ -23,8 +23,9 @@ use crate::scheduler::{
 /// The database file's name inside the data directory.
 pub(crate) const DB_FILE: &str = "stylefarm.db";
 
-/// Bumped whenever the schema changes.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped whenever the schema changes. 2: tasks may be `waiting` (for the tasks they depend
+/// on, listed in their spec), and a task's spec changes when it stops waiting.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +41,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     job_id             TEXT NOT NULL REFERENCES jobs(id),
     idx                INTEGER NOT NULL,
     spec               BLOB NOT NULL,      -- stylefarm.v1.TaskSpec
-    state              TEXT NOT NULL,      -- queued, leased, running, succeeded, soft_failed, failed, canceled
+    state              TEXT NOT NULL,      -- waiting, queued, leased, running, succeeded, soft_failed, failed, canceled
     attempts           INTEGER NOT NULL,
     worker_id          TEXT,               -- holds or last held the task
     lease_id           TEXT,               -- set while a lease is held
@@ -172,7 +173,7 @@ impl Store {
                     failures.insert((*j, *w));
                 }
                 Effect::FailuresCleared(j) => cleared.push(*j),
-                Effect::TasksReady | Effect::LeaseGranted => {}
+                Effect::TasksReady | Effect::LeaseGranted | Effect::AssembleReady => {}
             }
         }
         if created.is_empty()
@@ -222,7 +223,7 @@ impl Store {
             tx.prepare_cached(
                 "UPDATE tasks SET state = ?2, attempts = ?3, worker_id = ?4, lease_id = ?5,
                         lease_worker_id = ?6, lease_deadline_ms = ?7, progress = ?8, result = ?9,
-                        final_losses = ?10, error = ?11, failed_on = ?12
+                        final_losses = ?10, error = ?11, failed_on = ?12, spec = ?13
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -238,6 +239,7 @@ impl Store {
                 task.final_losses.as_ref().map(Message::encode_to_vec),
                 task.error,
                 join_ids(&task.failed_on),
+                task.spec.encode_to_vec(),
             ])?;
         }
         for id in jobs {
@@ -309,6 +311,7 @@ fn task_state_name(s: &TaskState) -> &'static str {
         TaskState::SoftFailed => "soft_failed",
         TaskState::Failed => "failed",
         TaskState::Canceled { .. } => "canceled",
+        TaskState::Waiting => "waiting",
     }
 }
 
@@ -390,6 +393,7 @@ fn task_from_row(row: &Row<'_>) -> Result<TaskRecord> {
         |state: &str| lease.ok_or_else(|| corrupt(what(), format!("{state} without a lease")));
     let state = match state.as_str() {
         "queued" => TaskState::Queued,
+        "waiting" => TaskState::Waiting,
         "leased" => TaskState::Leased(leased("leased")?),
         "running" => TaskState::Running(leased("running")?),
         "succeeded" => TaskState::Succeeded,
@@ -523,6 +527,44 @@ mod tests {
         assert!(restored
             .take_effects()
             .contains(&Effect::TaskChanged(running.task)));
+    }
+
+    #[test]
+    fn waiting_tasks_and_their_filled_in_specs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut store = Store::open(&path).unwrap();
+        let mut s = Scheduler::new(CONFIG);
+        let w = s.register_worker("w".into(), v1::Capabilities::default(), 1_000);
+        let tasks = vec![
+            v1::TaskSpec::default(),
+            v1::TaskSpec {
+                depends_on: vec![0],
+                ..Default::default()
+            },
+            v1::TaskSpec {
+                depends_on: vec![1],
+                ..Default::default()
+            },
+        ];
+        let job = s.submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000);
+        let first = s.lease(w, 1_000).unwrap().unwrap();
+        let result = v1::BlobRef {
+            sha256: "ef".repeat(32),
+            size: 5,
+        };
+        s.complete(first.lease, result.clone(), None, 1_500)
+            .unwrap();
+        write(&mut store, &mut s);
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        let restored = Scheduler::restore(CONFIG, store.load().unwrap());
+        let tasks: Vec<&TaskRecord> = restored.job_tasks(job).collect();
+        assert_eq!(tasks[1].state, TaskState::Queued);
+        assert_eq!(tasks[1].spec.init_image.as_ref(), Some(&result));
+        assert_eq!(tasks[2].state, TaskState::Waiting);
+        assert_eq!(tasks[2].spec.depends_on, vec![1]);
     }
 
     #[test]

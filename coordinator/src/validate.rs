@@ -3,7 +3,7 @@
 //! engine's own checks. A job that passes here runs; one that does not is refused with a
 //! sentence naming the field, and nothing else on the farm notices.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use stylefarm_engine::image_io::{decode_image, DecodeLimits};
@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::blobs::{BlobHash, BlobStore};
 use crate::error::{CoordinatorError, Result};
+use crate::plan::{plan_tasks, PlanInputs};
 
 /// Most style images in one job.
 pub(crate) const MAX_STYLES: usize = 32;
@@ -29,17 +30,20 @@ const MAX_ATTEMPTS: u32 = 100;
 #[derive(Debug, Clone)]
 pub(crate) struct JobPlan {
     pub(crate) id: JobId,
-    /// As submitted, with blob sizes filled in.
+    /// As submitted, with blob sizes (and a tile size the coordinator picked) filled in.
     pub(crate) spec: v1::JobSpec,
-    /// One per content image.
+    /// Its tasks, in index order (dependencies point to earlier ones).
     pub(crate) tasks: Vec<v1::TaskSpec>,
+    /// The tasks with their sizes and estimates, for `PlanJob`.
+    pub(crate) summary: v1::PlanJobResponse,
 }
 
 /// Decodes each blob used as an image once (decoding is the expensive part of checking a
 /// job) and one at a time, so that a burst of submissions cannot exhaust memory.
 #[derive(Debug)]
 pub(crate) struct ImageChecker {
-    checked: Mutex<HashSet<BlobHash>>,
+    /// Decodable images and their `(width, height)`.
+    checked: Mutex<HashMap<BlobHash, (u32, u32)>>,
     permits: Semaphore,
     limits: DecodeLimits,
 }
@@ -47,32 +51,29 @@ pub(crate) struct ImageChecker {
 impl ImageChecker {
     pub(crate) fn new() -> Self {
         Self {
-            checked: Mutex::new(HashSet::new()),
+            checked: Mutex::new(HashMap::new()),
             permits: Semaphore::new(1),
             limits: DecodeLimits::default(),
         }
     }
 
-    fn known(&self, hash: &BlobHash) -> bool {
-        self.checked
-            .lock()
-            .map(|c| c.contains(hash))
-            .unwrap_or(false)
+    fn known(&self, hash: &BlobHash) -> Option<(u32, u32)> {
+        self.checked.lock().ok().and_then(|c| c.get(hash).copied())
     }
 
-    /// Checks that the stored blob `hash` is an image the workers can decode; errors name
-    /// `field`.
-    async fn check(&self, blobs: &BlobStore, hash: &BlobHash, field: &str) -> Result<()> {
-        if self.known(hash) {
-            return Ok(());
+    /// Checks that the stored blob `hash` is an image the workers can decode and returns its
+    /// `(width, height)`; errors name `field`.
+    async fn check(&self, blobs: &BlobStore, hash: &BlobHash, field: &str) -> Result<(u32, u32)> {
+        if let Some(dims) = self.known(hash) {
+            return Ok(dims);
         }
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| CoordinatorError::ShuttingDown)?;
-        if self.known(hash) {
-            return Ok(());
+        if let Some(dims) = self.known(hash) {
+            return Ok(dims);
         }
         let bytes = blobs.read_all(hash).await?;
         let what = format!("blob {hash}");
@@ -83,11 +84,11 @@ impl ImageChecker {
         .await
         .map_err(|e| CoordinatorError::Internal(format!("checking an image failed: {e}")))?;
         match decoded {
-            Ok(_) => {
+            Ok(dims) => {
                 if let Ok(mut c) = self.checked.lock() {
-                    c.insert(hash.clone());
+                    c.insert(hash.clone(), dims);
                 }
-                Ok(())
+                Ok(dims)
             }
             Err(e) => Err(CoordinatorError::invalid(field, e.to_string())),
         }
@@ -160,12 +161,14 @@ fn output_names(spec: &v1::JobSpec) -> Vec<String> {
     names
 }
 
-/// Checks a submitted spec and plans its tasks (one per content image).
+/// Checks a submitted spec and plans its tasks; `max_worker_memory` (the most a live worker
+/// reports, 0 for none) decides the tile size when the job gives none and needs one.
 pub(crate) async fn plan_job(
     spec: Option<v1::JobSpec>,
     limits: JobLimits,
     blobs: &BlobStore,
     images: &ImageChecker,
+    max_worker_memory: u64,
 ) -> Result<JobPlan> {
     let mut spec = spec.ok_or_else(|| invalid("spec", "missing: a job needs a spec"))?;
 
@@ -175,28 +178,6 @@ pub(crate) async fn plan_job(
             format!("longer than {MAX_NAME_CHARS} characters"),
         ));
     }
-    // Later issues: refused by name rather than silently ignored.
-    if let Some(tiles) = &spec.tiles {
-        if tiles.tile_size > 0 {
-            return Err(invalid(
-                "spec.tiles.tile_size",
-                "tiling is not supported yet",
-            ));
-        }
-    }
-    if !spec.sweeps.is_empty() {
-        return Err(invalid(
-            "spec.sweeps",
-            "parameter sweeps are not supported yet",
-        ));
-    }
-    if spec.temporal {
-        return Err(invalid(
-            "spec.temporal",
-            "temporal rendering (each frame from the previous output) is not supported yet",
-        ));
-    }
-
     if spec.content.is_empty() {
         return Err(invalid(
             "spec.content",
@@ -287,30 +268,30 @@ pub(crate) async fn plan_job(
         let field = "spec.init_image".to_string();
         images_to_check.push((check_blob(blobs, blob, &field).await?, field));
     }
-    for (hash, field) in &images_to_check {
-        images.check(blobs, hash, field).await?;
+    let mut content_dims = Vec::with_capacity(spec.content.len());
+    for (i, (hash, field)) in images_to_check.iter().enumerate() {
+        let dims = images.check(blobs, hash, field).await?;
+        if i < spec.content.len() {
+            content_dims.push(dims);
+        }
     }
 
     let names = output_names(&spec);
-    let tasks = spec
-        .content
-        .iter()
-        .zip(names)
-        .zip(0u32..)
-        .map(|((content, output_name), index)| v1::TaskSpec {
-            content: Some(content.clone()),
-            styles: spec.styles.clone(),
-            init_image: spec.init_image.clone(),
-            settings: Some(settings.clone()),
-            part: Some(v1::task_spec::Part::Frame(v1::Frame { index })),
-            output_name,
-            required_memory_bytes: spec.required_memory_bytes,
-        })
-        .collect();
+    let planned = plan_tasks(
+        &mut spec,
+        &PlanInputs {
+            settings: &engine,
+            content_dims: &content_dims,
+            names: &names,
+            max_worker_memory,
+            max_tasks: limits.max_tasks,
+        },
+    )?;
     Ok(JobPlan {
         id: JobId::new(),
         spec,
-        tasks,
+        tasks: planned.tasks,
+        summary: planned.response,
     })
 }
 

@@ -356,26 +356,42 @@ async fn bad_job_specs_are_refused_by_field_and_disturb_nothing() {
             with(&|s| {
                 s.tiles = Some(v1::TileOptions {
                     tile_size: 256,
-                    tile_overlap: 32,
+                    tile_overlap: 256,
                 })
             }),
             Code::InvalidArgument,
-            "invalid spec.tiles.tile_size: tiling is not supported yet",
+            "invalid spec.tiles.tile_overlap: 256 px is not smaller than the tile size",
         ),
         (
             with(&|s| {
                 s.sweeps = vec![v1::Sweep {
-                    parameter: "style-weight".into(),
+                    parameter: "brightness".into(),
                     values: vec!["1".into()],
                 }]
             }),
             Code::InvalidArgument,
-            "invalid spec.sweeps",
+            "invalid spec.sweeps[0].parameter: `brightness` cannot be swept",
         ),
         (
-            with(&|s| s.temporal = true),
+            with(&|s| {
+                s.temporal = true;
+                s.scales = Some(v1::Scales {
+                    sizes: vec![16, 32],
+                    iterations: vec![],
+                });
+            }),
             Code::InvalidArgument,
-            "invalid spec.temporal",
+            "invalid spec.temporal: temporal rendering cannot be combined",
+        ),
+        (
+            with(&|s| {
+                s.scales = Some(v1::Scales {
+                    sizes: vec![32, 16],
+                    iterations: vec![],
+                })
+            }),
+            Code::InvalidArgument,
+            "invalid spec.scales.sizes: sizes must increase",
         ),
         (
             with(&|s| s.content = vec![content.clone(); 5]),

@@ -169,7 +169,12 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
     };
     let tile = match &spec.part {
         Some(Part::Tile(t)) => Some(check_tile(t)?),
-        Some(Part::Frame(_) | Part::Sweep(_)) | None => None,
+        Some(Part::Assemble(_)) => {
+            return Err(Failure::application(
+                "invalid spec.assemble: assembling a job's result is the coordinator's work",
+            ))
+        }
+        Some(Part::Frame(_) | Part::Sweep(_) | Part::Stage(_)) | None => None,
     };
     Ok(Plan {
         content,
@@ -180,17 +185,47 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
     })
 }
 
-/// A tile must lie inside its full image, which must be decodable-sized.
+/// A tile must lie inside its context, the context inside the full image, which must be
+/// decodable-sized. A 0x0 context is the tile itself.
 fn check_tile(t: &v1::Tile) -> Result<v1::Tile, Failure> {
     let bad = |reason: String| Err(Failure::application(format!("invalid spec.tile: {reason}")));
     if t.width == 0 || t.height == 0 {
         return bad(format!("a {}x{} tile has no pixels", t.width, t.height));
     }
+    let mut t = *t;
+    if t.context_width == 0 && t.context_height == 0 {
+        (t.context_x, t.context_y) = (t.x, t.y);
+        (t.context_width, t.context_height) = (t.width, t.height);
+    }
     let fits = |at: u32, len: u32, full: u32| at.checked_add(len).is_some_and(|end| end <= full);
-    if !fits(t.x, t.width, t.full_width) || !fits(t.y, t.height, t.full_height) {
+    if !fits(t.context_x, t.context_width, t.full_width)
+        || !fits(t.context_y, t.context_height, t.full_height)
+    {
         return bad(format!(
-            "{}x{} at ({}, {}) does not fit in the {}x{} image",
-            t.width, t.height, t.x, t.y, t.full_width, t.full_height
+            "the context {}x{} at ({}, {}) does not fit in the {}x{} image",
+            t.context_width,
+            t.context_height,
+            t.context_x,
+            t.context_y,
+            t.full_width,
+            t.full_height
+        ));
+    }
+    if t.x < t.context_x
+        || t.y < t.context_y
+        || !fits(t.x - t.context_x, t.width, t.context_width)
+        || !fits(t.y - t.context_y, t.height, t.context_height)
+    {
+        return bad(format!(
+            "{}x{} at ({}, {}) does not lie inside its context {}x{} at ({}, {})",
+            t.width,
+            t.height,
+            t.x,
+            t.y,
+            t.context_width,
+            t.context_height,
+            t.context_x,
+            t.context_y
         ));
     }
     let limits = DecodeLimits::default();
@@ -203,13 +238,32 @@ fn check_tile(t: &v1::Tile) -> Result<v1::Tile, Failure> {
             t.full_width, t.full_height, limits.max_width, limits.max_height, limits.max_pixels
         ));
     }
-    Ok(*t)
+    Ok(t)
 }
 
-/// The tile's part of `img` scaled to the full output size.
-fn crop_tile(img: &RgbImage, t: &v1::Tile) -> RgbImage {
+/// The tile's context in `img` scaled to the full output size.
+fn crop_context(img: &RgbImage, t: &v1::Tile) -> RgbImage {
     let full = resize_exact(img, t.full_width, t.full_height);
-    image::imageops::crop_imm(&full, t.x, t.y, t.width, t.height).to_image()
+    image::imageops::crop_imm(
+        &full,
+        t.context_x,
+        t.context_y,
+        t.context_width,
+        t.context_height,
+    )
+    .to_image()
+}
+
+/// The tile itself out of the render of its context.
+fn keep_tile(rendered: &RgbImage, t: &v1::Tile) -> RgbImage {
+    image::imageops::crop_imm(
+        rendered,
+        t.x - t.context_x,
+        t.y - t.context_y,
+        t.width,
+        t.height,
+    )
+    .to_image()
 }
 
 /// The fetched, still encoded images of a task.
@@ -265,9 +319,9 @@ fn render_blocking(
     let mut settings = plan.settings;
     let mut style_image_size = None;
     if let Some(t) = &plan.tile {
-        content = crop_tile(&content, t);
-        init = init.map(|i| crop_tile(&i, t));
-        settings.image_size = t.width.max(t.height);
+        content = crop_context(&content, t);
+        init = init.map(|i| crop_context(&i, t));
+        settings.image_size = t.context_width.max(t.context_height);
         style_image_size = Some(t.full_width.max(t.full_height));
     }
     let task = TaskInput {
@@ -280,9 +334,21 @@ fn render_blocking(
         style_ids: plan.styles.iter().map(|b| b.sha256.clone()).collect(),
         style_image_size,
     };
-    let out = engine
+    let mut out = engine
         .run(&task, &mut observer)
         .map_err(|e| Failure::from_engine(&e))?;
+    if let Some(t) = &plan.tile {
+        if out.image.dimensions() != (t.context_width, t.context_height) {
+            return Err(Failure::application(format!(
+                "the engine rendered the {}x{} tile context as {}x{}",
+                t.context_width,
+                t.context_height,
+                out.image.width(),
+                out.image.height()
+            )));
+        }
+        out.image = keep_tile(&out.image, t);
+    }
     let png = encode_png(&out.image).map_err(|e| Failure::from_engine(&e))?;
     Ok(Rendered {
         sha256: sha256_hex(&png),
@@ -643,6 +709,7 @@ mod tests {
                         height: 20,
                         full_width: 100,
                         full_height: 100,
+                        ..Default::default()
                     }))
                 }),
                 "spec.tile",
@@ -663,21 +730,50 @@ mod tests {
     }
 
     #[test]
-    fn a_tile_is_cut_from_the_image_at_full_size() {
+    fn a_tile_is_cut_from_the_image_at_full_size_with_its_context() {
         let img = RgbImage::from_fn(50, 25, |x, y| Rgb([x as u8 * 2, y as u8 * 4, 0]));
-        let t = v1::Tile {
+        let t = check_tile(&v1::Tile {
             x: 60,
             y: 10,
             width: 30,
             height: 20,
             full_width: 100,
             full_height: 50,
-        };
-        let tile = crop_tile(&img, &t);
-        assert_eq!(tile.dimensions(), (30, 20));
+            context_x: 52,
+            context_y: 2,
+            context_width: 46,
+            context_height: 36,
+            ..Default::default()
+        })
+        .unwrap();
+        let context = crop_context(&img, &t);
+        assert_eq!(context.dimensions(), (46, 36));
         let full = resize_exact(&img, 100, 50);
+        assert_eq!(context.get_pixel(0, 0), full.get_pixel(52, 2));
+        let tile = keep_tile(&context, &t);
+        assert_eq!(tile.dimensions(), (30, 20));
         assert_eq!(tile.get_pixel(0, 0), full.get_pixel(60, 10));
         assert_eq!(tile.get_pixel(29, 19), full.get_pixel(89, 29));
+        // Without a context the tile is its own.
+        let bare = v1::Tile {
+            context_width: 0,
+            context_height: 0,
+            ..t
+        };
+        let bare = check_tile(&bare).unwrap();
+        assert_eq!((bare.context_x, bare.context_width), (t.x, t.width));
+        // A tile outside its context is refused.
+        let outside = v1::Tile {
+            context_x: 62,
+            context_width: 30,
+            ..t
+        };
+        let f = check_tile(&outside).unwrap_err();
+        assert!(
+            f.message.contains("does not lie inside its context"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

@@ -25,6 +25,12 @@
 //!   that fails for good does not stop the job's other tasks: they finish first.
 //! - Retry re-queues the failed and canceled tasks of a finished job with fresh attempts and
 //!   forgets the job's blocklist.
+//! - Dependencies: a task whose spec lists `depends_on` (indices of earlier tasks of its job)
+//!   waits until they have all succeeded; it then takes the first one's result as its init
+//!   image and is queued. When one of them fails for good (or is canceled), the waiting task
+//!   fails (is canceled) with it.
+//! - Assemble tasks are the coordinator's own: never leased; once ready they are announced
+//!   ([`Effect::AssembleReady`]) and finished by [`Scheduler::assembled`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -71,6 +77,8 @@ pub(crate) enum TaskState {
     Failed,
     /// Canceled; `draining` is the lease of a worker that has not yet heard about it.
     Canceled { draining: Option<Lease> },
+    /// Waiting for the tasks it depends on to succeed.
+    Waiting,
 }
 
 impl TaskState {
@@ -79,7 +87,9 @@ impl TaskState {
         match self {
             Self::Leased(l) | Self::Running(l) => Some(l),
             Self::Canceled { draining } => draining.as_ref(),
-            Self::Queued | Self::Succeeded | Self::SoftFailed | Self::Failed => None,
+            Self::Queued | Self::Succeeded | Self::SoftFailed | Self::Failed | Self::Waiting => {
+                None
+            }
         }
     }
 
@@ -98,6 +108,7 @@ impl TaskState {
             Self::SoftFailed => v1::TaskState::SoftFailed,
             Self::Failed => v1::TaskState::Failed,
             Self::Canceled { .. } => v1::TaskState::Canceled,
+            Self::Waiting => v1::TaskState::Waiting,
         }
     }
 
@@ -144,7 +155,7 @@ impl JobState {
         let (mut started, mut canceled) = (false, false);
         for state in tasks {
             match state {
-                TaskState::Queued => {
+                TaskState::Queued | TaskState::Waiting => {
                     all_final = false;
                     all_succeeded = false;
                 }
@@ -255,6 +266,8 @@ pub(crate) enum Effect {
     TasksReady,
     /// A lease was granted: the expiry loop may have an earlier deadline to wait for.
     LeaseGranted,
+    /// An assemble task became ready: the coordinator's assembler runs it.
+    AssembleReady,
 }
 
 /// A task handed to a worker.
@@ -375,7 +388,8 @@ impl Scheduler {
                 | TaskState::SoftFailed
                 | TaskState::Succeeded
                 | TaskState::Failed
-                | TaskState::Canceled { draining: None } => continue,
+                | TaskState::Canceled { draining: None }
+                | TaskState::Waiting => continue,
             };
             task.state = voided;
             s.effects.push(Effect::TaskChanged(task.id));
@@ -383,10 +397,16 @@ impl Scheduler {
         let ready: Vec<ReadyKey> = s
             .tasks
             .values()
-            .filter(|t| t.state.is_ready())
+            .filter(|t| t.state.is_ready() && !is_assemble(&t.spec))
             .map(|t| s.ready_key(t))
             .collect();
         s.ready.extend(ready);
+        if s.tasks
+            .values()
+            .any(|t| t.state.is_ready() && is_assemble(&t.spec))
+        {
+            s.effects.push(Effect::AssembleReady);
+        }
         let worker_ids: Vec<WorkerId> = s.workers.keys().copied().collect();
         for id in worker_ids {
             if let Some(w) = s.workers.get_mut(&id) {
@@ -431,12 +451,17 @@ impl Scheduler {
         self.next_seq += 1;
         let mut tasks = Vec::with_capacity(task_specs.len());
         for (index, task_spec) in (0u32..).zip(task_specs) {
+            let state = if task_spec.depends_on.is_empty() {
+                TaskState::Queued
+            } else {
+                TaskState::Waiting
+            };
             let task = TaskRecord {
                 id: TaskId::new(),
                 job: id,
                 index,
                 spec: task_spec,
-                state: TaskState::Queued,
+                state,
                 attempts: 0,
                 worker: None,
                 progress: None,
@@ -462,8 +487,15 @@ impl Scheduler {
         let ids: Vec<TaskId> = self.job_tasks(id).map(|t| t.id).collect();
         for task in ids {
             if let Some(t) = self.tasks.get(&task) {
-                let key = self.ready_key(t);
-                self.ready.insert(key);
+                if !t.state.is_ready() {
+                    continue;
+                }
+                if is_assemble(&t.spec) {
+                    self.effects.push(Effect::AssembleReady);
+                } else {
+                    let key = self.ready_key(t);
+                    self.ready.insert(key);
+                }
             }
         }
         self.effects.push(Effect::JobCreated(id));
@@ -716,7 +748,9 @@ impl Scheduler {
                 continue;
             };
             let next = match &task.state {
-                TaskState::Queued | TaskState::SoftFailed => TaskState::Canceled { draining: None },
+                TaskState::Queued | TaskState::SoftFailed | TaskState::Waiting => {
+                    TaskState::Canceled { draining: None }
+                }
                 TaskState::Leased(l) | TaskState::Running(l) => {
                     TaskState::Canceled { draining: Some(*l) }
                 }
@@ -726,6 +760,71 @@ impl Scheduler {
         }
         self.refresh_job(job, now);
         Ok(())
+    }
+
+    /// The coordinator finished assembling `task` (an assemble task that was ready): with its
+    /// result, or failed for good with a reason. A task that is no longer ready (its job was
+    /// canceled meanwhile) is left as it is.
+    pub(crate) fn assembled(
+        &mut self,
+        task_id: TaskId,
+        outcome: std::result::Result<v1::BlobRef, String>,
+        now: i64,
+    ) -> Result<()> {
+        let task = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| not_found("task", task_id))?;
+        if !task.state.is_ready() || !is_assemble(&task.spec) {
+            return Ok(());
+        }
+        let job = task.job;
+        task.attempts += 1;
+        let state = match outcome {
+            Ok(result) => {
+                task.result = Some(result);
+                task.error.clear();
+                TaskState::Succeeded
+            }
+            Err(reason) => {
+                task.error = reason;
+                TaskState::Failed
+            }
+        };
+        self.set_state(task_id, state);
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    /// Assemble tasks ready to run, with what they need: their own spec and, in order, the
+    /// specs and results of the tasks they depend on.
+    pub(crate) fn ready_assemblies(&self) -> Vec<Assembly> {
+        let mut out = Vec::new();
+        for task in self.tasks.values() {
+            if !task.state.is_ready() || !is_assemble(&task.spec) {
+                continue;
+            }
+            let Ok(job) = self.job(task.job) else {
+                continue;
+            };
+            let inputs = task
+                .spec
+                .depends_on
+                .iter()
+                .filter_map(|&i| {
+                    let dep = self.tasks.get(job.tasks.get(i as usize)?)?;
+                    Some((dep.spec.clone(), dep.result.clone()?))
+                })
+                .collect();
+            out.push(Assembly {
+                task: task.id,
+                job: task.job,
+                job_spec: job.spec.clone(),
+                spec: task.spec.clone(),
+                inputs,
+            });
+        }
+        out
     }
 
     /// Runs the failed and canceled tasks of a finished job again, with fresh attempts.
@@ -750,7 +849,12 @@ impl Scheduler {
             task.error.clear();
             task.failed_on.clear();
             task.progress = None;
-            self.set_state(id, TaskState::Queued);
+            let state = if task.spec.depends_on.is_empty() {
+                TaskState::Queued
+            } else {
+                TaskState::Waiting
+            };
+            self.set_state(id, state);
             if let Some(worker) = draining {
                 self.release_worker(worker, id, now);
             }
@@ -843,12 +947,17 @@ impl Scheduler {
         let tasks: Vec<&TaskRecord> = self.job_tasks(id).collect();
         let result = match (job.state, tasks.as_slice()) {
             (JobState::Completed, [only]) => only.result.clone(),
+            (JobState::Completed, _) => tasks
+                .iter()
+                .find(|t| t.spec.job_result)
+                .and_then(|t| t.result.clone()),
             _ => None,
         };
         let error = match job.state {
             JobState::Failed => tasks
                 .iter()
-                .find(|t| t.state == TaskState::Failed)
+                .filter(|t| t.state == TaskState::Failed)
+                .min_by_key(|t| t.attempts == 0)
                 .map(|t| {
                     format!(
                         "task {} ({}) failed after {} attempt{}: {}",
@@ -880,6 +989,17 @@ impl Scheduler {
         })
     }
 
+    /// The most memory a worker seen within a lease duration of `now` reports (0: none).
+    pub(crate) fn max_worker_memory(&self, now: i64) -> u64 {
+        let cutoff = now.saturating_sub(self.config.lease_ms);
+        self.workers
+            .values()
+            .filter(|w| w.last_seen_ms >= cutoff)
+            .map(|w| w.capabilities.memory_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Counts for `QueueStats`; workers count when seen within a lease duration of `now`.
     pub(crate) fn stats(&self, now: i64) -> v1::QueueStatsResponse {
         let mut s = v1::QueueStatsResponse::default();
@@ -892,7 +1012,9 @@ impl Scheduler {
         }
         for task in self.tasks.values() {
             match task.state {
-                TaskState::Queued | TaskState::SoftFailed => s.tasks_queued += 1,
+                TaskState::Queued | TaskState::SoftFailed | TaskState::Waiting => {
+                    s.tasks_queued += 1;
+                }
                 TaskState::Leased(_) | TaskState::Running(_) => s.tasks_running += 1,
                 TaskState::Succeeded => s.tasks_succeeded += 1,
                 TaskState::Failed => s.tasks_failed += 1,
@@ -963,10 +1085,93 @@ impl Scheduler {
             self.ready.remove(&key);
         }
         if task.state.is_ready() {
-            self.ready.insert(key);
-            self.effects.push(Effect::TasksReady);
+            if is_assemble(&task.spec) {
+                self.effects.push(Effect::AssembleReady);
+            } else {
+                self.ready.insert(key);
+                self.effects.push(Effect::TasksReady);
+            }
         }
         self.effects.push(Effect::TaskChanged(id));
+    }
+
+    /// Moves a job's waiting tasks on: queued (with the first dependency's result as the init
+    /// image) once every task they depend on has succeeded, failed or canceled once one of
+    /// them can no longer succeed. Repeats until nothing changes, so a failure travels down a
+    /// chain in one event.
+    fn settle_dependents(&mut self, job: JobId) {
+        loop {
+            let mut moves: Vec<(TaskId, Settled)> = Vec::new();
+            let tasks: Vec<&TaskRecord> = self.job_tasks(job).collect();
+            for task in tasks.iter().filter(|t| t.state == TaskState::Waiting) {
+                let mut settled = Settled::Ready(None);
+                for &i in &task.spec.depends_on {
+                    let Some(dep) = tasks.get(i as usize) else {
+                        settled = Settled::Failed(format!(
+                            "it depends on task {i}, which does not exist"
+                        ));
+                        break;
+                    };
+                    match &dep.state {
+                        TaskState::Succeeded => {
+                            if let Settled::Ready(first @ None) = &mut settled {
+                                *first = dep.result.clone();
+                            }
+                        }
+                        TaskState::Failed => {
+                            settled = Settled::Failed(format!(
+                                "task {i} ({}), which it depends on, failed",
+                                dep.spec.output_name
+                            ));
+                            break;
+                        }
+                        TaskState::Canceled { .. } => {
+                            settled = Settled::Canceled;
+                            break;
+                        }
+                        TaskState::Queued
+                        | TaskState::Leased(_)
+                        | TaskState::Running(_)
+                        | TaskState::SoftFailed
+                        | TaskState::Waiting => {
+                            if matches!(settled, Settled::Ready(_)) {
+                                settled = Settled::Blocked;
+                            }
+                        }
+                    }
+                }
+                if settled != Settled::Blocked {
+                    moves.push((task.id, settled));
+                }
+            }
+            if moves.is_empty() {
+                return;
+            }
+            for (id, settled) in moves {
+                match settled {
+                    Settled::Ready(init) => {
+                        if let Some(task) = self.tasks.get_mut(&id) {
+                            if !is_assemble(&task.spec) {
+                                if let Some(init) = init {
+                                    task.spec.init_image = Some(init);
+                                    let settings = task.spec.settings.get_or_insert_default();
+                                    settings.init = v1::Init::Image as i32;
+                                }
+                            }
+                        }
+                        self.set_state(id, TaskState::Queued);
+                    }
+                    Settled::Failed(reason) => {
+                        if let Some(task) = self.tasks.get_mut(&id) {
+                            task.error = reason;
+                        }
+                        self.set_state(id, TaskState::Failed);
+                    }
+                    Settled::Canceled => self.set_state(id, TaskState::Canceled { draining: None }),
+                    Settled::Blocked => {}
+                }
+            }
+        }
     }
 
     /// An attempt failed on `worker` (application error, out of memory, lapsed lease).
@@ -1027,6 +1232,7 @@ impl Scheduler {
 
     /// Re-derives a job's state after its tasks changed.
     fn refresh_job(&mut self, id: JobId, now: i64) {
+        self.settle_dependents(id);
         let derived = JobState::derive(self.job_tasks(id).map(|t| &t.state));
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -1039,6 +1245,35 @@ impl Scheduler {
             self.effects.push(Effect::JobStateChanged(id));
         }
     }
+}
+
+/// Where a waiting task stands with its dependencies.
+#[derive(Debug, PartialEq)]
+enum Settled {
+    /// All succeeded; the first one's result.
+    Ready(Option<v1::BlobRef>),
+    /// Some have not finished yet.
+    Blocked,
+    /// One failed for good.
+    Failed(String),
+    /// One was canceled.
+    Canceled,
+}
+
+/// An assemble task ready to run, with its inputs.
+#[derive(Debug, Clone)]
+pub(crate) struct Assembly {
+    pub(crate) task: TaskId,
+    pub(crate) job: JobId,
+    pub(crate) job_spec: v1::JobSpec,
+    pub(crate) spec: v1::TaskSpec,
+    /// The specs and results of the tasks it depends on, in `depends_on` order.
+    pub(crate) inputs: Vec<(v1::TaskSpec, v1::BlobRef)>,
+}
+
+/// Whether the coordinator runs the task itself.
+pub(crate) fn is_assemble(spec: &v1::TaskSpec) -> bool {
+    matches!(spec.part, Some(v1::task_spec::Part::Assemble(_)))
 }
 
 fn not_found(kind: &'static str, id: impl ToString) -> CoordinatorError {

@@ -466,3 +466,162 @@ fn job_state_follows_the_tasks() {
         assert_eq!(JobState::derive(tasks), want, "{tasks:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dependencies and assemble tasks
+
+impl Farm {
+    /// A job of `specs` as given (dependencies included).
+    fn job_of(&mut self, specs: Vec<v1::TaskSpec>, max_attempts: u32) -> JobId {
+        let spec = v1::JobSpec {
+            max_attempts,
+            ..Default::default()
+        };
+        let now = self.now();
+        self.s.submit(JobId::new(), spec, specs, now)
+    }
+
+    fn state_of(&self, job: JobId, index: usize) -> TaskState {
+        self.s.job_tasks(job).nth(index).unwrap().state.clone()
+    }
+}
+
+fn task(name: &str, depends_on: &[u32]) -> v1::TaskSpec {
+    v1::TaskSpec {
+        output_name: name.into(),
+        depends_on: depends_on.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
+    v1::TaskSpec {
+        part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
+            kind: v1::AssembleKind::Tiles as i32,
+        })),
+        job_result: true,
+        ..task("out.png", depends_on)
+    }
+}
+
+#[test]
+fn a_task_waits_for_its_dependency_and_starts_from_its_result() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job_of(vec![task("coarse", &[]), task("tile", &[0])], 0);
+    assert_eq!(f.state_of(job, 1), TaskState::Waiting);
+    let first = f.lease(w).unwrap();
+    assert_eq!(first.spec.output_name, "coarse");
+    // The waiting task is not leasable meanwhile.
+    let w2 = f.worker(GIB);
+    assert!(f.lease(w2).is_none());
+    f.complete(first.lease).unwrap();
+    let second = f.lease(w2).unwrap();
+    assert_eq!(second.spec.output_name, "tile");
+    let init = second.spec.init_image.as_ref().unwrap();
+    assert_eq!(init.sha256, "ab".repeat(32));
+    assert_eq!(
+        second.spec.settings.as_ref().unwrap().init,
+        v1::Init::Image as i32
+    );
+    assert!(f
+        .s
+        .take_effects()
+        .contains(&Effect::TaskChanged(second.task)));
+}
+
+#[test]
+fn a_failed_dependency_fails_the_chain_behind_it() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job_of(vec![task("a", &[]), task("b", &[0]), task("c", &[1])], 1);
+    let a = f.lease(w).unwrap();
+    f.fail(a.lease, FailureKind::Application).unwrap();
+    assert_eq!(f.state_of(job, 1), TaskState::Failed);
+    assert_eq!(f.state_of(job, 2), TaskState::Failed);
+    let j = f.s.job_proto(job, Detail::Full).unwrap();
+    assert_eq!(j.state, v1::JobState::Failed as i32);
+    // The job's error names the root cause, not a task that never ran.
+    assert!(
+        j.error
+            .starts_with("task 0 (a) failed after 1 attempt: it broke"),
+        "{}",
+        j.error
+    );
+    assert!(f
+        .s
+        .job_tasks(job)
+        .nth(2)
+        .unwrap()
+        .error
+        .contains("task 1 (b)"));
+
+    // Retry: the first runs again and the others wait for it again.
+    let now = f.now();
+    f.s.retry(job, now).unwrap();
+    assert_eq!(f.state_of(job, 0), TaskState::Queued);
+    assert_eq!(f.state_of(job, 1), TaskState::Waiting);
+    assert_eq!(f.state_of(job, 2), TaskState::Waiting);
+}
+
+#[test]
+fn cancel_reaches_waiting_tasks() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job_of(vec![task("a", &[]), task("b", &[0])], 0);
+    let a = f.lease(w).unwrap();
+    let now = f.now();
+    f.s.cancel(job, now).unwrap();
+    assert_eq!(f.state_of(job, 1), TaskState::Canceled { draining: None });
+    f.complete(a.lease).unwrap();
+    let j = f.s.job(job).unwrap();
+    assert_eq!(j.state, JobState::Canceled);
+}
+
+#[test]
+fn assemble_tasks_are_the_coordinators_and_make_the_job_result() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job_of(
+        vec![task("t0", &[]), task("t1", &[]), assemble_task(&[0, 1])],
+        0,
+    );
+    f.s.take_effects();
+    for _ in 0..2 {
+        let g = f.lease(w).unwrap();
+        assert_ne!(g.spec.output_name, "out.png");
+        f.complete(g.lease).unwrap();
+    }
+    // Ready, announced, but never leased.
+    assert_eq!(f.state_of(job, 2), TaskState::Queued);
+    assert!(f.s.take_effects().contains(&Effect::AssembleReady));
+    assert!(f.lease(w).is_none());
+    let ready = f.s.ready_assemblies();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].inputs.len(), 2);
+    assert_eq!(f.s.job(job).unwrap().state, JobState::Active);
+
+    let sheet = v1::BlobRef {
+        sha256: "cd".repeat(32),
+        size: 9,
+    };
+    let now = f.now();
+    f.s.assembled(ready[0].task, Ok(sheet.clone()), now)
+        .unwrap();
+    let j = f.s.job_proto(job, Detail::Full).unwrap();
+    assert_eq!(j.state, v1::JobState::Completed as i32);
+    assert_eq!(j.result, Some(sheet));
+    assert!(f.s.ready_assemblies().is_empty());
+
+    // A failed assembly fails the job with its reason.
+    let job = f.job_of(vec![task("t", &[]), assemble_task(&[0])], 0);
+    let g = f.lease(w).unwrap();
+    f.complete(g.lease).unwrap();
+    let ready = f.s.ready_assemblies();
+    let now = f.now();
+    f.s.assembled(ready[0].task, Err("bad tiles".into()), now)
+        .unwrap();
+    let j = f.s.job_proto(job, Detail::Full).unwrap();
+    assert_eq!(j.state, v1::JobState::Failed as i32);
+    assert!(j.error.ends_with("bad tiles"), "{}", j.error);
+}

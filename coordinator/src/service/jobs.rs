@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{parse_id, Api};
 use crate::error::CoordinatorError;
 use crate::scheduler::Detail;
-use crate::validate::plan_job;
+use crate::validate::{plan_job, JobPlan};
 
 /// Jobs listed when the request says 0.
 const DEFAULT_LIST: usize = 100;
@@ -25,13 +25,7 @@ impl JobService for Api {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let plan = plan_job(
-            request.into_inner().spec,
-            self.limits.job,
-            &self.blobs,
-            &self.images,
-        )
-        .await?;
+        let plan = self.plan(request.into_inner().spec).await?;
         let tasks = plan.tasks.len();
         let id = self
             .core
@@ -41,6 +35,14 @@ impl JobService for Api {
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: id.to_string(),
         }))
+    }
+
+    async fn plan_job(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::PlanJobResponse>, Status> {
+        let plan = self.plan(request.into_inner().spec).await?;
+        Ok(Response::new(plan.summary))
     }
 
     async fn get_job(
@@ -125,6 +127,20 @@ impl JobService for Api {
             .await?;
         tracing::info!(job_id = %id, "job retried");
         Ok(Response::new(job))
+    }
+}
+
+impl Api {
+    /// Checks a spec and plans its tasks for the workers the farm has now.
+    async fn plan(&self, spec: Option<v1::JobSpec>) -> Result<JobPlan, CoordinatorError> {
+        let memory = self
+            .core
+            .call(|c| {
+                let now = c.now_ms();
+                Ok(c.sched.max_worker_memory(now))
+            })
+            .await?;
+        plan_job(spec, self.limits.job, &self.blobs, &self.images, memory).await
     }
 }
 

@@ -1,0 +1,202 @@
+//! The coordinator's own tasks: putting a job's result together from the results of the
+//! tasks it depends on — feathered blending of tiles into the full image, or a labelled contact
+//! sheet of a sweep's points.
+//!
+//! One loop waits for assemble tasks to become ready ([`Signals::assembly_ready`], and once at
+//! start for those a restart left behind), reads their inputs from the blob store, decodes,
+//! blends and encodes on a blocking thread (never on the async runtime), stores the PNG as a
+//! blob and finishes the task through the scheduler. An assembly that cannot be done fails its
+//! task, and with it the job, with the reason.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits, RgbImage};
+use stylefarm_engine::sheet::contact_sheet;
+use stylefarm_engine::tiles::TileGrid;
+use stylefarm_proto::ids::TaskId;
+use stylefarm_proto::v1::{self, task_spec::Part};
+use tokio::sync::Mutex;
+
+use crate::blobs::{BlobHash, BlobStore};
+use crate::core::{CoreHandle, Signals};
+use crate::error::{CoordinatorError, Result};
+use crate::scheduler::Assembly;
+
+/// Longest side of one image on a contact sheet.
+const SHEET_CELL: u32 = 256;
+
+/// Runs assemble tasks until shutdown.
+pub(crate) async fn assembler_loop(core: CoreHandle, blobs: Arc<BlobStore>, signals: Arc<Signals>) {
+    let running: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
+    loop {
+        let ready = match core.call(|c| Ok(c.sched.ready_assemblies())).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the assembler stops");
+                return;
+            }
+        };
+        for assembly in ready {
+            if !running.lock().await.insert(assembly.task) {
+                continue;
+            }
+            let (core, blobs, running) = (core.clone(), blobs.clone(), running.clone());
+            tokio::spawn(async move {
+                let task = assembly.task;
+                run(&core, &blobs, assembly).await;
+                running.lock().await.remove(&task);
+            });
+        }
+        tokio::select! {
+            () = signals.assembly_ready.notified() => {}
+            () = signals.shutdown_requested() => return,
+        }
+    }
+}
+
+/// Assembles one task and reports the outcome to the scheduler.
+async fn run(core: &CoreHandle, blobs: &BlobStore, assembly: Assembly) {
+    let (task, job) = (assembly.task, assembly.job);
+    let outcome = assemble(blobs, assembly).await;
+    match &outcome {
+        Ok(b) => tracing::info!(job_id = %job, task_id = %task, sha256 = %b.sha256, "assembled"),
+        Err(e) => tracing::warn!(job_id = %job, task_id = %task, error = %e, "assembly failed"),
+    }
+    let outcome = outcome.map_err(|e| format!("assembling the result failed: {e}"));
+    if let Err(e) = core
+        .call(move |c| c.apply(|s, now| s.assembled(task, outcome, now)))
+        .await
+    {
+        tracing::error!(job_id = %job, task_id = %task, error = %e, "cannot record an assembly");
+    }
+}
+
+async fn assemble(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> {
+    let kind = match &assembly.spec.part {
+        Some(Part::Assemble(a)) => v1::AssembleKind::try_from(a.kind).ok(),
+        _ => None,
+    };
+    if assembly.inputs.len() != assembly.spec.depends_on.len() {
+        return Err(CoordinatorError::Internal(format!(
+            "{} of the {} results to assemble are missing",
+            assembly.spec.depends_on.len() - assembly.inputs.len(),
+            assembly.spec.depends_on.len()
+        )));
+    }
+    let mut encoded = Vec::with_capacity(assembly.inputs.len());
+    for (_, result) in &assembly.inputs {
+        let hash = BlobHash::parse(&result.sha256, "result.sha256")?;
+        encoded.push(blobs.read_all(&hash).await?);
+    }
+    let job_spec = assembly.job_spec;
+    let specs: Vec<v1::TaskSpec> = assembly.inputs.into_iter().map(|(s, _)| s).collect();
+    let png = tokio::task::spawn_blocking(move || match kind {
+        Some(v1::AssembleKind::Tiles) => blend_tiles(&job_spec, &specs, &encoded),
+        Some(v1::AssembleKind::ContactSheet) => sheet(&job_spec, &specs, &encoded),
+        Some(v1::AssembleKind::Unspecified) | None => Err(CoordinatorError::Internal(
+            "an assemble task of no known kind".into(),
+        )),
+    })
+    .await
+    .map_err(|e| CoordinatorError::Internal(format!("the assembly thread failed: {e}")))??;
+    store(blobs, &png).await
+}
+
+fn decode_all(encoded: &[Vec<u8>], specs: &[v1::TaskSpec]) -> Result<Vec<RgbImage>> {
+    let limits = DecodeLimits::default();
+    encoded
+        .iter()
+        .zip(specs)
+        .map(|(bytes, spec)| {
+            decode_image(
+                bytes,
+                &format!("the result of {}", spec.output_name),
+                &limits,
+            )
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+/// The tiles' results blended into the full image; the grid is rebuilt from the job's tile
+/// options and must be the one the tiles were cut from.
+fn blend_tiles(job: &v1::JobSpec, specs: &[v1::TaskSpec], encoded: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let tiles: Vec<v1::Tile> = specs
+        .iter()
+        .filter_map(|s| match &s.part {
+            Some(Part::Tile(t)) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    let Some(first) = tiles.first() else {
+        return Err(CoordinatorError::Internal("no tiles to blend".into()));
+    };
+    let options = job.tiles.unwrap_or_default();
+    let grid = TileGrid::new(
+        first.full_width,
+        first.full_height,
+        options.tile_size,
+        options.tile_overlap,
+    )
+    .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+    let planned: Vec<_> = grid
+        .tiles()
+        .iter()
+        .map(|r| (r.x, r.y, r.width, r.height))
+        .collect();
+    let given: Vec<_> = tiles
+        .iter()
+        .map(|t| (t.x, t.y, t.width, t.height))
+        .collect();
+    if planned != given {
+        return Err(CoordinatorError::Internal(
+            "the tiles do not form the job's tile grid".into(),
+        ));
+    }
+    let images = decode_all(encoded, specs)?;
+    let full = grid
+        .blend(&images)
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+    encode_png(&full).map_err(|e| CoordinatorError::Internal(e.to_string()))
+}
+
+/// A contact sheet of the sweep points' results, each labelled with its values in the order
+/// of the job's sweeps.
+fn sheet(job: &v1::JobSpec, specs: &[v1::TaskSpec], encoded: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let images = decode_all(encoded, specs)?;
+    let items: Vec<(RgbImage, Vec<String>)> = images
+        .into_iter()
+        .zip(specs)
+        .map(|(img, spec)| {
+            let label: Vec<String> = match &spec.part {
+                Some(Part::Sweep(p)) => job
+                    .sweeps
+                    .iter()
+                    .filter_map(|s| {
+                        let v = p.values.get(&s.parameter)?;
+                        Some(format!("{}={v}", s.parameter))
+                    })
+                    .collect(),
+                _ => vec![spec.output_name.clone()],
+            };
+            (img, label)
+        })
+        .collect();
+    encode_png(&contact_sheet(&items, SHEET_CELL))
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))
+}
+
+/// Stores `data` as a blob and returns its reference.
+async fn store(blobs: &BlobStore, data: &[u8]) -> Result<v1::BlobRef> {
+    let sha = hex::encode(Sha256::digest(data));
+    let hash = BlobHash::parse(&sha, "sha256")?;
+    let size = data.len() as u64;
+    if blobs.size(&hash).await? != Some(size) {
+        let mut w = blobs.begin(hash, size).await?;
+        w.write(data).await?;
+        w.finish().await?;
+    }
+    Ok(v1::BlobRef { sha256: sha, size })
+}
