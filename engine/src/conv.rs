@@ -23,6 +23,11 @@ use crate::error::Result;
 /// Bytes of transformed input and products one chunk may hold.
 const CHUNK_BYTES: usize = 24 << 20;
 
+thread_local! {
+    /// The transformed-input and product buffers of the last convolution on this thread.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
 /// A frozen 3x3 convolution, stride 1, zero padding 1, with the kernel already transformed.
 #[derive(Debug, Clone)]
 pub struct Conv3x3 {
@@ -34,9 +39,33 @@ pub struct Conv3x3 {
     bias: Vec<f32>,
 }
 
+/// Defines `$name` as `$generic` compiled twice, for the baseline target and with AVX2 and
+/// FMA, choosing at run time (the transforms are elementwise loops the compiler vectorises).
+macro_rules! multiversion {
+    ($name:ident, $avx2:ident, $generic:ident, $out:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2(d: [&[f32]; 6], out: $out) {
+            $generic(d, out)
+        }
+
+        fn $name(d: [&[f32]; 6], out: $out) {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function was compiled for.
+                return unsafe { $avx2(d, out) };
+            }
+            $generic(d, out)
+        }
+    };
+}
+
+multiversion!(bt_rows, bt_rows_avx2, bt_rows_generic, [&mut [f32]; 6]);
+multiversion!(at_rows, at_rows_avx2, at_rows_generic, [&mut [f32]; 4]);
+
 /// `Bᵀ` applied to six equally long rows: `out[k] = Σ_i Bᵀ[k][i] d[i]`.
 #[inline(always)]
-fn bt_rows(d: [&[f32]; 6], out: [&mut [f32]; 6]) {
+fn bt_rows_generic(d: [&[f32]; 6], out: [&mut [f32]; 6]) {
     let [o0, o1, o2, o3, o4, o5] = out;
     let n = o0.len();
     let [d0, d1, d2, d3, d4, d5] = d.map(|s| &s[..n]);
@@ -60,7 +89,7 @@ fn bt_rows(d: [&[f32]; 6], out: [&mut [f32]; 6]) {
 
 /// `Aᵀ` applied to six equally long rows: `out[a] = Σ_k Aᵀ[a][k] m[k]`.
 #[inline(always)]
-fn at_rows(m: [&[f32]; 6], out: [&mut [f32]; 4]) {
+fn at_rows_generic(m: [&[f32]; 6], out: [&mut [f32]; 4]) {
     let [o0, o1, o2, o3] = out;
     let n = o0.len();
     let [m0, m1, m2, m3, m4, m5] = m.map(|s| &s[..n]);
@@ -102,25 +131,39 @@ impl Conv3x3 {
             [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
             [0.0, 0.0, 1.0],
         ];
+        // u[xi][co][ci], built one output channel at a time in parallel: (cout, 36, cin) first.
+        let mut by_co = vec![0.0f32; cout * 36 * cin];
+        by_co
+            .par_chunks_mut(36 * cin)
+            .enumerate()
+            .for_each(|(co, uc)| {
+                for ci in 0..cin {
+                    let g = &weight[(co * cin + ci) * 9..][..9];
+                    // (G g) is 6x3, then (G g) Gᵀ is 6x6.
+                    let mut gg = [[0.0f64; 3]; 6];
+                    for (k, row) in gg.iter_mut().enumerate() {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v = G[k][0] * f64::from(g[c])
+                                + G[k][1] * f64::from(g[3 + c])
+                                + G[k][2] * f64::from(g[6 + c]);
+                        }
+                    }
+                    for (k, row) in gg.iter().enumerate() {
+                        for (m, gm) in G.iter().enumerate() {
+                            let v = row[0] * gm[0] + row[1] * gm[1] + row[2] * gm[2];
+                            uc[(k * 6 + m) * cin + ci] = v as f32;
+                        }
+                    }
+                }
+            });
         let mut u = vec![0.0f32; 36 * cout * cin];
-        for co in 0..cout {
-            for ci in 0..cin {
-                let g = &weight[(co * cin + ci) * 9..][..9];
-                // (G g) is 6x3, then (G g) Gᵀ is 6x6.
-                let mut gg = [[0.0f64; 3]; 6];
-                for (k, row) in gg.iter_mut().enumerate() {
-                    for (c, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|r| G[k][r] * f64::from(g[r * 3 + c])).sum();
-                    }
+        u.par_chunks_mut(cout * cin)
+            .enumerate()
+            .for_each(|(xi, ux)| {
+                for (co, row) in ux.chunks_exact_mut(cin).enumerate() {
+                    row.copy_from_slice(&by_co[(co * 36 + xi) * cin..][..cin]);
                 }
-                for k in 0..6 {
-                    for m in 0..6 {
-                        let v: f64 = (0..3).map(|c| gg[k][c] * G[m][c]).sum();
-                        u[((k * 6 + m) * cout + co) * cin + ci] = v as f32;
-                    }
-                }
-            }
-        }
+            });
         let bias = match bias {
             Some(b) => {
                 assert_eq!(b.len(), cout, "bias shape");
@@ -155,8 +198,11 @@ impl Conv3x3 {
         let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
         let per_row = 36 * (self.cin + self.cout) * tw * 4;
         let rows = (CHUNK_BYTES / per_row).clamp(1, th);
-        let mut v = vec![0.0f32; 36 * self.cin * rows * tw];
-        let mut m = vec![0.0f32; 36 * self.cout * rows * tw];
+        // Every element of v and m is written before it is read; reusing the buffers of the
+        // last call on this thread saves zeroing and faulting in fresh pages each time.
+        let (mut v, mut m) = SCRATCH.take();
+        v.resize(36 * self.cin * rows * tw, 0.0);
+        m.resize(36 * self.cout * rows * tw, 0.0);
         for ty0 in (0..th).step_by(rows) {
             let ty1 = (ty0 + rows).min(th);
             let tc = (ty1 - ty0) * tw;
@@ -164,6 +210,7 @@ impl Conv3x3 {
             self.multiply(&v[..36 * self.cin * tc], &mut m[..36 * self.cout * tc], tc);
             self.transform_output(&m[..36 * self.cout * tc], h, w, ty0, ty1, relu, out);
         }
+        SCRATCH.set((v, m));
     }
 
     /// `v` (cin, 36, tc) for tile rows `ty0..ty1`.
@@ -182,46 +229,40 @@ impl Conv3x3 {
         // tw + 1 entries.
         let wp = 4 * (tw + 1);
         let plane = h * w;
+        let ph = tw + 1;
         v.par_chunks_mut(36 * tc)
             .zip(x.par_chunks(plane))
             .for_each_init(
-                || vec![0.0f32; 18 * wp],
+                || vec![0.0f32; 12 * wp],
                 |scratch, (vc, xc)| {
-                    let (rows, rest) = scratch.split_at_mut(6 * wp);
-                    let (lin, tmp) = rest.split_at_mut(6 * wp);
+                    let (rows, tmp) = scratch.split_at_mut(6 * wp);
                     for ty in ty0..ty1 {
+                        // Six padded input rows, split by phase: padded column 4t + q (input
+                        // column 4t + q - 1) at [q ph + t].
                         for (i, row) in rows.chunks_exact_mut(wp).enumerate() {
-                            let r = (4 * ty + i) as isize - 1;
                             row.fill(0.0);
-                            if (0..h as isize).contains(&r) {
-                                let r = r as usize;
-                                row[1..=w].copy_from_slice(&xc[r * w..(r + 1) * w]);
+                            let r = (4 * ty + i).wrapping_sub(1);
+                            if r < h {
+                                for (c, &val) in xc[r * w..(r + 1) * w].iter().enumerate() {
+                                    let pc = c + 1;
+                                    row[(pc & 3) * ph + (pc >> 2)] = val;
+                                }
                             }
                         }
-                        // Row pass over whole padded rows, then split by phase: tmp[k] holds
-                        // four phase rows of tw + 1 entries, phase q (column 4t + q) at
-                        // [q (tw + 1)..].
+                        // Row pass: element-wise across the rows, so the phase split carries
+                        // over to tmp.
                         {
                             let mut r = rows.chunks_exact(wp);
                             let d = std::array::from_fn(|_| r.next().unwrap_or_default());
-                            bt_rows(d, split::<6>(lin, wp));
-                        }
-                        for (src, dst) in lin.chunks_exact(wp).zip(tmp.chunks_exact_mut(wp)) {
-                            for (q, ph) in dst.chunks_exact_mut(tw + 1).enumerate() {
-                                for (t, p) in ph.iter_mut().enumerate() {
-                                    *p = src[4 * t + q];
-                                }
-                            }
+                            bt_rows(d, split::<6>(tmp, wp));
                         }
                         // Column pass: d_j[t] = padded column 4t + j, from phase j % 4 at
                         // t + j / 4.
                         let base = (ty - ty0) * tw;
                         for k in 0..6 {
                             let t = &tmp[k * wp..(k + 1) * wp];
-                            let ph = |q: usize, off: usize| {
-                                &t[q * (tw + 1) + off..q * (tw + 1) + off + tw]
-                            };
-                            let d = [ph(0, 0), ph(1, 0), ph(2, 0), ph(3, 0), ph(0, 1), ph(1, 1)];
+                            let at = |q: usize, off: usize| &t[q * ph + off..q * ph + off + tw];
+                            let d = [at(0, 0), at(1, 0), at(2, 0), at(3, 0), at(0, 1), at(1, 1)];
                             let outs = split::<6>(&mut vc[k * 6 * tc..(k + 1) * 6 * tc], tc)
                                 .map(|s| &mut s[base..base + tw]);
                             bt_rows(d, outs);
@@ -316,9 +357,11 @@ impl Conv3x3 {
                                 break;
                             }
                             let orow = &mut oc[r * w..(r + 1) * w];
-                            for (c, o) in orow.iter_mut().enumerate() {
-                                let val = y[(c % 4) * tw + c / 4] + b;
-                                *o = if relu { val.max(0.0) } else { val };
+                            for (t, quad) in orow.chunks_mut(4).enumerate() {
+                                for (q, o) in quad.iter_mut().enumerate() {
+                                    let val = y[q * tw + t] + b;
+                                    *o = if relu { val.max(0.0) } else { val };
+                                }
                             }
                         }
                     }
