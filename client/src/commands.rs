@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use stylefarm_proto::v1::{Device, Job, JobState, TaskState, WorkerInfo};
+use stylefarm_proto::v1::{self, Device, Job, JobState, TaskState, WorkerInfo};
 
 use crate::farm::FarmClient;
 use crate::job::JobInputs;
 use crate::options::{split_paths, RenderOptions};
 use crate::output::{write_atomically, write_image, OutputFormat};
 use crate::progress::{follow, job_state_name, Display, DisplayOptions};
+use crate::split::{plan_json, plan_text, SplitOptions};
 
 /// Where the coordinator is, for every farm command.
 #[derive(Args, Debug, Clone)]
@@ -50,6 +51,19 @@ pub struct SubmitArgs {
     /// The render options.
     #[command(flatten)]
     pub options: RenderOptions,
+    /// Tiles, sweeps and coarse-to-fine stages.
+    #[command(flatten)]
+    pub split: SplitOptions,
+    /// Each frame starts from the previous frame's output (steadier video, one frame at a
+    /// time).
+    #[arg(long)]
+    pub temporal: bool,
+    /// Print the plan (tasks, tile grid, estimated memory and time) instead of submitting.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// A name for the job (default: the first content file's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -128,14 +142,18 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `stylefarm submit`: checks and uploads the images, submits, prints the job id on stdout.
+/// `stylefarm submit`: checks and uploads the images, submits, prints the job id on stdout
+/// (or, with `--dry-run`, the plan the coordinator would make of it).
 pub fn submit(args: &SubmitArgs) -> Result<()> {
-    let settings = args.options.settings()?;
+    let mut settings = args.options.settings()?;
+    args.split.adjust(&mut settings)?;
+    let mut split = v1::JobSpec::default();
+    args.split.apply(&mut split, &settings)?;
     let content: Vec<PathBuf> = args.content.iter().flat_map(|c| split_paths(c)).collect();
     let styles = split_paths(&args.style);
     let init = args.options.init_path();
     let inputs = JobInputs::load(&content, &styles, init.as_deref(), &settings)?;
-    let id = runtime()?.block_on(async {
+    let printed = runtime()?.block_on(async {
         let client = args.farm.connect().await?;
         let mut spec = inputs.upload(&client, &settings).await?;
         if let Some(name) = &args.name {
@@ -143,9 +161,19 @@ pub fn submit(args: &SubmitArgs) -> Result<()> {
         }
         spec.priority = args.priority;
         spec.max_attempts = args.max_attempts;
+        spec.temporal = args.temporal;
+        (spec.tiles, spec.sweeps, spec.scales) = (split.tiles, split.sweeps, split.scales);
+        if args.dry_run {
+            let plan = client.plan(spec).await?;
+            return if args.json {
+                plan_json(&plan)
+            } else {
+                Ok(plan_text(&plan).trim_end().to_string())
+            };
+        }
         anyhow::Ok(client.submit(spec).await?)
     })?;
-    println!("{id}");
+    println!("{printed}");
     Ok(())
 }
 
@@ -195,20 +223,31 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
                 job_state_name(job.state)
             );
         }
-        let mut tasks: Vec<_> = job.tasks.iter().collect();
+        // Intermediate results (coarse passes, tiles, early stages) are not outputs.
+        let mut tasks: Vec<_> = job
+            .tasks
+            .iter()
+            .filter(|t| !t.spec.as_ref().is_some_and(|s| s.intermediate))
+            .collect();
         tasks.sort_by_key(|t| t.index);
-        if let [task] = tasks.as_slice() {
-            let Some(blob) = job.result.as_ref().or(task.result.as_ref()) else {
-                bail!("job {} completed without a result", job.id);
-            };
+        let single = match tasks.as_slice() {
+            [task] => job.result.as_ref().or(task.result.as_ref()),
+            // A file asked for: the job's own result (an assembled image, a contact sheet).
+            _ if OutputFormat::of(&args.output).is_some() => job.result.as_ref(),
+            _ => None,
+        };
+        if let Some(blob) = single {
             let bytes = client.download(blob).await?;
             write_image(&bytes, &args.output)?;
             eprintln!("wrote {}", args.output.display());
             return Ok(());
         }
+        if tasks.len() <= 1 {
+            bail!("job {} completed without a result", job.id);
+        }
         if OutputFormat::of(&args.output).is_some() {
             bail!(
-                "job {} has {} frames: give a directory for -o, not {}",
+                "job {} has {} outputs: give a directory for -o, not {}",
                 job.id,
                 tasks.len(),
                 args.output.display()
@@ -229,7 +268,7 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
             let bytes = client.download(blob).await?;
             write_atomically(&args.output.join(&name), &bytes)?;
         }
-        eprintln!("wrote {} frames to {}", tasks.len(), args.output.display());
+        eprintln!("wrote {} images to {}", tasks.len(), args.output.display());
         Ok(())
     })
 }

@@ -12,8 +12,8 @@ use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;
 use stylefarm_proto::v1::{
     BlobRef, CancelJobRequest, FindMissingBlobsRequest, GetJobRequest, Job, JobEvent, JobSpec,
-    ListJobsRequest, ListWorkersRequest, ReadBlobRequest, SubmitJobRequest, WatchJobRequest,
-    WorkerInfo,
+    ListJobsRequest, ListWorkersRequest, PlanJobResponse, ReadBlobRequest, SubmitJobRequest,
+    WatchJobRequest, WorkerInfo,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -354,6 +354,16 @@ impl FarmClient {
             .map_err(|s| self.error(s))?
             .into_inner()
             .job_id)
+    }
+
+    /// The tasks a job would make, without submitting it.
+    pub async fn plan(&self, spec: JobSpec) -> Result<PlanJobResponse, FarmError> {
+        self.jobs
+            .clone()
+            .plan_job(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.error(s))
     }
 
     /// A job with its tasks.

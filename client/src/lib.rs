@@ -11,4 +11,5 @@ pub mod options;
 pub mod output;
 pub mod progress;
 pub mod render;
+pub mod split;
 pub mod weights;

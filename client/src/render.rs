@@ -35,6 +35,7 @@ use crate::job::JobInputs;
 use crate::options::{split_paths, RenderOptions};
 use crate::output::{dimensions, write_image, OutputFormat};
 use crate::progress::{follow, Display, DisplayOptions};
+use crate::split::SplitOptions;
 use crate::weights::find_weights;
 
 /// Options of `stylefarm render`: the shared render options plus what only a local render
@@ -51,6 +52,9 @@ pub struct RenderArgs {
     /// The render options.
     #[command(flatten)]
     pub options: RenderOptions,
+    /// Tiles, sweeps and coarse-to-fine stages.
+    #[command(flatten)]
+    pub split: SplitOptions,
     /// Weights file (.safetensors or .onnx); default: $STYLEFARM_WEIGHTS or the cache.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -224,6 +228,9 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     let started = Instant::now();
     let mut settings = args.options.settings()?;
     settings.save_iter = args.save_iter;
+    args.split.adjust(&mut settings)?;
+    let mut split = v1::JobSpec::default();
+    args.split.apply(&mut split, &settings)?;
     let styles = split_paths(&args.style);
     if styles.is_empty() {
         bail!("no style image given");
@@ -260,6 +267,7 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         Arc::new(engine),
         &inputs,
         &settings,
+        split,
         threads,
         display,
     ))?;
@@ -304,11 +312,12 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the embedded farm, renders one job on it and stops it again.
+/// Starts the embedded farm, renders one job (split as `split` says) on it and stops it again.
 async fn render_embedded(
     engine: Arc<dyn Engine>,
     inputs: &JobInputs,
     settings: &RenderSettings,
+    split: v1::JobSpec,
     threads: usize,
     display: DisplayOptions,
 ) -> Result<Rendered> {
@@ -323,7 +332,7 @@ async fn render_embedded(
     .await?;
     let mut display = Display::new(display);
     let rendered = tokio::select! {
-        r = submit_and_follow(farm.url(), inputs, settings, &mut display) => r,
+        r = submit_and_follow(farm.url(), inputs, settings, split, &mut display) => r,
         why = farm.stopped() => Err(anyhow::anyhow!(why)),
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("the render was stopped")),
     };
@@ -340,24 +349,32 @@ async fn submit_and_follow(
     url: &str,
     inputs: &JobInputs,
     settings: &RenderSettings,
+    split: v1::JobSpec,
     display: &mut Display,
 ) -> Result<Rendered> {
     let client = FarmClient::connect(url, None).await?;
     let mut spec = inputs.upload(&client, settings).await?;
     // An engine error will not go away by trying again on the same machine.
     spec.max_attempts = 1;
+    (spec.tiles, spec.sweeps, spec.scales) = (split.tiles, split.sweeps, split.scales);
     let id = client.submit(spec).await?;
     let job = follow(&client, &id, display).await?;
+    // The task whose result is the job's (the last stage, the assembly), else the only one.
     let task = job
         .tasks
         .iter()
-        .min_by_key(|t| t.index)
+        .find(|t| t.spec.as_ref().is_some_and(|s| s.job_result))
+        .or_else(|| job.tasks.iter().min_by_key(|t| t.index))
         .cloned()
         .context("the embedded coordinator returned a job without its task")?;
+    let failed = job
+        .tasks
+        .iter()
+        .find(|t| !t.error.is_empty() && t.attempts > 0);
     match JobState::try_from(job.state) {
         Ok(JobState::Completed) => {}
         Ok(JobState::Canceled) => bail!("the render was canceled"),
-        _ if !task.error.is_empty() => bail!("{}", task.error),
+        _ if failed.is_some() => bail!("{}", failed.map_or("", |t| t.error.as_str())),
         _ => bail!("the render failed: {}", job.error),
     }
     let blob = job

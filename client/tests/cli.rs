@@ -386,3 +386,167 @@ async fn render_on_the_embedded_farm_writes_the_engines_own_png() {
     );
     assert_eq!(report["history"].as_array().unwrap().len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
+    let farm = farm(FakeEngine::new(Duration::from_millis(1))).await;
+    let url = farm.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let content = write_png(dir.path(), "big.png", &pattern(120, 90, 1));
+    let style = write_png(dir.path(), "style.png", &pattern(16, 16, 9));
+    let base = [
+        "submit",
+        content.as_str(),
+        style.as_str(),
+        "--coordinator",
+        url.as_str(),
+        "--image-size",
+        "200",
+    ];
+
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--tile-size",
+            "96",
+            "--tile-overlap",
+            "16",
+            "--dry-run",
+            "--json",
+        ])
+        .collect();
+    let out = stylefarm(&args, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (plan["width"].as_u64(), plan["height"].as_u64()),
+        (Some(200), Some(150))
+    );
+    let tiles = plan["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 6, "{}", out.stdout);
+    for key in ["x", "y", "w", "h"] {
+        assert!(tiles[5][key].is_u64(), "{key}");
+    }
+    assert_eq!(
+        tiles[5]["x"].as_u64().unwrap() + tiles[5]["w"].as_u64().unwrap(),
+        200
+    );
+    assert!(plan["tasks"][1]["estimated_memory_bytes"].as_u64().unwrap() > 0);
+    // Nothing was submitted.
+    let jobs = stylefarm(&["jobs", "--coordinator", &url], &[]).await;
+    assert_eq!(jobs.stdout.lines().count(), 1, "{}", jobs.stdout);
+
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--tile-size", "96", "--dry-run"])
+        .collect();
+    let out = stylefarm(&args, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("8 tasks for a 200x150 output"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("tile grid 3x2"), "{}", out.stdout);
+
+    for (extra, expected) in [
+        (
+            &["--tile-size", "96", "--tile-overlap", "96"][..],
+            "invalid spec.tiles.tile_overlap: 96 px is not smaller than the tile size of 96 px",
+        ),
+        (
+            &["--sweep", "colour=1,2"][..],
+            "invalid spec.sweeps[0].parameter: `colour` cannot be swept",
+        ),
+        (
+            &["--scale-sizes", "300,100,200"][..],
+            "invalid spec.scales.sizes: sizes must increase from stage to stage, not 300,100,200",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let out = stylefarm(&args, &[]).await;
+        let e = one_sentence_error(&out);
+        assert!(e.contains(expected), "{e}");
+    }
+    farm.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeps_outputs_and_contact_sheet_are_fetched_by_name() {
+    let farm = farm(FakeEngine::new(Duration::from_millis(1))).await;
+    let url = farm.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let img = pattern(100, 80, 1);
+    let content = write_png(dir.path(), "city.png", &img);
+    let style = write_png(dir.path(), "style.png", &pattern(16, 16, 9));
+
+    let id = stylefarm(
+        &[
+            "submit",
+            &content,
+            &style,
+            "--coordinator",
+            &url,
+            "--image-size",
+            "40",
+            "--num-iterations",
+            "2",
+            "--sweep",
+            "style-weight=10,100",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(id.code, 0, "{}", id.stderr);
+    let id = id.stdout.trim().to_string();
+    let watch = stylefarm(&["watch", &id, "--coordinator", &url], &[]).await;
+    assert_eq!(watch.code, 0, "{}", watch.stderr);
+    let out = dir.path().join("sweep");
+    let fetch = stylefarm(
+        &[
+            "fetch",
+            &id,
+            "-o",
+            out.to_str().unwrap(),
+            "--coordinator",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(fetch.code, 0, "{}", fetch.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "city_style-weight=10.png",
+            "city_style-weight=100.png",
+            "city_sweep.png"
+        ]
+    );
+    let sheet = dir.path().join("sheet.png");
+    let fetch = stylefarm(
+        &[
+            "fetch",
+            &id,
+            "-o",
+            sheet.to_str().unwrap(),
+            "--coordinator",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(fetch.code, 0, "{}", fetch.stderr);
+    assert_eq!(
+        std::fs::read(&sheet).unwrap(),
+        std::fs::read(out.join("city_sweep.png")).unwrap()
+    );
+    farm.stop().await.unwrap();
+}

@@ -1,0 +1,340 @@
+//! Jobs split beyond one task per frame, end to end: tiles (a coarse pass, overlapping tiles
+//! that start from it, and the coordinator's blend), temporal frame chains, parameter sweeps
+//! with a contact sheet, and coarse-to-fine stages — on the fake engine where the engine is not
+//! the subject, and one tiled render on the tiny VGG with its seam score.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use stylefarm_engine::layers::Pooling;
+use stylefarm_engine::render::{render, RenderInputs};
+use stylefarm_engine::settings::{Init, RenderSettings};
+use stylefarm_engine::tiles::{seam_score, TileGrid};
+use stylefarm_engine::vgg::Vgg;
+use stylefarm_engine::weights::VggWeights;
+use stylefarm_proto::v1::{self, task_spec::Part, JobSpec, JobState};
+use stylefarm_tests::*;
+use stylefarm_worker::CandleEngine;
+
+/// Uploads the images and returns a spec of one frame per content image.
+async fn spec_of(
+    client: &stylefarm_client::farm::FarmClient,
+    content: &[&image::RgbImage],
+    style: &image::RgbImage,
+    settings: &RenderSettings,
+) -> JobSpec {
+    let content: Vec<Vec<u8>> = content.iter().map(|i| png(i)).collect();
+    let content = client
+        .upload_all(&content.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let style = client.upload(&png(style)).await.unwrap();
+    job_spec(content, vec![style], settings)
+}
+
+async fn run(client: &stylefarm_client::farm::FarmClient, spec: JobSpec) -> v1::Job {
+    let id = client.submit(spec).await.unwrap();
+    let job = await_job(client, &id).await.unwrap();
+    assert_eq!(job.state, JobState::Completed as i32, "{}", job.error);
+    job
+}
+
+async fn result_of(client: &stylefarm_client::farm::FarmClient, job: &v1::Job) -> image::RgbImage {
+    decode(&client.download(job.result.as_ref().unwrap()).await.unwrap()).unwrap()
+}
+
+fn tiles(spec: &JobSpec, size: u32, overlap: u32) -> JobSpec {
+    JobSpec {
+        tiles: Some(v1::TileOptions {
+            tile_size: size,
+            tile_overlap: overlap,
+        }),
+        ..spec.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiled_job_is_planned_rendered_in_tiles_and_blended_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let workers = [
+        Worker::start(coordinator.url(), "a", fake(Duration::from_millis(1))),
+        Worker::start(coordinator.url(), "b", fake(Duration::from_millis(1))),
+    ];
+    let client = coordinator.client().await.unwrap();
+    let content = pattern(97, 73, 1);
+    let settings = settings(97, 3);
+    let spec = tiles(
+        &spec_of(&client, &[&content], &pattern(30, 30, 2), &settings).await,
+        64,
+        16,
+    );
+
+    // The plan: a coarse pass, a 2x2 grid of tiles in output pixels, the assembly.
+    let plan = client.plan(spec.clone()).await.unwrap();
+    assert_eq!((plan.width, plan.height), (97, 73));
+    assert_eq!((plan.tile_columns, plan.tile_rows), (2, 2));
+    let rects: Vec<_> = plan
+        .tasks
+        .iter()
+        .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
+            Part::Tile(t) => Some((t.x, t.y, t.width, t.height)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rects,
+        vec![
+            (0, 0, 64, 64),
+            (33, 0, 64, 64),
+            (0, 9, 64, 64),
+            (33, 9, 64, 64)
+        ]
+    );
+    assert!(plan.tasks[1].estimated_memory_bytes > 0);
+
+    let job = run(&client, spec).await;
+    assert_eq!(job.tasks.len(), 6);
+    let coarse = &job.tasks[0];
+    for tile in &job.tasks[1..5] {
+        let init = tile.spec.as_ref().unwrap().init_image.as_ref();
+        assert_eq!(
+            init,
+            coarse.result.as_ref(),
+            "a tile starts from the coarse pass"
+        );
+    }
+    // The fake inverts what it is given: blending the inverted crops gives the inverted
+    // image, pixel for pixel.
+    let blended = result_of(&client, &job).await;
+    let expected = decode(&fake_result(&content, &settings)).unwrap();
+    assert_eq!(blended.dimensions(), (97, 73));
+    assert!(blended == expected, "the blend is not the whole image");
+
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_too_big_for_the_workers_memory_is_tiled_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let mut config = stylefarm_worker::Config::new(coordinator.url());
+    config.memory_bytes = 1 << 30;
+    let worker = Worker::start_with(config, fake(Duration::from_millis(1)));
+    let client = coordinator.client().await.unwrap();
+    // The worker has registered once the farm lists it.
+    within("the worker to register", async {
+        while client.workers().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let content = pattern(64, 48, 1);
+    let spec = spec_of(
+        &client,
+        &[&content],
+        &pattern(30, 30, 2),
+        &settings(1024, 1),
+    )
+    .await;
+    let plan = client.plan(spec).await.unwrap();
+    let t = plan.tiles.unwrap();
+    assert!(t.tile_size >= 64 && t.tile_size < 1024, "{t:?}");
+    assert!(plan
+        .tasks
+        .iter()
+        .all(|t| t.estimated_memory_bytes <= 1 << 30));
+    worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_frames_start_from_the_previous_frames_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let worker = Worker::start(coordinator.url(), "a", fake(Duration::from_millis(1)));
+    let client = coordinator.client().await.unwrap();
+    let frames = [pattern(40, 30, 1), pattern(40, 30, 2), pattern(40, 30, 3)];
+    let mut spec = spec_of(
+        &client,
+        &frames.iter().collect::<Vec<_>>(),
+        &pattern(30, 30, 9),
+        &settings(40, 2),
+    )
+    .await;
+    spec.temporal = true;
+    let job = run(&client, spec).await;
+    assert_eq!(job.tasks.len(), 3);
+    assert!(job.tasks[0].spec.as_ref().unwrap().init_image.is_none());
+    for pair in job.tasks.windows(2) {
+        let spec = pair[1].spec.as_ref().unwrap();
+        assert_eq!(spec.depends_on, vec![pair[0].index]);
+        assert_eq!(spec.init_image, pair[0].result);
+        assert_eq!(spec.settings.as_ref().unwrap().init, v1::Init::Image as i32);
+    }
+    worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_renders_every_point_and_a_contact_sheet() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let worker = Worker::start(coordinator.url(), "a", fake(Duration::from_millis(1)));
+    let client = coordinator.client().await.unwrap();
+    let content = pattern(40, 30, 1);
+    let mut spec = spec_of(&client, &[&content], &pattern(30, 30, 9), &settings(40, 2)).await;
+    spec.content_names = vec!["city.jpg".into()];
+    spec.sweeps = vec![
+        v1::Sweep {
+            parameter: "style-weight".into(),
+            values: vec!["10".into(), "100".into(), "1000".into()],
+        },
+        v1::Sweep {
+            parameter: "image-size".into(),
+            values: vec!["20".into(), "40".into()],
+        },
+    ];
+    let job = run(&client, spec).await;
+    assert_eq!(job.tasks.len(), 7);
+    let names: Vec<&str> = job
+        .tasks
+        .iter()
+        .map(|t| t.spec.as_ref().unwrap().output_name.as_str())
+        .collect();
+    assert_eq!(names[0], "city_style-weight=10_image-size=20.png");
+    assert_eq!(names[5], "city_style-weight=1000_image-size=40.png");
+    assert_eq!(names[6], "city_sweep.png");
+    let point = decode(
+        &client
+            .download(job.tasks[1].result.as_ref().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        point.dimensions(),
+        (40, 30),
+        "each point renders with its values"
+    );
+
+    // Six cells of 256 px (the images are smaller) in a 3x2 grid, labelled below.
+    let sheet = result_of(&client, &job).await;
+    assert_eq!(sheet.width(), 8 + 3 * (256 + 8));
+    assert!(sheet.height() > 2 * 256);
+    let first = decode(
+        &client
+            .download(job.tasks[0].result.as_ref().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sheet.get_pixel(8, 8), first.get_pixel(0, 0));
+    let label_ink = (8..250)
+        .flat_map(|x| (8 + 256..8 + 256 + 40).map(move |y| (x, y)))
+        .filter(|&(x, y)| sheet.get_pixel(x, y).0 == [0, 0, 0])
+        .count();
+    assert!(label_ink > 100, "the labels are drawn");
+    worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coarse_to_fine_stages_chain_at_increasing_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let worker = Worker::start(coordinator.url(), "a", fake(Duration::from_millis(1)));
+    let client = coordinator.client().await.unwrap();
+    let content = pattern(64, 48, 1);
+    let mut spec = spec_of(&client, &[&content], &pattern(30, 30, 9), &settings(64, 3)).await;
+    spec.scales = Some(v1::Scales {
+        sizes: vec![16, 32, 64],
+        iterations: vec![4, 3, 2],
+    });
+    let job = run(&client, spec).await;
+    assert_eq!(job.tasks.len(), 3);
+    for (task, (size, iterations)) in job.tasks.iter().zip([(16, 4), (32, 3), (64, 2)]) {
+        let s = task.spec.as_ref().unwrap().settings.as_ref().unwrap();
+        assert_eq!(
+            (s.image_size, s.num_iterations),
+            (Some(size), Some(iterations))
+        );
+    }
+    assert_eq!(
+        job.tasks[2].spec.as_ref().unwrap().init_image,
+        job.tasks[1].result
+    );
+    assert_eq!(result_of(&client, &job).await.dimensions(), (64, 48));
+    worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+/// The objective of `image` as the whole-image render would judge it: a render of no
+/// iterations that starts from it.
+fn objective_of(
+    vgg: &Vgg,
+    image: &image::RgbImage,
+    content: &image::RgbImage,
+    style: &image::RgbImage,
+    settings: &RenderSettings,
+) -> f64 {
+    let inputs = RenderInputs {
+        content: content.clone(),
+        styles: vec![style.clone()],
+        init_image: Some(image.clone()),
+    };
+    let judge = RenderSettings {
+        num_iterations: 0,
+        init: Init::Image,
+        ..settings.clone()
+    };
+    render(vgg, &inputs, &judge, &mut ()).unwrap().losses.total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_tiled_render_has_its_seams_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let worker = Worker::start(coordinator.url(), "real", engine);
+    let client = coordinator.client().await.unwrap();
+
+    let content = noise(128, 96, 1);
+    let style = pattern(64, 64, 3);
+    let mut settings = settings(128, 8);
+    settings.init = Init::Content;
+    let untiled_spec = spec_of(&client, &[&content], &style, &settings).await;
+    let tiled_spec = tiles(&untiled_spec, 80, 16);
+    let untiled = run(&client, untiled_spec).await;
+    let tiled = run(&client, tiled_spec).await;
+    let (untiled, tiled) = (
+        result_of(&client, &untiled).await,
+        result_of(&client, &tiled).await,
+    );
+    assert_eq!(tiled.dimensions(), (128, 96));
+
+    let grid = TileGrid::new(128, 96, 80, 16).unwrap();
+    assert_eq!(grid.shape(), (2, 2));
+    let score = seam_score(&grid, &tiled, &untiled).unwrap();
+    let vgg = Vgg::new(
+        VggWeights::load(&tiny_vgg16(), &Device::Cpu).unwrap(),
+        Pooling::Max,
+    )
+    .unwrap();
+    let ratio = objective_of(&vgg, &tiled, &content, &style, &settings)
+        / objective_of(&vgg, &untiled, &content, &style, &settings);
+    eprintln!("tiny VGG, 128x96 in 80 px tiles: seam score {score:.3}, objective ratio {ratio:.3}");
+    assert!(score.is_finite() && score > 0.0);
+    // Loose bounds for a network of made-up weights and a few iterations: the tiles leave no
+    // step that the untiled render does not have, and the objective stays of the same order.
+    assert!(score < 1.5, "seam score {score}");
+    assert!(ratio.is_finite() && ratio < 3.0, "objective ratio {ratio}");
+
+    worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
