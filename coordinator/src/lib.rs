@@ -45,7 +45,7 @@ use stylefarm_proto::v1::{
     admin_service_server::AdminServiceServer, blob_service_server::BlobServiceServer,
     job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
 };
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use crate::clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use crate::error::CoordinatorError;
@@ -236,7 +236,12 @@ pub async fn serve_with_clock(
             .add_service(AdminServiceServer::with_interceptor(api, auth));
         async move {
             let served = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                // Without TCP_NODELAY every small answer waits ~40 ms for the peer's delayed
+                // ACK (measured: 43 ms per LeaseTask on loopback).
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    signal,
+                )
                 .await;
             signals.begin_shutdown();
             served
