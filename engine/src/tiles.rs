@@ -7,11 +7,14 @@
 //! without candle.
 //!
 //! Along each axis of length `L`, tiles of `T` pixels overlap by at least `O`: one tile when
-//! `L <= T`, else `n = ceil((L - O) / (T - O))` tiles spread evenly from 0 to `L - T`. Each
-//! tile's weight rises linearly across its overlap with the previous tile and falls across its
-//! overlap with the next one (`t` and `1 - t` at the same pixel, so two tiles sum to 1); the
-//! 2-D weight is the product of the two axes' weights, divided by the sum over the tiles that
-//! cover the pixel, so the weights sum to exactly 1 even where more than two tiles meet.
+//! `L <= T`, else `n = ceil((L - O) / (T - O))` tiles spread evenly from 0 to `L - T`, so
+//! neighbours may overlap by more than `O`. Each tile's weight rises linearly across a band of
+//! `O` pixels centred in its overlap with the previous tile and falls across the band it
+//! shares with the next one (`t` and `1 - t` at the same pixel, so two tiles sum to 1);
+//! outside the bands one tile alone decides, because averaging two different renders of the
+//! same place washes out their texture. The 2-D weight is the product of the two axes'
+//! weights, divided by the sum over the tiles that cover the pixel, so the weights sum to
+//! exactly 1 even where more than two tiles meet.
 
 use image::RgbImage;
 
@@ -76,21 +79,36 @@ fn spans(length: u32, tile: u32, overlap: u32) -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// The weight of tile `i` of `spans` at coordinate `p` (inside the tile) along one axis.
-fn axis_weight(spans: &[(u32, u32)], i: usize, p: u32) -> f32 {
-    let (start, len) = spans[i];
-    let end = start + len;
+/// The feathering band between two neighbouring spans: `(start, width)`, `width` pixels
+/// (at most `band`, at most their overlap) centred in their overlap.
+fn feather_band(first: (u32, u32), second: (u32, u32), band: u32) -> (u32, u32) {
+    let (start, end) = (second.0, first.0 + first.1);
+    let overlap = end.saturating_sub(start);
+    let width = band.min(overlap);
+    (start + (overlap - width) / 2, width)
+}
+
+/// The weight of tile `i` of `spans` at coordinate `p` (inside the tile) along one axis: 0
+/// before the band it shares with the previous tile, rising linearly across it, 1 until the
+/// band it shares with the next tile, falling across that. Two neighbours' weights sum to 1.
+fn axis_weight(spans: &[(u32, u32)], i: usize, p: u32, band: u32) -> f32 {
+    let ramp = |from: u32, width: u32| -> f32 {
+        if p < from {
+            0.0
+        } else if p >= from + width {
+            1.0
+        } else {
+            ((p - from) as f32 + 0.5) / width as f32
+        }
+    };
     let mut w = 1.0f32;
     if i > 0 {
-        let prev_end = spans[i - 1].0 + spans[i - 1].1;
-        if p < prev_end {
-            w = w.min(((p - start) as f32 + 0.5) / (prev_end - start) as f32);
-        }
+        let (from, width) = feather_band(spans[i - 1], spans[i], band);
+        w = w.min(ramp(from, width));
     }
-    if let Some(&(next_start, _)) = spans.get(i + 1) {
-        if p >= next_start {
-            w = w.min(((end - p) as f32 - 0.5) / (end - next_start) as f32);
-        }
+    if let Some(&next) = spans.get(i + 1) {
+        let (from, width) = feather_band(spans[i], next, band);
+        w = w.min(1.0 - ramp(from, width));
     }
     w
 }
@@ -199,7 +217,8 @@ impl TileGrid {
         if x < cx || x >= cx + cw || y < ry || y >= ry + rh {
             return 0.0;
         }
-        axis_weight(&self.columns, ci, x) * axis_weight(&self.rows, ri, y)
+        axis_weight(&self.columns, ci, x, self.overlap)
+            * axis_weight(&self.rows, ri, y, self.overlap)
     }
 
     /// The blending weight of tile `index` at `(x, y)`: the weights of all tiles at a pixel
@@ -489,6 +508,27 @@ mod tests {
         let feathered = seam_score(&grid, &out, &smooth).unwrap();
         assert!(feathered < 4.0, "{feathered}");
         assert_eq!(edge_difference(&hard, &[30], &[]), Some(255.0));
+    }
+
+    #[test]
+    fn a_wide_overlap_is_feathered_only_in_a_band_of_the_overlap_asked_for() {
+        // Tiles at 0 and 36 overlap by 28 px; the 8 px band is centred in it: 46..54.
+        let grid = TileGrid::new(100, 4, 64, 8).unwrap();
+        let tiles = vec![
+            RgbImage::from_pixel(64, 4, image::Rgb([0, 0, 0])),
+            RgbImage::from_pixel(64, 4, image::Rgb([255, 255, 255])),
+        ];
+        let out = grid.blend(&tiles).unwrap();
+        let row: Vec<u8> = (0..100).map(|x| out.get_pixel(x, 0).0[0]).collect();
+        assert!(row[..46].iter().all(|&v| v == 0), "{row:?}");
+        assert!(row[54..].iter().all(|&v| v == 255), "{row:?}");
+        assert!(row[46..54].windows(2).all(|p| p[0] < p[1]), "{row:?}");
+        covered_once_weighted(&grid);
+        // No overlap asked for: a hard cut in the middle of the actual overlap.
+        let grid = TileGrid::new(100, 4, 64, 0).unwrap();
+        let out = grid.blend(&tiles).unwrap();
+        assert_eq!(out.get_pixel(49, 0).0[0], 0);
+        assert_eq!(out.get_pixel(50, 0).0[0], 255);
     }
 
     #[test]
