@@ -6,6 +6,10 @@ process times --evals forward+backward passes after a warm-up and reports their 
 table gives the median over runs, the ratio ours / PyTorch (below 1 = we are faster) and each
 side's peak RSS (the largest over runs, from wait4).
 
+With --overhead it times the farm's own cost: `stylefarm render` (an embedded coordinator and
+worker: blob upload, lease, progress events, download) against `stylefarm-bench render` (the
+engine's render alone), same settings (--overhead-size, --overhead-iterations), whole processes.
+
 With --e2e it also times whole renders: `stylefarm render` against `bench/baseline.py` (L-BFGS,
 --e2e-iterations iterations, init content), wall time of the process.
 
@@ -55,12 +59,16 @@ def main():
     p.add_argument("--e2e-size", type=int, default=512)
     p.add_argument("--e2e-iterations", type=int, default=100)
     p.add_argument("--e2e-runs", type=int, default=None, help="default: --runs")
+    p.add_argument("--overhead", action="store_true", help="also time the farm's per-task overhead")
+    p.add_argument("--overhead-size", type=int, default=256)
+    p.add_argument("--overhead-iterations", type=int, default=100)
+    p.add_argument("--skip-step", action="store_true", help="skip the forward+backward table")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
 
     target = ROOT / "target" / ("debug" if args.profile == "dev" else args.profile)
     bench_bin, cli_bin = target / "stylefarm-bench", target / "stylefarm"
-    for b in [bench_bin] + ([cli_bin] if args.e2e else []):
+    for b in [bench_bin] + ([cli_bin] if args.e2e or args.overhead else []):
         if not b.exists():
             sys.exit(f"{b} is missing: build it with cargo build --profile {args.profile}")
     env = dict(os.environ)
@@ -69,10 +77,11 @@ def main():
     py = [sys.executable]
     results = {"machine": machine(), "threads": threads, "profile": args.profile, "step": [], "e2e": None}
 
-    print(f"forward+backward, VGG16 (Keras weights) to relu5_1, {threads} threads, "
-          f"median of {args.runs} runs x {args.evals} evals")
-    print(f"{'size':>9} {'pytorch s':>10} {'ours s':>8} {'ratio':>6} {'pytorch MiB':>12} {'ours MiB':>9}")
-    for size in [int(s) for s in args.sizes.split(",")]:
+    if not args.skip_step:
+        print(f"forward+backward, VGG16 (Keras weights) to relu5_1, {threads} threads, "
+              f"median of {args.runs} runs x {args.evals} evals")
+        print(f"{'size':>9} {'pytorch s':>10} {'ours s':>8} {'ratio':>6} {'pytorch MiB':>12} {'ours MiB':>9}")
+    for size in [] if args.skip_step else [int(s) for s in args.sizes.split(",")]:
         ours_cmd = [bench_bin, "step", args.content, args.style, "--weights", args.weights,
                     "--image-size", str(size), "--evals", str(args.evals)]
         torch_cmd = py + [ROOT / "bench/step.py", args.content, args.style, "--weights", args.weights,
@@ -94,13 +103,33 @@ def main():
         print(f"{hw[1]:>4}x{hw[0]:<4} {row['pytorch_s']:>10.3f} {row['ours_s']:>8.3f} {row['ratio']:>6.2f} "
               f"{row['pytorch_rss_mib']:>12.0f} {row['ours_rss_mib']:>9.0f}", flush=True)
 
+    out_dir = ROOT / "bench/out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.overhead:
+        settings = ["--image-size", str(args.overhead_size), "--num-iterations", str(args.overhead_iterations),
+                    "--weights", args.weights]
+        farm_cmd = [cli_bin, "render", args.content, args.style, "-o", out_dir / "overhead_farm.png",
+                    "--init", "content", "--print-iter", "0"] + settings
+        engine_cmd = [bench_bin, "render", args.content, args.style, "-o", out_dir / "overhead_engine.png"] + settings
+        farm, engine = [], []
+        for r in range(args.runs):
+            order = [("farm", farm_cmd), ("engine", engine_cmd)]
+            for who, cmd in order if r % 2 == 0 else order[::-1]:
+                _, wall, _ = run_rss([str(c) for c in cmd], env)
+                (farm if who == "farm" else engine).append(wall)
+        ov = {"size": args.overhead_size, "iterations": args.overhead_iterations, "runs": args.runs,
+              "farm_s": statistics.median(farm), "engine_s": statistics.median(engine),
+              "farm_runs": farm, "engine_runs": engine}
+        ov["overhead"] = ov["farm_s"] / ov["engine_s"] - 1.0
+        results["overhead"] = ov
+        print(f"farm overhead, {args.overhead_size} px, {args.overhead_iterations} iterations, median of "
+              f"{args.runs} runs: engine alone {ov['engine_s']:.2f} s, through the farm {ov['farm_s']:.2f} s, "
+              f"overhead {100 * ov['overhead']:+.1f}%", flush=True)
     if args.e2e:
         runs = args.e2e_runs or args.runs
         common = ["--image-size", str(args.e2e_size), "--num-iterations", str(args.e2e_iterations),
                   "--init", "content", "--content-weight", "1", "--style-weight", "100", "--tv-weight", "0",
                   "--seed", "0"]
-        out_dir = ROOT / "bench/out"
-        out_dir.mkdir(parents=True, exist_ok=True)
         ours_cmd = [cli_bin, "render", args.content, args.style, "-o", out_dir / "speed_ours.png",
                     "--weights", args.weights, "--print-iter", "0"] + common
         torch_cmd = py + [ROOT / "bench/baseline.py", args.content, args.style, "-o", out_dir / "speed_pt.png",
