@@ -324,6 +324,8 @@ pub(crate) struct Scheduler {
     leases: HashMap<LeaseId, TaskId>,
     ready: BTreeSet<ReadyKey>,
     failures: HashMap<(JobId, WorkerId), u32>,
+    /// Waiting tasks per job (jobs without any are not scanned for tasks to move on).
+    waiting: HashMap<JobId, usize>,
     next_seq: i64,
     effects: Vec<Effect>,
 }
@@ -340,6 +342,7 @@ impl Scheduler {
             leases: HashMap::new(),
             ready: BTreeSet::new(),
             failures: HashMap::new(),
+            waiting: HashMap::new(),
             next_seq: 1,
             effects: Vec::new(),
         }
@@ -355,6 +358,9 @@ impl Scheduler {
             s.jobs.insert(job.id, job);
         }
         for task in snapshot.tasks {
+            if task.state == TaskState::Waiting {
+                *s.waiting.entry(task.job).or_default() += 1;
+            }
             s.tasks.insert(task.id, task);
         }
         for worker in snapshot.workers {
@@ -470,6 +476,9 @@ impl Scheduler {
                 error: String::new(),
                 failed_on: Vec::new(),
             };
+            if task.state == TaskState::Waiting {
+                *self.waiting.entry(id).or_default() += 1;
+            }
             tasks.push(task.id);
             self.tasks.insert(task.id, task);
         }
@@ -1075,6 +1084,19 @@ impl Scheduler {
             return;
         };
         let old = std::mem::replace(&mut task.state, state);
+        let job = task.job;
+        match (old == TaskState::Waiting, task.state == TaskState::Waiting) {
+            (true, false) => {
+                if let Some(n) = self.waiting.get_mut(&job) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.waiting.remove(&job);
+                    }
+                }
+            }
+            (false, true) => *self.waiting.entry(job).or_default() += 1,
+            (true, true) | (false, false) => {}
+        }
         if let Some(l) = old.lease() {
             self.leases.remove(&l.id);
         }
@@ -1100,6 +1122,9 @@ impl Scheduler {
     /// them can no longer succeed. Repeats until nothing changes, so a failure travels down a
     /// chain in one event.
     fn settle_dependents(&mut self, job: JobId) {
+        if !self.waiting.contains_key(&job) {
+            return;
+        }
         loop {
             let mut moves: Vec<(TaskId, Settled)> = Vec::new();
             let tasks: Vec<&TaskRecord> = self.job_tasks(job).collect();
