@@ -110,7 +110,8 @@ struct Report<'a> {
     width: u32,
     height: u32,
     history: Vec<LossPoint>,
-    final_losses: FinalLosses,
+    /// `None` for a result assembled from several tasks (tiles, a contact sheet).
+    final_losses: Option<FinalLosses>,
     iterations: u32,
     /// Wall time of the whole command, measured by the client.
     seconds: f64,
@@ -212,7 +213,10 @@ fn snapshot_path(output: &Path, iteration: u32) -> PathBuf {
 
 /// How the embedded render ended.
 struct Rendered {
+    /// The task whose result is the job's.
     task: v1::Task,
+    /// Tasks in the job.
+    tasks: usize,
     png: Vec<u8>,
 }
 
@@ -276,19 +280,26 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(PoisonError::into_inner));
     let (width, height) = dimensions(&rendered.png)?;
-    let losses = FinalLosses::from(&rendered.task.final_losses.unwrap_or_default());
+    let losses = rendered.task.final_losses.as_ref().map(FinalLosses::from);
     let iterations = match record.iterations {
         0 => rendered.task.progress.as_ref().map_or(0, |p| p.iteration),
         n => n,
     };
-    eprintln!(
-        "wrote {} ({width}x{height}) after {iterations} iterations in {seconds:.1} s: content {:.4e}, style {:.4e}, tv {:.3e}, total {:.4e}",
-        args.output.display(),
-        losses.content,
-        losses.style,
-        losses.tv,
-        losses.total
-    );
+    match &losses {
+        Some(losses) => eprintln!(
+            "wrote {} ({width}x{height}) after {iterations} iterations in {seconds:.1} s: content {:.4e}, style {:.4e}, tv {:.3e}, total {:.4e}",
+            args.output.display(),
+            losses.content,
+            losses.style,
+            losses.tv,
+            losses.total
+        ),
+        None => eprintln!(
+            "wrote {} ({width}x{height}), assembled from {} tasks, in {seconds:.1} s",
+            args.output.display(),
+            rendered.tasks - 1
+        ),
+    }
     if let Some(path) = &args.report {
         let report = Report {
             content: &args.content,
@@ -383,7 +394,11 @@ async fn submit_and_follow(
         .or(task.result.as_ref())
         .context("the render completed without a result")?;
     let png = client.download(blob).await?;
-    Ok(Rendered { task, png })
+    Ok(Rendered {
+        task,
+        tasks: job.tasks.len(),
+        png,
+    })
 }
 
 #[cfg(test)]
