@@ -1,10 +1,15 @@
 //! The coordinator's core: the scheduler and the database together on one dedicated thread.
 //!
 //! Every event runs there, in order: the scheduler applies it, the rows it changed are written
-//! in one transaction, and only then are watchers told and waiting workers woken. The async
-//! side sends closures ([`CoreHandle::call`]) and awaits their answers, so no database work
-//! ever runs on the runtime's threads, there are no locks, and an acknowledged change is on
-//! disk.
+//! in one transaction, and only then are callers answered, watchers told and waiting workers
+//! woken. The async side sends closures ([`CoreHandle::call`]) and awaits their answers, so no
+//! database work ever runs on the runtime's threads, there are no locks, and an acknowledged
+//! change is on disk.
+//!
+//! Group commit: the thread runs every call already queued (up to [`MAX_BATCH`]) before it
+//! writes, so one transaction and one fsync cover them all; the answers of calls that changed
+//! something wait for that commit. With one fsync per call the farm dispatched ~250 tasks/s
+//! whatever the number of workers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -64,6 +69,12 @@ impl Signals {
 /// is already finished).
 pub(crate) type Watch = (v1::Job, Option<broadcast::Receiver<v1::JobEvent>>);
 
+/// The most calls one commit covers.
+const MAX_BATCH: usize = 256;
+
+/// An answer held back until the batch is committed; given the write error, if any.
+type Reply = Box<dyn FnOnce(Option<&CoordinatorError>) + Send>;
+
 /// State owned by the database thread.
 pub(crate) struct Core {
     pub(crate) sched: Scheduler,
@@ -72,6 +83,12 @@ pub(crate) struct Core {
     signals: Arc<Signals>,
     watchers: HashMap<JobId, broadcast::Sender<v1::JobEvent>>,
     stopped: bool,
+    /// Effects applied in memory and not yet written.
+    pending: Vec<Effect>,
+    /// Whether the running call changed anything (its answer then waits for the commit).
+    call_changed: bool,
+    /// Answers waiting for the commit of `pending`.
+    replies: Vec<Reply>,
 }
 
 impl Core {
@@ -105,6 +122,9 @@ impl Core {
             signals,
             watchers: HashMap::new(),
             stopped: false,
+            pending: Vec::new(),
+            call_changed: false,
+            replies: Vec::new(),
         })
     }
 
@@ -113,8 +133,9 @@ impl Core {
         self.clock.now_ms()
     }
 
-    /// Runs one event on the scheduler at the current time, persists what it changed, then
-    /// tells watchers and wakes waiters.
+    /// Runs one event on the scheduler at the current time. What it changed is persisted,
+    /// watchers told and waiters woken at the end of the batch ([`Self::flush`]), before the
+    /// call is answered.
     pub(crate) fn apply<T>(
         &mut self,
         event: impl FnOnce(&mut Scheduler, i64) -> Result<T>,
@@ -122,17 +143,29 @@ impl Core {
         let now = self.clock.now_ms();
         let out = event(&mut self.sched, now);
         let effects = self.sched.take_effects();
-        if effects.is_empty() {
-            return out;
+        if !effects.is_empty() {
+            self.pending.extend(effects);
+            self.call_changed = true;
         }
+        out
+    }
+
+    /// Writes the batch's changes in one transaction, then answers its calls and tells
+    /// watchers and waiters.
+    fn flush(&mut self) {
+        if self.pending.is_empty() && self.replies.is_empty() {
+            return;
+        }
+        let effects = std::mem::take(&mut self.pending);
         let written = self.store.write(&self.sched, &effects);
         if let Err(e) = &written {
             tracing::error!(error = %e, "cannot write the farm's state to the database");
         }
+        for reply in self.replies.drain(..) {
+            reply(written.as_ref().err());
+        }
         // Published even when the write failed: watchers see what the farm does.
         self.publish(&effects);
-        written?;
-        out
     }
 
     /// Subscribes to a job's events, atomically with its snapshot.
@@ -224,11 +257,20 @@ impl CoreHandle {
             .name("stylefarm-db".into())
             .spawn(move || {
                 let mut core = core;
-                while let Ok(call) = rx.recv() {
-                    // A bug in one call must not take the farm down with it.
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut core))).is_err() {
-                        tracing::error!("a coordinator call panicked; the farm carries on");
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    let mut batch = 0;
+                    while let Some(call) = next.take() {
+                        // A bug in one call must not take the farm down with it.
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut core))).is_err() {
+                            tracing::error!("a coordinator call panicked; the farm carries on");
+                        }
+                        batch += 1;
+                        if !core.stopped && batch < MAX_BATCH {
+                            next = rx.try_recv().ok();
+                        }
                     }
+                    core.flush();
                     if core.stopped {
                         break;
                     }
@@ -247,7 +289,20 @@ impl CoreHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Box::new(move |core: &mut Core| {
-                let _ = tx.send(f(core));
+                core.call_changed = false;
+                let out = f(core);
+                if core.call_changed {
+                    core.replies.push(Box::new(move |failed| {
+                        let _ = tx.send(match failed {
+                            None => out,
+                            Some(e) => Err(CoordinatorError::Internal(format!(
+                                "cannot write the farm's state to the database: {e}"
+                            ))),
+                        });
+                    }));
+                } else {
+                    let _ = tx.send(out);
+                }
             }))
             .map_err(|_| CoordinatorError::ShuttingDown)?;
         rx.await.unwrap_or_else(|_| {
