@@ -10,7 +10,7 @@ use stylefarm_proto::v1::{self, Device, Job, JobState, TaskState, WorkerInfo};
 
 use crate::farm::FarmClient;
 use crate::job::JobInputs;
-use crate::options::{split_paths, RenderOptions};
+use crate::options::{expand_directories, split_paths, RenderOptions};
 use crate::output::{write_atomically, write_image, OutputFormat};
 use crate::progress::{follow, job_state_name, Display, DisplayOptions};
 use crate::split::{plan_json, plan_text, SplitOptions};
@@ -42,7 +42,8 @@ impl FarmArgs {
 /// Options of `stylefarm submit`.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// Content image(s): several, or a comma-separated list, make one task per frame.
+    /// Content image(s): several, a comma-separated list or a directory (its images in name
+    /// order) make one task per frame.
     #[arg(required = true, num_args = 1.., value_name = "CONTENT")]
     pub content: Vec<String>,
     /// Style image(s), comma-separated.
@@ -149,7 +150,7 @@ pub fn submit(args: &SubmitArgs) -> Result<()> {
     args.split.adjust(&mut settings)?;
     let mut split = v1::JobSpec::default();
     args.split.apply(&mut split, &settings)?;
-    let content: Vec<PathBuf> = args.content.iter().flat_map(|c| split_paths(c)).collect();
+    let content = expand_directories(args.content.iter().flat_map(|c| split_paths(c)).collect())?;
     let styles = split_paths(&args.style);
     let init = args.options.init_path();
     let inputs = JobInputs::load(&content, &styles, init.as_deref(), &settings)?;

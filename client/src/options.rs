@@ -134,6 +134,40 @@ pub fn split_paths(list: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// File extensions taken from a content directory.
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    "png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "tga",
+];
+
+/// Content paths with each directory replaced by the images in it (by file name, so numbered
+/// video frames stay in order). A directory without images is an error naming it.
+pub fn expand_directories(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        if !path.is_dir() {
+            out.push(path);
+            continue;
+        }
+        let entries = std::fs::read_dir(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read the directory {}: {e}", path.display()))?;
+        let mut images: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+            })
+            .collect();
+        if images.is_empty() {
+            anyhow::bail!("the directory {} holds no images", path.display());
+        }
+        images.sort();
+        out.extend(images);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +213,24 @@ mod tests {
         let bad = Cli::parse_from(["x", "--style-blend-weights", "1,x"]);
         let e = bad.options.settings().unwrap_err().to_string();
         assert_eq!(e, "invalid style-blend-weights: `x` is not a number");
+    }
+
+    #[test]
+    fn a_content_directory_is_its_images_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["f002.png", "f001.PNG", "notes.txt", "f010.jpg"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let got =
+            expand_directories(vec![dir.path().to_path_buf(), PathBuf::from("a.png")]).unwrap();
+        let names: Vec<_> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["f001.PNG", "f002.png", "f010.jpg", "a.png"]);
+        let empty = tempfile::tempdir().unwrap();
+        let e = expand_directories(vec![empty.path().to_path_buf()]).unwrap_err();
+        assert!(e.to_string().ends_with("holds no images"), "{e}");
     }
 
     #[test]
