@@ -568,6 +568,40 @@ mod tests {
     }
 
     #[test]
+    fn an_assembly_a_restart_interrupted_is_announced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut store = Store::open(&path).unwrap();
+        let mut s = Scheduler::new(CONFIG);
+        let w = s.register_worker("w".into(), v1::Capabilities::default(), 1_000);
+        let assemble = v1::TaskSpec {
+            part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
+                kind: v1::AssembleKind::Tiles as i32,
+            })),
+            depends_on: vec![0],
+            job_result: true,
+            ..Default::default()
+        };
+        let tasks = vec![v1::TaskSpec::default(), assemble];
+        s.submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000);
+        let tile = s.lease(w, 1_000).unwrap().unwrap();
+        let result = v1::BlobRef {
+            sha256: "ef".repeat(32),
+            size: 5,
+        };
+        s.complete(tile.lease, result.clone(), None, 1_500).unwrap();
+        write(&mut store, &mut s);
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        let mut restored = Scheduler::restore(CONFIG, store.load().unwrap());
+        assert!(restored.take_effects().contains(&Effect::AssembleReady));
+        let ready = restored.ready_assemblies();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].inputs[0].1, result);
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
