@@ -33,8 +33,11 @@ thread_local! {
 pub struct Conv3x3 {
     cin: usize,
     cout: usize,
-    /// Transformed kernel, (36, cout, cin): `u[xi]` is the matrix for Winograd point `xi`.
+    /// Transformed kernel, (36, cout, cin): `u[xi]` is the matrix for Winograd point `xi`;
+    /// empty for a direct convolution.
     u: Vec<f32>,
+    /// For a direct convolution, the kernel as a (cout, cin * 9) matrix; else empty.
+    direct: Vec<f32>,
     /// One value per output channel.
     bias: Vec<f32>,
 }
@@ -122,48 +125,19 @@ impl Conv3x3 {
     /// When `weight` does not hold `cout * cin * 9` values or `bias` not `cout`: the caller
     /// checks shapes.
     pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
+        let mut conv = Self::direct(weight, bias, cout, cin);
+        conv.u = winograd_kernel(weight, cout, cin);
+        conv.direct = Vec::new();
+        conv
+    }
+
+    /// The same convolution computed directly (im2col and one GEMM per chunk of rows): 4x the
+    /// multiplies of Winograd, but the rounding of a plain dot product. Winograd's transforms
+    /// amplify rounding with the input's range and its high frequencies: on an image pushed to
+    /// the pixel box's corners (L-BFGS's first big step) its gradient through VGG's first block
+    /// was 5e-3 off float64 (relative L2) where direct convolutions give 1.4e-4.
+    pub fn direct(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9, "kernel shape");
-        const G: [[f64; 3]; 6] = [
-            [0.25, 0.0, 0.0],
-            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-            [0.0, 0.0, 1.0],
-        ];
-        // u[xi][co][ci], built one output channel at a time in parallel: (cout, 36, cin) first.
-        let mut by_co = vec![0.0f32; cout * 36 * cin];
-        by_co
-            .par_chunks_mut(36 * cin)
-            .enumerate()
-            .for_each(|(co, uc)| {
-                for ci in 0..cin {
-                    let g = &weight[(co * cin + ci) * 9..][..9];
-                    // (G g) is 6x3, then (G g) Gᵀ is 6x6.
-                    let mut gg = [[0.0f64; 3]; 6];
-                    for (k, row) in gg.iter_mut().enumerate() {
-                        for (c, v) in row.iter_mut().enumerate() {
-                            *v = G[k][0] * f64::from(g[c])
-                                + G[k][1] * f64::from(g[3 + c])
-                                + G[k][2] * f64::from(g[6 + c]);
-                        }
-                    }
-                    for (k, row) in gg.iter().enumerate() {
-                        for (m, gm) in G.iter().enumerate() {
-                            let v = row[0] * gm[0] + row[1] * gm[1] + row[2] * gm[2];
-                            uc[(k * 6 + m) * cin + ci] = v as f32;
-                        }
-                    }
-                }
-            });
-        let mut u = vec![0.0f32; 36 * cout * cin];
-        u.par_chunks_mut(cout * cin)
-            .enumerate()
-            .for_each(|(xi, ux)| {
-                for (co, row) in ux.chunks_exact_mut(cin).enumerate() {
-                    row.copy_from_slice(&by_co[(co * 36 + xi) * cin..][..cin]);
-                }
-            });
         let bias = match bias {
             Some(b) => {
                 assert_eq!(b.len(), cout, "bias shape");
@@ -171,7 +145,13 @@ impl Conv3x3 {
             }
             None => vec![0.0; cout],
         };
-        Self { cin, cout, u, bias }
+        Self {
+            cin,
+            cout,
+            u: Vec::new(),
+            direct: weight.to_vec(),
+            bias,
+        }
     }
 
     /// Input channels.
@@ -195,6 +175,10 @@ impl Conv3x3 {
         if h == 0 || w == 0 {
             return;
         }
+        if !self.direct.is_empty() {
+            self.forward_direct(x, h, w, relu, out);
+            return;
+        }
         let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
         let per_row = 36 * (self.cin + self.cout) * tw * 4;
         let rows = (CHUNK_BYTES / per_row).clamp(1, th);
@@ -211,6 +195,80 @@ impl Conv3x3 {
             self.transform_output(&m[..36 * self.cout * tc], h, w, ty0, ty1, relu, out);
         }
         SCRATCH.set((v, m));
+    }
+
+    /// [`Self::forward`] by im2col and GEMM, a chunk of output rows at a time.
+    fn forward_direct(&self, x: &[f32], h: usize, w: usize, relu: bool, out: &mut [f32]) {
+        let (cout, k) = (self.cout, self.cin * 9);
+        let rows = (CHUNK_BYTES / (4 * k * w)).clamp(1, h);
+        let (mut col, m) = SCRATCH.take();
+        col.resize(k * rows * w, 0.0);
+        for y0 in (0..h).step_by(rows) {
+            let n = (rows.min(h - y0)) * w;
+            // col[(ci, kh, kw)][(r, c)] = x[ci][y0 + r + kh - 1][c + kw - 1], zero outside.
+            col[..k * n]
+                .par_chunks_mut(9 * n)
+                .zip(x.par_chunks(h * w))
+                .for_each(|(cc, xc)| {
+                    for (tap, dst) in cc.chunks_exact_mut(n).enumerate() {
+                        let (kh, kw) = (tap / 3, tap % 3);
+                        for (r, drow) in dst.chunks_exact_mut(w).enumerate() {
+                            let y = (y0 + r + kh).wrapping_sub(1);
+                            if y >= h {
+                                drow.fill(0.0);
+                                continue;
+                            }
+                            let src = &xc[y * w..(y + 1) * w];
+                            match kw {
+                                0 => {
+                                    drow[0] = 0.0;
+                                    drow[1..].copy_from_slice(&src[..w - 1]);
+                                }
+                                1 => drow.copy_from_slice(src),
+                                _ => {
+                                    drow[..w - 1].copy_from_slice(&src[1..]);
+                                    drow[w - 1] = 0.0;
+                                }
+                            }
+                        }
+                    }
+                });
+            // SAFETY: dst is out's (cout, n) block starting at row y0 of each plane (row stride
+            // h w, in bounds as y0 w + n <= h w); lhs is the (cout, k) kernel, rhs the (k, n)
+            // columns; the three do not overlap.
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    n,
+                    k,
+                    out.as_mut_ptr().add(y0 * w),
+                    1,
+                    (h * w) as isize,
+                    false,
+                    self.direct.as_ptr(),
+                    1,
+                    k as isize,
+                    col.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+            out.par_chunks_mut(h * w)
+                .zip(self.bias.par_iter())
+                .for_each(|(plane, &b)| {
+                    for o in &mut plane[y0 * w..y0 * w + n] {
+                        let v = *o + b;
+                        *o = if relu { v.max(0.0) } else { v };
+                    }
+                });
+        }
+        SCRATCH.set((col, m));
     }
 
     /// `v` (cin, 36, tc) for tile rows `ty0..ty1`.
@@ -420,6 +478,52 @@ impl Conv3x3 {
     }
 }
 
+/// The Winograd transform `G g Gᵀ` of a (cout, cin, 3, 3) kernel, laid out (36, cout, cin).
+fn winograd_kernel(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    const G: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    // u[xi][co][ci], built one output channel at a time in parallel: (cout, 36, cin) first.
+    let mut by_co = vec![0.0f32; cout * 36 * cin];
+    by_co
+        .par_chunks_mut(36 * cin)
+        .enumerate()
+        .for_each(|(co, uc)| {
+            for ci in 0..cin {
+                let g = &weight[(co * cin + ci) * 9..][..9];
+                // (G g) is 6x3, then (G g) Gᵀ is 6x6.
+                let mut gg = [[0.0f64; 3]; 6];
+                for (k, row) in gg.iter_mut().enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = G[k][0] * f64::from(g[c])
+                            + G[k][1] * f64::from(g[3 + c])
+                            + G[k][2] * f64::from(g[6 + c]);
+                    }
+                }
+                for (k, row) in gg.iter().enumerate() {
+                    for (m, gm) in G.iter().enumerate() {
+                        let v = row[0] * gm[0] + row[1] * gm[1] + row[2] * gm[2];
+                        uc[(k * 6 + m) * cin + ci] = v as f32;
+                    }
+                }
+            }
+        });
+    let mut u = vec![0.0f32; 36 * cout * cin];
+    u.par_chunks_mut(cout * cin)
+        .enumerate()
+        .for_each(|(xi, ux)| {
+            for (co, row) in ux.chunks_exact_mut(cin).enumerate() {
+                row.copy_from_slice(&by_co[(co * 36 + xi) * cin..][..cin]);
+            }
+        });
+    u
+}
+
 /// A raw pointer that may cross to rayon's threads; see the SAFETY notes where it is used.
 struct SendPtr(*mut f32);
 // SAFETY: used only for writes to disjoint regions, one region per parallel job.
@@ -468,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn winograd_matches_the_direct_convolution_at_odd_and_even_sizes() {
+    fn both_forms_match_a_float64_convolution_at_odd_and_even_sizes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for &(cin, cout, h, w) in &[
             (3, 8, 9, 13),
@@ -486,8 +590,12 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
             let want = direct(&x, &wt, &b, cin, cout, h, w);
-            let conv = Conv3x3::new(&wt, Some(&b), cout, cin);
-            for relu in [false, true] {
+            for (conv, relu) in [
+                (Conv3x3::new(&wt, Some(&b), cout, cin), false),
+                (Conv3x3::new(&wt, Some(&b), cout, cin), true),
+                (Conv3x3::direct(&wt, Some(&b), cout, cin), false),
+                (Conv3x3::direct(&wt, Some(&b), cout, cin), true),
+            ] {
                 let mut got = vec![f32::NAN; cout * h * w];
                 conv.forward(&x, h, w, relu, &mut got);
                 let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);

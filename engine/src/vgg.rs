@@ -16,6 +16,9 @@ use crate::ops;
 use crate::preprocess::Preprocess;
 use crate::weights::VggWeights;
 
+/// Convolutions before VGG's first pool (conv1_1, conv1_2).
+const FIRST_BLOCK_CONVS: usize = 2;
+
 /// One frozen 3x3 convolution.
 #[derive(Debug, Clone)]
 struct Conv {
@@ -26,7 +29,8 @@ struct Conv {
     /// (in, out, 3, 3) with both spatial axes flipped: the input gradient is the convolution
     /// of the output gradient with this kernel.
     weight_back: Tensor,
-    /// On the CPU, Winograd forms of `weight` (with the bias) and `weight_back`.
+    /// On the CPU, fast forms of `weight` (with the bias) and `weight_back`: direct in the
+    /// first block, Winograd after it.
     fast: Option<Arc<(Conv3x3, Conv3x3)>>,
 }
 
@@ -66,16 +70,27 @@ impl Vgg {
         let convs = weights
             .convs
             .into_iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(index, c)| {
                 let out = c.bias.dims1()?;
                 let weight_back = c.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?;
                 let fast = if device.is_cpu() {
                     let (cout, cin, _, _) = c.weight.dims4()?;
                     let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                    Some(Arc::new((
-                        Conv3x3::new(&flat(&c.weight)?, Some(&flat(&c.bias)?), cout, cin),
-                        Conv3x3::new(&flat(&weight_back)?, None, cin, cout),
-                    )))
+                    let (w, b, wb) = (flat(&c.weight)?, flat(&c.bias)?, flat(&weight_back)?);
+                    // The first block sees the raw pixels at full size, where Winograd's
+                    // rounding hurt the gradient (see Conv3x3::direct); it stays direct.
+                    Some(Arc::new(if index < FIRST_BLOCK_CONVS {
+                        (
+                            Conv3x3::direct(&w, Some(&b), cout, cin),
+                            Conv3x3::direct(&wb, None, cin, cout),
+                        )
+                    } else {
+                        (
+                            Conv3x3::new(&w, Some(&b), cout, cin),
+                            Conv3x3::new(&wb, None, cin, cout),
+                        )
+                    }))
                 } else {
                     None
                 };

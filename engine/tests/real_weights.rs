@@ -80,7 +80,11 @@ fn style_loss_falls_five_fold_from_the_content() {
     };
     let settings = RenderSettings {
         image_size: 96,
-        num_iterations: 30,
+        // torch's L-BFGS (which ours follows) throws the image to the pixel box's corners on
+        // its second step and needs tens of iterations to recover; where it lands depends on
+        // the signs of near-zero gradients, so float32 rounding alone moves the loss at 30
+        // iterations between 3x and 35x below the start (measured). 40 is past that.
+        num_iterations: 40,
         init: Init::Content,
         content_weight: 1.0,
         style_weight: 100.0,
@@ -91,7 +95,7 @@ fn style_loss_falls_five_fold_from_the_content() {
     let out = render(&vgg, &inputs, &settings, &mut first).unwrap();
     let start = first.0.unwrap();
     assert_eq!((out.image.width(), out.image.height()), (96, 72));
-    assert_eq!(out.iterations, 30);
+    assert_eq!(out.iterations, 40);
     let ratio = start.style / out.losses.style;
     eprintln!(
         "style loss {:.4e} -> {:.4e} ({ratio:.1}x), total {:.4e} -> {:.4e}",
