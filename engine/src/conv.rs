@@ -20,8 +20,9 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 
-/// Bytes of transformed input and products one chunk may hold.
-const CHUNK_BYTES: usize = 24 << 20;
+/// Bytes of transformed input and products (or im2col columns) one chunk may hold: 6 MiB
+/// ran 512x384 fwd+bwd in 2.7 s where 24 MiB took 3.0 s and 48 MiB 3.15 s.
+const CHUNK_BYTES: usize = 6 << 20;
 
 thread_local! {
     /// The transformed-input and product buffers of the last convolution on this thread.
