@@ -126,10 +126,14 @@ impl Conv3x3 {
     /// When `weight` does not hold `cout * cin * 9` values or `bias` not `cout`: the caller
     /// checks shapes.
     pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
-        let mut conv = Self::direct(weight, bias, cout, cin);
-        conv.u = winograd_kernel(weight, cout, cin);
-        conv.direct = Vec::new();
-        conv
+        assert_eq!(weight.len(), cout * cin * 9, "kernel shape");
+        Self {
+            cin,
+            cout,
+            u: winograd_kernel(weight, cout, cin),
+            direct: Vec::new(),
+            bias: bias_or_zero(bias, cout),
+        }
     }
 
     /// The same convolution computed directly (im2col and one GEMM per chunk of rows): 4x the
@@ -139,19 +143,12 @@ impl Conv3x3 {
     /// was 5e-3 off float64 (relative L2) where direct convolutions give 1.4e-4.
     pub fn direct(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin * 9, "kernel shape");
-        let bias = match bias {
-            Some(b) => {
-                assert_eq!(b.len(), cout, "bias shape");
-                b.to_vec()
-            }
-            None => vec![0.0; cout],
-        };
         Self {
             cin,
             cout,
             u: Vec::new(),
             direct: weight.to_vec(),
-            bias,
+            bias: bias_or_zero(bias, cout),
         }
     }
 
@@ -476,6 +473,17 @@ impl Conv3x3 {
     pub fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
         Ok(x.apply_op1_no_bwd(&Conv3x3Op { conv: self, relu })?)
+    }
+}
+
+/// The bias, or zeros without one.
+fn bias_or_zero(bias: Option<&[f32]>, cout: usize) -> Vec<f32> {
+    match bias {
+        Some(b) => {
+            assert_eq!(b.len(), cout, "bias shape");
+            b.to_vec()
+        }
+        None => vec![0.0; cout],
     }
 }
 
