@@ -231,40 +231,35 @@ impl Conv3x3 {
                         }
                     }
                 });
-            // SAFETY: dst is out's (cout, n) block starting at row y0 of each plane (row stride
-            // h w, in bounds as y0 w + n <= h w); lhs is the (cout, k) kernel, rhs the (k, n)
-            // columns; the three do not overlap.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    n,
-                    k,
-                    out.as_mut_ptr().add(y0 * w),
-                    1,
-                    (h * w) as isize,
-                    false,
-                    self.direct.as_ptr(),
-                    1,
-                    k as isize,
-                    col.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                );
-            }
-            out.par_chunks_mut(h * w)
-                .zip(self.bias.par_iter())
-                .for_each(|(plane, &b)| {
-                    for o in &mut plane[y0 * w..y0 * w + n] {
-                        let v = *o + b;
-                        *o = if relu { v.max(0.0) } else { v };
+            // Output columns in blocks, one GEMM per rayon job; bias and ReLU are applied to a
+            // block right after its product, while it is in cache.
+            let block = n
+                .div_ceil(rayon::current_num_threads())
+                .next_multiple_of(16);
+            let (out_ptr, col) = (SendPtr(out.as_mut_ptr()), &col[..k * n]);
+            (0..n.div_ceil(block)).into_par_iter().for_each(|j| {
+                let out_ptr = &out_ptr;
+                let (j0, j1) = (j * block, ((j + 1) * block).min(n));
+                // SAFETY: the destination is out's (cout, j1 - j0) block at column y0 w + j0
+                // of each plane (row stride h w; y0 w + n <= h w keeps it in bounds); blocks
+                // of different jobs are disjoint; the kernel and columns are only read.
+                unsafe {
+                    let dst = out_ptr.0.add(y0 * w + j0);
+                    sgemm(
+                        (cout, j1 - j0, k),
+                        (self.direct.as_ptr(), k),
+                        (col.as_ptr().add(j0), n),
+                        (dst, h * w),
+                    );
+                    for (co, &b) in self.bias.iter().enumerate() {
+                        let row = std::slice::from_raw_parts_mut(dst.add(co * h * w), j1 - j0);
+                        for o in row {
+                            let v = *o + b;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }
                     }
-                });
+                }
+            });
         }
         SCRATCH.set((col, m));
     }
@@ -339,26 +334,11 @@ impl Conv3x3 {
             // matrices inside the slices' bounds: u[xi] is (cout, cin) row-major, v's rows are
             // 36 tc apart, m's rows 36 tc apart.
             unsafe {
-                gemm::gemm(
-                    cout,
-                    tc,
-                    cin,
-                    m_ptr.0.add(xi * tc),
-                    1,
-                    (36 * tc) as isize,
-                    false,
-                    self.u.as_ptr().add(xi * cout * cin),
-                    1,
-                    cin as isize,
-                    v.as_ptr().add(xi * tc),
-                    1,
-                    (36 * tc) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                sgemm(
+                    (cout, tc, cin),
+                    (self.u.as_ptr().add(xi * cout * cin), cin),
+                    (v.as_ptr().add(xi * tc), 36 * tc),
+                    (m_ptr.0.add(xi * tc), 36 * tc),
                 );
             }
         });
@@ -531,6 +511,48 @@ fn winograd_kernel(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
             }
         });
     u
+}
+
+/// `C = A B` on the calling thread by the `gemm` crate, overwriting `C`: row-major
+/// `(m, n, k)` matrices given as `(pointer, row stride)`, A (m, k), B (k, n), C (m, n). The
+/// callers spread products over rayon's pool themselves: gemm 0.19's own threading gained 6%
+/// on the first block's (64, 576) x (576, 2560) product, where two column halves on two
+/// threads made conv1_2 at 256x192 1.7x as fast (96 to 55 ms forward). (Debian's OpenBLAS 0.3.21 measured no faster than gemm on these
+/// shapes on the development machine: 36-45 against 31-48 GFLOP/s on one core.)
+///
+/// # Safety
+/// The pointers must address matrices of those shapes and strides, and C must not overlap A
+/// or B.
+unsafe fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+) {
+    // SAFETY: the caller's contract, in the gemm crate's (row stride, column stride) terms.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            false,
+            a,
+            1,
+            lda as isize,
+            b,
+            1,
+            ldb as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// A raw pointer that may cross to rayon's threads; see the SAFETY notes where it is used.
