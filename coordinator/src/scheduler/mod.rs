@@ -149,39 +149,56 @@ impl JobState {
         }
     }
 
-    /// The state from its tasks' states.
-    fn derive<'a>(tasks: impl IntoIterator<Item = &'a TaskState>) -> Self {
-        let (mut all_final, mut all_succeeded) = (true, true);
-        let (mut started, mut canceled) = (false, false);
-        for state in tasks {
-            match state {
-                TaskState::Queued | TaskState::Waiting => {
-                    all_final = false;
-                    all_succeeded = false;
-                }
-                TaskState::Leased(_) | TaskState::Running(_) | TaskState::SoftFailed => {
-                    all_final = false;
-                    all_succeeded = false;
-                    started = true;
-                }
-                TaskState::Succeeded => started = true,
-                TaskState::Failed => {
-                    all_succeeded = false;
-                    started = true;
-                }
-                TaskState::Canceled { .. } => {
-                    all_succeeded = false;
-                    canceled = true;
-                }
-            }
-        }
-        match (all_final, all_succeeded, canceled, started) {
+    /// The state that a job whose tasks stand at `c` is in.
+    fn of(c: &StateCounts) -> Self {
+        let all_final = c.waiting + c.queued + c.started == 0;
+        let all_succeeded = all_final && c.failed + c.canceled == 0;
+        let started = c.started + c.succeeded + c.failed > 0;
+        match (all_final, all_succeeded, c.canceled > 0, started) {
             (false, _, _, false) => Self::Queued,
             (false, _, _, true) => Self::Active,
             (true, true, _, _) => Self::Completed,
             (true, false, true, _) => Self::Canceled,
             (true, false, false, _) => Self::Failed,
         }
+    }
+}
+
+/// How many of a job's tasks are in each kind of state, kept up to date as tasks move, so a
+/// job's state follows from a change in constant time whatever the number of its tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StateCounts {
+    waiting: u32,
+    /// Queued, never leased or leased and given back.
+    queued: u32,
+    /// Leased, running, or failed for now and waiting for another attempt.
+    started: u32,
+    succeeded: u32,
+    failed: u32,
+    canceled: u32,
+}
+
+impl StateCounts {
+    fn slot(&mut self, state: &TaskState) -> &mut u32 {
+        match state {
+            TaskState::Waiting => &mut self.waiting,
+            TaskState::Queued => &mut self.queued,
+            TaskState::Leased(_) | TaskState::Running(_) | TaskState::SoftFailed => {
+                &mut self.started
+            }
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Canceled { .. } => &mut self.canceled,
+        }
+    }
+
+    fn add(&mut self, state: &TaskState) {
+        *self.slot(state) += 1;
+    }
+
+    fn remove(&mut self, state: &TaskState) {
+        let n = self.slot(state);
+        *n = n.saturating_sub(1);
     }
 }
 
@@ -324,8 +341,9 @@ pub(crate) struct Scheduler {
     leases: HashMap<LeaseId, TaskId>,
     ready: BTreeSet<ReadyKey>,
     failures: HashMap<(JobId, WorkerId), u32>,
-    /// Waiting tasks per job (jobs without any are not scanned for tasks to move on).
-    waiting: HashMap<JobId, usize>,
+    /// Per job, how many of its tasks are in each kind of state (jobs without waiting tasks
+    /// are not scanned for tasks to move on).
+    counts: HashMap<JobId, StateCounts>,
     next_seq: i64,
     effects: Vec<Effect>,
 }
@@ -342,7 +360,7 @@ impl Scheduler {
             leases: HashMap::new(),
             ready: BTreeSet::new(),
             failures: HashMap::new(),
-            waiting: HashMap::new(),
+            counts: HashMap::new(),
             next_seq: 1,
             effects: Vec::new(),
         }
@@ -358,9 +376,6 @@ impl Scheduler {
             s.jobs.insert(job.id, job);
         }
         for task in snapshot.tasks {
-            if task.state == TaskState::Waiting {
-                *s.waiting.entry(task.job).or_default() += 1;
-            }
             s.tasks.insert(task.id, task);
         }
         for worker in snapshot.workers {
@@ -421,9 +436,12 @@ impl Scheduler {
                 }
             }
         }
+        for task in s.tasks.values() {
+            s.counts.entry(task.job).or_default().add(&task.state);
+        }
         let job_ids: Vec<JobId> = s.jobs.keys().copied().collect();
         for id in job_ids {
-            let derived = JobState::derive(s.job_tasks(id).map(|t| &t.state));
+            let derived = JobState::of(&s.counts.get(&id).copied().unwrap_or_default());
             if let Some(job) = s.jobs.get_mut(&id) {
                 if job.state != derived {
                     job.state = derived;
@@ -476,9 +494,7 @@ impl Scheduler {
                 error: String::new(),
                 failed_on: Vec::new(),
             };
-            if task.state == TaskState::Waiting {
-                *self.waiting.entry(id).or_default() += 1;
-            }
+            self.counts.entry(id).or_default().add(&task.state);
             tasks.push(task.id);
             self.tasks.insert(task.id, task);
         }
@@ -1085,18 +1101,9 @@ impl Scheduler {
         };
         let old = std::mem::replace(&mut task.state, state);
         let job = task.job;
-        match (old == TaskState::Waiting, task.state == TaskState::Waiting) {
-            (true, false) => {
-                if let Some(n) = self.waiting.get_mut(&job) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.waiting.remove(&job);
-                    }
-                }
-            }
-            (false, true) => *self.waiting.entry(job).or_default() += 1,
-            (true, true) | (false, false) => {}
-        }
+        let counts = self.counts.entry(job).or_default();
+        counts.remove(&old);
+        counts.add(&task.state);
         if let Some(l) = old.lease() {
             self.leases.remove(&l.id);
         }
@@ -1122,7 +1129,7 @@ impl Scheduler {
     /// them can no longer succeed. Repeats until nothing changes, so a failure travels down a
     /// chain in one event.
     fn settle_dependents(&mut self, job: JobId) {
-        if !self.waiting.contains_key(&job) {
+        if self.counts.get(&job).is_none_or(|c| c.waiting == 0) {
             return;
         }
         loop {
@@ -1258,7 +1265,7 @@ impl Scheduler {
     /// Re-derives a job's state after its tasks changed.
     fn refresh_job(&mut self, id: JobId, now: i64) {
         self.settle_dependents(id);
-        let derived = JobState::derive(self.job_tasks(id).map(|t| &t.state));
+        let derived = JobState::of(&self.counts.get(&id).copied().unwrap_or_default());
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };

@@ -89,8 +89,17 @@ impl Farm {
         self.s.task(id).unwrap()
     }
 
+    /// The job's state, after checking that the counts the scheduler keeps up to date as
+    /// tasks move equal the job's tasks counted afresh.
     fn job_state(&self, id: JobId) -> JobState {
-        self.s.job(id).unwrap().state
+        let mut fresh = StateCounts::default();
+        for t in self.s.job_tasks(id) {
+            fresh.add(&t.state);
+        }
+        assert_eq!(self.s.counts.get(&id).copied().unwrap_or_default(), fresh);
+        let state = self.s.job(id).unwrap().state;
+        assert_eq!(state, JobState::of(&fresh));
+        state
     }
 }
 
@@ -463,7 +472,11 @@ fn job_state_follows_the_tasks() {
         (&[Failed, Canceled { draining: None }], JobState::Canceled),
     ];
     for (tasks, want) in cases {
-        assert_eq!(JobState::derive(tasks), want, "{tasks:?}");
+        let mut counts = StateCounts::default();
+        for t in tasks.iter() {
+            counts.add(t);
+        }
+        assert_eq!(JobState::of(&counts), want, "{tasks:?}");
     }
 }
 
