@@ -7,9 +7,11 @@
 //!   overhead (`bench/speed.py --overhead` runs it against `stylefarm render`).
 //! * `dispatch`: tasks per second and lease latency of the coordinator with 1, 8 and 64
 //!   simulated workers whose engine does nothing.
+//! * `seams`: the seam score of a tiled render against an untiled one (`bench/tiles.py`).
 
 mod dispatch;
 mod render;
+mod seams;
 mod step;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ enum Command {
     Render(render::Args),
     /// Measure the coordinator's dispatch rate with no-op workers.
     Dispatch(dispatch::Args),
+    /// Seam score of a tiled render against an untiled one.
+    Seams(seams::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Step(args) => step::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Dispatch(args) => dispatch::run(&args),
+        Command::Seams(args) => seams::run(&args),
     }
 }
