@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::linalg::{sgemm, SendPtr};
 
 /// Bytes of transformed input and products (or im2col columns) one chunk may hold: 6 MiB
 /// ran 512x384 fwd+bwd in 2.7 s where 24 MiB took 3.0 s and 48 MiB 3.15 s.
@@ -248,7 +249,7 @@ impl Conv3x3 {
                     sgemm(
                         (cout, j1 - j0, k),
                         (self.direct.as_ptr(), k),
-                        (col.as_ptr().add(j0), n),
+                        (col.as_ptr().add(j0), n, 1),
                         (dst, h * w),
                     );
                     for (co, &b) in self.bias.iter().enumerate() {
@@ -337,7 +338,7 @@ impl Conv3x3 {
                 sgemm(
                     (cout, tc, cin),
                     (self.u.as_ptr().add(xi * cout * cin), cin),
-                    (v.as_ptr().add(xi * tc), 36 * tc),
+                    (v.as_ptr().add(xi * tc), 36 * tc, 1),
                     (m_ptr.0.add(xi * tc), 36 * tc),
                 );
             }
@@ -512,55 +513,6 @@ fn winograd_kernel(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
         });
     u
 }
-
-/// `C = A B` on the calling thread by the `gemm` crate, overwriting `C`: row-major
-/// `(m, n, k)` matrices given as `(pointer, row stride)`, A (m, k), B (k, n), C (m, n). The
-/// callers spread products over rayon's pool themselves: gemm 0.19's own threading gained 6%
-/// on the first block's (64, 576) x (576, 2560) product, where two column halves on two
-/// threads made conv1_2 at 256x192 1.7x as fast (96 to 55 ms forward). (Debian's OpenBLAS 0.3.21 measured no faster than gemm on these
-/// shapes on the development machine: 36-45 against 31-48 GFLOP/s on one core.)
-///
-/// # Safety
-/// The pointers must address matrices of those shapes and strides, and C must not overlap A
-/// or B.
-unsafe fn sgemm(
-    (m, n, k): (usize, usize, usize),
-    (a, lda): (*const f32, usize),
-    (b, ldb): (*const f32, usize),
-    (c, ldc): (*mut f32, usize),
-) {
-    // SAFETY: the caller's contract, in the gemm crate's (row stride, column stride) terms.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            ldc as isize,
-            false,
-            a,
-            1,
-            lda as isize,
-            b,
-            1,
-            ldb as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// A raw pointer that may cross to rayon's threads; see the SAFETY notes where it is used.
-struct SendPtr(*mut f32);
-// SAFETY: used only for writes to disjoint regions, one region per parallel job.
-unsafe impl Sync for SendPtr {}
-// SAFETY: as above.
-unsafe impl Send for SendPtr {}
 
 #[cfg(test)]
 mod tests {

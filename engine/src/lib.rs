@@ -4,7 +4,9 @@
 //! torchvision safetensors or Keras ONNX files ([`weights`]), the seed's objective with its
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
 //! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
-//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]); contact sheets of sweeps ([`sheet`]).
+//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]);
+//! contact sheets of sweeps ([`sheet`]). The hot loops are the convolutions ([`conv`]) and
+//! the style term's matrix products ([`linalg`]).
 //!
 //! Plain synchronous code: no async runtime, no network. Without the default `compute`
 //! feature only the tensor-free parts are built (settings, layer names, images), which is what
@@ -16,6 +18,8 @@ pub mod conv;
 pub mod error;
 pub mod image_io;
 pub mod layers;
+#[cfg(feature = "compute")]
+pub mod linalg;
 #[cfg(feature = "compute")]
 pub mod objective;
 #[cfg(feature = "compute")]

@@ -31,8 +31,7 @@ pub fn gram(features: &Tensor) -> Result<Tensor> {
             ))))
         }
     };
-    let f = features.reshape((c, n))?;
-    Ok(f.matmul(&f.t()?)?)
+    crate::linalg::gram(&features.reshape((c, n))?)
 }
 
 /// Blended style Gram matrices per layer, each divided by its layer's `n_h n_w`.
@@ -309,13 +308,14 @@ impl<'a> Objective<'a> {
             let a = out(term.position)?;
             let (_, c, h, w) = a.dims4()?;
             let f = a.reshape((c, h * w))?;
-            let diff = (f.matmul(&f.t()?)? - &term.target)?;
+            let diff = (crate::linalg::gram(&f)? - &term.target)?;
             style_layers.push(term.coeff * sum_sq(&diff)?);
             if let Some(g) = grads.as_deref_mut() {
                 if beta > 0.0 {
                     // d/dF coeff ||F F^T - T||^2 = 4 coeff (F F^T - T) F, as the Gram is symmetric.
                     let scale = 4.0 * term.lambda * term.coeff * f64::from(beta);
-                    let gf = (diff.matmul(&f)? * scale)?.reshape((1, c, h, w))?;
+                    let gf = crate::linalg::left_product_scaled(&diff, &f, scale)?
+                        .reshape((1, c, h, w))?;
                     g.push((term.position, gf));
                 }
             }

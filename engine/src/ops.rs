@@ -6,9 +6,11 @@
 //! PyTorch's CPU kernel), windows are floor-sized (a trailing odd row or column gets zero
 //! gradient), and ReLU's gradient is zero where its output is zero.
 //!
-//! All ops take contiguous f32 tensors of shape (N, C, H, W) on the CPU.
+//! All ops take contiguous f32 tensors of shape (N, C, H, W) on the CPU, and run over the
+//! channel planes (or chunks of values) on rayon's pool.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::error::Result;
 
@@ -39,19 +41,21 @@ impl CustomOp1 for MaxPool2x2 {
         let x = f32_slice(s, l, self.name())?;
         let (n, c, h, w) = dims4(l, self.name())?;
         let (oh, ow) = (h / 2, w / 2);
-        let mut out = Vec::with_capacity(n * c * oh * ow);
-        for plane in x.chunks_exact(h * w) {
-            for i in 0..oh {
-                let r0 = &plane[2 * i * w..2 * i * w + w];
-                let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + w];
-                for j in 0..ow {
-                    out.push(
-                        r0[2 * j]
-                            .max(r0[2 * j + 1])
-                            .max(r1[2 * j].max(r1[2 * j + 1])),
-                    );
-                }
-            }
+        let mut out = vec![0f32; n * c * oh * ow];
+        if oh * ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .zip(x.par_chunks_exact(h * w))
+                .for_each(|(o, plane)| {
+                    for (i, orow) in o.chunks_exact_mut(ow).enumerate() {
+                        let r0 = &plane[2 * i * w..2 * i * w + w];
+                        let r1 = &plane[(2 * i + 1) * w..(2 * i + 1) * w + w];
+                        for (j, v) in orow.iter_mut().enumerate() {
+                            *v = r0[2 * j]
+                                .max(r0[2 * j + 1])
+                                .max(r1[2 * j].max(r1[2 * j + 1]));
+                        }
+                    }
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
@@ -85,31 +89,34 @@ impl CustomOp2 for MaxPool2x2Backward {
             );
         }
         let mut dx = vec![0f32; n * c * h * w];
-        for ((plane, gplane), dplane) in x
-            .chunks_exact(h * w)
-            .zip(g.chunks_exact(oh * ow))
-            .zip(dx.chunks_exact_mut(h * w))
-        {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let cand = [
-                        2 * i * w + 2 * j,
-                        2 * i * w + 2 * j + 1,
-                        (2 * i + 1) * w + 2 * j,
-                        (2 * i + 1) * w + 2 * j + 1,
-                    ];
-                    // First maximum in row-major order wins ties (PyTorch's CPU rule); a NaN
-                    // wins over numbers, as there.
-                    let mut best = cand[0];
-                    for &k in &cand[1..] {
-                        if plane[k] > plane[best] || plane[k].is_nan() && !plane[best].is_nan() {
-                            best = k;
-                        }
-                    }
-                    dplane[best] += gplane[i * ow + j];
-                }
-            }
+        if oh * ow == 0 {
+            return Ok((CpuStorage::F32(dx), xl.shape().clone()));
         }
+        x.par_chunks_exact(h * w)
+            .zip(g.par_chunks_exact(oh * ow))
+            .zip(dx.par_chunks_exact_mut(h * w))
+            .for_each(|((plane, gplane), dplane)| {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let cand = [
+                            2 * i * w + 2 * j,
+                            2 * i * w + 2 * j + 1,
+                            (2 * i + 1) * w + 2 * j,
+                            (2 * i + 1) * w + 2 * j + 1,
+                        ];
+                        // First maximum in row-major order wins ties (PyTorch's CPU rule); a NaN
+                        // wins over numbers, as there.
+                        let mut best = cand[0];
+                        for &k in &cand[1..] {
+                            if plane[k] > plane[best] || plane[k].is_nan() && !plane[best].is_nan()
+                            {
+                                best = k;
+                            }
+                        }
+                        dplane[best] += gplane[i * ow + j];
+                    }
+                }
+            });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
@@ -199,8 +206,9 @@ impl CustomOp2 for ReluBackward {
             );
         }
         let out = g
-            .iter()
+            .par_iter()
             .zip(y)
+            .with_min_len(1 << 14)
             .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
             .collect();
         Ok((CpuStorage::F32(out), yl.shape().clone()))
