@@ -290,6 +290,28 @@ impl TileGrid {
     }
 }
 
+/// The start image of a tiled render at full size: the coarse pass's result upsampled, plus the
+/// detail of `content` (already at full size) that the coarse pass could not hold, i.e.
+/// `up(coarse) + content - up(down(content))` with `down` to the coarse pass's size. An
+/// upsampled coarse result alone is blurred; its content term at full size starts far above
+/// the content's own, and the tiles spent their iterations bringing the detail back.
+pub fn coarse_with_detail(coarse: &RgbImage, content: &RgbImage) -> RgbImage {
+    let (w, h) = content.dimensions();
+    let (cw, ch) = coarse.dimensions();
+    let up = crate::image_io::resize_exact(coarse, w, h);
+    let low = crate::image_io::resize_exact(&crate::image_io::resize_exact(content, cw, ch), w, h);
+    RgbImage::from_fn(w, h, |x, y| {
+        let (u, c, l) = (
+            up.get_pixel(x, y).0,
+            content.get_pixel(x, y).0,
+            low.get_pixel(x, y).0,
+        );
+        image::Rgb(std::array::from_fn(|k| {
+            (i16::from(u[k]) + i16::from(c[k]) - i16::from(l[k])).clamp(0, 255) as u8
+        }))
+    })
+}
+
 /// The mean absolute difference between the pixels on either side of each line in `xs`
 /// (between columns `x - 1` and `x`) and `ys` (rows), averaged over the lines; `None` without
 /// lines.
@@ -574,5 +596,32 @@ mod tests {
         let bigger = t + 32 + 2 * ((t + 32) / 16);
         assert!(estimated_memory_bytes(bigger, bigger) > 2 << 30);
         assert!(estimated_seconds(256, 256, 100) > estimated_seconds(128, 128, 100));
+    }
+
+    #[test]
+    fn the_coarse_start_gets_the_contents_detail_back() {
+        // A checkerboard content that a 4x smaller coarse pass cannot hold; the coarse result
+        // is flat grey. The start image keeps the coarse mean and the content's checks.
+        let content = RgbImage::from_fn(64, 48, |x, y| {
+            let v = if (x / 2 + y / 2) % 2 == 0 { 100 } else { 160 };
+            image::Rgb([v, v, v])
+        });
+        let coarse = RgbImage::from_pixel(16, 12, image::Rgb([90, 90, 90]));
+        let start = coarse_with_detail(&coarse, &content);
+        assert_eq!(start.dimensions(), (64, 48));
+        let mean = |img: &RgbImage| {
+            img.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / f64::from(64 * 48)
+        };
+        assert!((mean(&start) - 90.0).abs() < 3.0, "{}", mean(&start));
+        // Away from the border, neighbouring checks differ by about the content's 60.
+        let (a, b) = (start.get_pixel(20, 20).0[0], start.get_pixel(22, 20).0[0]);
+        assert!((i16::from(a) - i16::from(b)).abs() > 40, "{a} {b}");
+        // A coarse result that equals the content's own downsampling gives the content back.
+        let same = crate::image_io::resize_exact(&content, 16, 12);
+        let back = coarse_with_detail(&same, &content);
+        assert!(back
+            .pixels()
+            .zip(content.pixels())
+            .all(|(p, q)| p.0[0].abs_diff(q.0[0]) <= 1));
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use stylefarm_engine::image_io::{decode_image, encode_png, resize_exact, DecodeLimits, RgbImage};
 use stylefarm_engine::render::RenderInputs;
 use stylefarm_engine::settings::{Init, RenderSettings};
+use stylefarm_engine::tiles::coarse_with_detail;
 use stylefarm_engine::EngineError;
 use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{
@@ -241,6 +242,19 @@ fn check_tile(t: &v1::Tile) -> Result<v1::Tile, Failure> {
     Ok(t)
 }
 
+/// The factor on a tile's style weight that makes its objective the whole image's restricted
+/// to it. The style term is normalised per image (`1 / (2 n_h n_w n_c)^2` of Gram matrices
+/// that grow with `n_h n_w`), so it does not shrink with the image while the content and TV
+/// terms, sums over positions, do: a tile rendered alone weighs style `full / tile` times as
+/// much as the whole image does, and ended with 5x the untiled render's content term. Scaled
+/// by the tile's share of the pixels, the tile's gradient is the whole image's there (up to
+/// how far the tile's Gram matrices differ from their share of the whole image's).
+fn tile_style_share(t: &v1::Tile) -> f32 {
+    let tile = f64::from(t.context_width) * f64::from(t.context_height);
+    let full = f64::from(t.full_width) * f64::from(t.full_height);
+    (tile / full) as f32
+}
+
 /// The tile's context in `img` scaled to the full output size.
 fn crop_context(img: &RgbImage, t: &v1::Tile) -> RgbImage {
     let full = resize_exact(img, t.full_width, t.full_height);
@@ -319,10 +333,13 @@ fn render_blocking(
     let mut settings = plan.settings;
     let mut style_image_size = None;
     if let Some(t) = &plan.tile {
-        content = crop_context(&content, t);
-        init = init.map(|i| crop_context(&i, t));
+        // The tile starts from the coarse pass with the content's detail put back.
+        let full = resize_exact(&content, t.full_width, t.full_height);
+        init = init.map(|coarse| crop_context(&coarse_with_detail(&coarse, &full), t));
+        content = crop_context(&full, t);
         settings.image_size = t.context_width.max(t.context_height);
         style_image_size = Some(t.full_width.max(t.full_height));
+        settings.style_weight *= tile_style_share(t);
     }
     let task = TaskInput {
         inputs: RenderInputs {
@@ -748,6 +765,8 @@ mod tests {
         .unwrap();
         let context = crop_context(&img, &t);
         assert_eq!(context.dimensions(), (46, 36));
+        // Its style weight is scaled by the context's share of the image's pixels.
+        assert!((tile_style_share(&t) - 46.0 * 36.0 / 5000.0).abs() < 1e-6);
         let full = resize_exact(&img, 100, 50);
         assert_eq!(context.get_pixel(0, 0), full.get_pixel(52, 2));
         let tile = keep_tile(&context, &t);
