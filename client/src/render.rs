@@ -25,7 +25,7 @@ use stylefarm_engine::render::Observer;
 use stylefarm_engine::settings::{Losses, RenderSettings};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::{describe, VggWeights};
-use stylefarm_proto::v1::{self, JobState};
+use stylefarm_proto::v1::{self, JobState, PlanJobResponse};
 use stylefarm_worker::{CandleEngine, Engine, TaskInput, TaskOutput};
 
 use crate::commands::runtime;
@@ -35,7 +35,7 @@ use crate::job::JobInputs;
 use crate::options::{split_paths, RenderOptions};
 use crate::output::{dimensions, write_image, OutputFormat};
 use crate::progress::{follow, Display, DisplayOptions};
-use crate::split::SplitOptions;
+use crate::split::{plan_json, plan_text, SplitOptions};
 use crate::weights::find_weights;
 
 /// Options of `stylefarm render`: the shared render options plus what only a local render
@@ -70,6 +70,12 @@ pub struct RenderArgs {
     /// Write a JSON report (settings, losses, timings) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Print the plan (tasks, tile grid, estimated memory and time) instead of rendering.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 }
 
 /// One line of the loss history.
@@ -267,6 +273,24 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    if args.dry_run {
+        let plan = runtime()?.block_on(plan_embedded(
+            Arc::new(engine),
+            &inputs,
+            &settings,
+            split,
+            threads,
+        ))?;
+        println!(
+            "{}",
+            if args.json {
+                plan_json(&plan)?
+            } else {
+                plan_text(&plan).trim_end().to_string()
+            }
+        );
+        return Ok(());
+    }
     let rendered = runtime()?.block_on(render_embedded(
         Arc::new(engine),
         &inputs,
@@ -354,6 +378,37 @@ async fn render_embedded(
         eprintln!("warning: {e:#}");
     }
     Ok(rendered)
+}
+
+/// The plan the embedded farm would make for the job, once its worker has said how much
+/// memory it has (which decides the tile size when none is given).
+async fn plan_embedded(
+    engine: Arc<dyn Engine>,
+    inputs: &JobInputs,
+    settings: &RenderSettings,
+    split: v1::JobSpec,
+    threads: usize,
+) -> Result<PlanJobResponse> {
+    let farm = EmbeddedFarm::start(engine, |c| c.threads = threads).await?;
+    let planned = async {
+        let client = FarmClient::connect(farm.url(), None).await?;
+        while client.workers().await?.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut spec = inputs.upload(&client, settings).await?;
+        (spec.tiles, spec.sweeps, spec.scales) = (split.tiles, split.sweeps, split.scales);
+        anyhow::Ok(client.plan(spec).await?)
+    };
+    let plan = tokio::select! {
+        p = planned => p,
+        why = farm.stopped() => Err(anyhow::anyhow!(why)),
+    };
+    let stopped = farm.stop().await;
+    let plan = plan?;
+    if let Err(e) = stopped {
+        eprintln!("warning: {e:#}");
+    }
+    Ok(plan)
 }
 
 async fn submit_and_follow(

@@ -18,8 +18,9 @@ const MAX_STAGES: u32 = 8;
 /// Tiles, sweeps and stages.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SplitOptions {
-    /// Render in overlapping tiles of this many pixels (a coarse pass of the whole image
-    /// first, then the tiles from it, blended back into one image).
+    /// Render in overlapping tiles of this many pixels, blended back into one image (tiles
+    /// start from their crop of the content with `--init content`, else from a coarse pass of
+    /// the whole image).
     #[arg(long, value_name = "PX")]
     pub tile_size: Option<u32>,
     /// Overlap of neighbouring tiles, in pixels (default: an eighth of the tile size).
@@ -245,9 +246,14 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
         p.height
     );
     if !p.tiles.is_empty() {
+        let coarse = p.tasks.iter().any(|t| t.kind == "coarse");
         out.push_str(&format!(
-            "tile grid {}x{}: tiles of {} px overlapping by at least {} px, after a coarse pass\n",
-            p.tile_columns, p.tile_rows, p.tile_size, p.tile_overlap
+            "tile grid {}x{}: tiles of {} px overlapping by at least {} px{}\n",
+            p.tile_columns,
+            p.tile_rows,
+            p.tile_size,
+            p.tile_overlap,
+            if coarse { ", after a coarse pass" } else { "" }
         ));
     }
     out.push_str("  #  KIND           SIZE        AFTER     MEMORY      TIME      OUTPUT\n");

@@ -388,6 +388,46 @@ async fn render_on_the_embedded_farm_writes_the_engines_own_png() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_dry_run_prints_the_embedded_farms_plan_and_renders_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = write_png(dir.path(), "content.png", &pattern(200, 150, 1));
+    let style = write_png(dir.path(), "style.png", &pattern(36, 30, 3));
+    let output = dir.path().join("out.png");
+    let weights = tiny_vgg16();
+    let args = [
+        "render",
+        &content,
+        &style,
+        "-o",
+        output.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--image-size",
+        "200",
+        "--tile-size",
+        "96",
+        "--init",
+        "content",
+        "--dry-run",
+    ];
+    let out = stylefarm(&[&args[..], &["--json"]].concat(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    // 200x150 in 96 px tiles: 3x2 tiles from the content (no coarse pass) and the assembly.
+    assert_eq!(plan["tasks"].as_array().unwrap().len(), 7);
+    assert_eq!(plan["tiles"].as_array().unwrap().len(), 6);
+    assert_eq!(plan["tasks"][0]["kind"], "tile");
+    assert!(!output.exists(), "a dry run writes no image");
+    let out = stylefarm(&args, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("tile grid 3x2") && !out.stdout.contains("coarse"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
     let farm = farm(FakeEngine::new(Duration::from_millis(1))).await;
     let url = farm.url().to_string();

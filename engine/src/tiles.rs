@@ -361,9 +361,10 @@ pub fn estimated_memory_bytes(width: u32, height: u32) -> u64 {
 }
 
 /// Seconds a render of `width` × `height` pixels and `iterations` iterations takes, roughly,
-/// on two CPU cores (one forward and backward pass of VGG16 at 256x192 took ~1.6 s there).
+/// on two CPU cores (L-BFGS renders at 512x384 and 1024x768 took 2.6 and 10.1 s per iteration
+/// on the 2-core development machine).
 pub fn estimated_seconds(width: u32, height: u32, iterations: u32) -> f64 {
-    const SECONDS_PER_PIXEL_ITERATION: f64 = 3.3e-5;
+    const SECONDS_PER_PIXEL_ITERATION: f64 = 1.3e-5;
     f64::from(width) * f64::from(height) * f64::from(iterations) * SECONDS_PER_PIXEL_ITERATION
 }
 
