@@ -12,8 +12,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::ops::f32_slice;
 
-/// `C = beta A B` on the calling thread by the `gemm` crate, overwriting `C`: row-major
+/// `C = scale A B` on the calling thread by the `gemm` crate, overwriting `C`: row-major
 /// `(m, n, k)` matrices, A (m, k) and C (m, n) given as `(pointer, row stride)`, B (k, n) as
 /// `(pointer, row stride, column stride)`. Callers spread products over rayon's pool
 /// themselves: gemm's own threading gained 6% on the first block's (64, 576) x (576, 2560)
@@ -29,6 +30,7 @@ pub(crate) unsafe fn sgemm(
     (a, lda): (*const f32, usize),
     (b, rsb, csb): (*const f32, usize, usize),
     (c, ldc): (*mut f32, usize),
+    scale: f32,
 ) {
     // SAFETY: the caller's contract, in the gemm crate's (row stride, column stride) terms;
     // gemm computes dst = alpha dst + beta lhs rhs, and alpha = 0 does not read dst.
@@ -48,7 +50,7 @@ pub(crate) unsafe fn sgemm(
             csb as isize,
             rsb as isize,
             0.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -84,7 +86,13 @@ fn gram_slice(f: &[f32], c: usize, n: usize) -> Vec<f32> {
             // transpose (row stride 1, column stride n), both inside `f`; C is `part`, (c, c).
             unsafe {
                 let at = f.as_ptr().add(k0);
-                sgemm((c, c, k1 - k0), (at, n), (at, 1, n), (part.as_mut_ptr(), c));
+                sgemm(
+                    (c, c, k1 - k0),
+                    (at, n),
+                    (at, 1, n),
+                    (part.as_mut_ptr(), c),
+                    1.0,
+                );
             }
             part
         })
@@ -106,31 +114,16 @@ fn left_product(d: &[f32], f: &[f32], c: usize, n: usize, scale: f32) -> Vec<f32
         // SAFETY: job j writes columns j0..j1 of `out` (row stride n), which no other job
         // touches; D (row stride c) and F's columns j0..j1 (row stride n) are only read.
         unsafe {
-            let dst = out_ptr.0.add(j0);
             sgemm(
                 (c, j1 - j0, c),
                 (d.as_ptr(), c),
                 (f.as_ptr().add(j0), n, 1),
-                (dst, n),
+                (out_ptr.0.add(j0), n),
+                scale,
             );
-            if scale != 1.0 {
-                for row in 0..c {
-                    std::slice::from_raw_parts_mut(dst.add(row * n), j1 - j0)
-                        .iter_mut()
-                        .for_each(|v| *v *= scale);
-                }
-            }
         }
     });
     out
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op} needs a contiguous tensor"),
-    }
 }
 
 fn dims2(l: &Layout, op: &str) -> candle_core::Result<(usize, usize)> {
