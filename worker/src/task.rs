@@ -255,11 +255,10 @@ fn tile_style_share(t: &v1::Tile) -> f32 {
     (tile / full) as f32
 }
 
-/// The tile's context in `img` scaled to the full output size.
-fn crop_context(img: &RgbImage, t: &v1::Tile) -> RgbImage {
-    let full = resize_exact(img, t.full_width, t.full_height);
+/// The tile's context cut out of `full`, an image at the full output size.
+fn crop_context(full: &RgbImage, t: &v1::Tile) -> RgbImage {
     image::imageops::crop_imm(
-        &full,
+        full,
         t.context_x,
         t.context_y,
         t.context_width,
@@ -763,11 +762,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let context = crop_context(&img, &t);
+        let full = resize_exact(&img, 100, 50);
+        let context = crop_context(&full, &t);
         assert_eq!(context.dimensions(), (46, 36));
         // Its style weight is scaled by the context's share of the image's pixels.
         assert!((tile_style_share(&t) - 46.0 * 36.0 / 5000.0).abs() < 1e-6);
-        let full = resize_exact(&img, 100, 50);
         assert_eq!(context.get_pixel(0, 0), full.get_pixel(52, 2));
         let tile = keep_tile(&context, &t);
         assert_eq!(tile.dimensions(), (30, 20));
