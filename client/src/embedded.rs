@@ -101,6 +101,28 @@ impl EmbeddedFarm {
         }
     }
 
+    /// Runs `work` (given the coordinator's address) against the farm, then stops the farm.
+    /// The farm failing first ends `work` with that error; a failure while stopping after
+    /// `work` succeeded is printed as a warning.
+    ///
+    /// # Errors
+    /// What `work` failed with, or why the farm stopped under it.
+    pub async fn run<T, F>(self, work: impl FnOnce(String) -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let done = tokio::select! {
+            r = work(self.url.clone()) => r,
+            why = self.stopped() => Err(anyhow::anyhow!(why)),
+        };
+        let stopped = self.stop().await;
+        let done = done?;
+        if let Err(e) = stopped {
+            eprintln!("warning: {e:#}");
+        }
+        Ok(done)
+    }
+
     /// Stops the worker, then the coordinator, and returns the first error either had.
     ///
     /// # Errors

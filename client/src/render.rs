@@ -366,18 +366,15 @@ async fn render_embedded(
     })
     .await?;
     let mut display = Display::new(display);
-    let rendered = tokio::select! {
-        r = submit_and_follow(farm.url(), inputs, settings, split, &mut display) => r,
-        why = farm.stopped() => Err(anyhow::anyhow!(why)),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("the render was stopped")),
-    };
-    display.finish(true);
-    let stopped = farm.stop().await;
-    let rendered = rendered?;
-    if let Err(e) = stopped {
-        eprintln!("warning: {e:#}");
-    }
-    Ok(rendered)
+    farm.run(|url| async move {
+        let rendered = tokio::select! {
+            r = submit_and_follow(&url, inputs, settings, split, &mut display) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("the render was stopped")),
+        };
+        display.finish(true);
+        rendered
+    })
+    .await
 }
 
 /// The plan the embedded farm would make for the job, once its worker has said how much
@@ -390,25 +387,16 @@ async fn plan_embedded(
     threads: usize,
 ) -> Result<PlanJobResponse> {
     let farm = EmbeddedFarm::start(engine, |c| c.threads = threads).await?;
-    let planned = async {
-        let client = FarmClient::connect(farm.url(), None).await?;
+    farm.run(|url| async move {
+        let client = FarmClient::connect(&url, None).await?;
         while client.workers().await?.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut spec = inputs.upload(&client, settings).await?;
         (spec.tiles, spec.sweeps, spec.scales) = (split.tiles, split.sweeps, split.scales);
-        anyhow::Ok(client.plan(spec).await?)
-    };
-    let plan = tokio::select! {
-        p = planned => p,
-        why = farm.stopped() => Err(anyhow::anyhow!(why)),
-    };
-    let stopped = farm.stop().await;
-    let plan = plan?;
-    if let Err(e) = stopped {
-        eprintln!("warning: {e:#}");
-    }
-    Ok(plan)
+        Ok(client.plan(spec).await?)
+    })
+    .await
 }
 
 async fn submit_and_follow(
