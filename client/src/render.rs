@@ -26,7 +26,7 @@ use stylefarm_engine::settings::{Losses, RenderSettings};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::{describe, VggWeights};
 use stylefarm_proto::v1::{self, JobState, PlanJobResponse};
-use stylefarm_worker::{CandleEngine, Engine, TaskInput, TaskOutput};
+use stylefarm_worker::{CandleEngine, Engine, StatisticsInput, TaskInput, TaskOutput};
 
 use crate::commands::runtime;
 use crate::embedded::EmbeddedFarm;
@@ -170,6 +170,10 @@ impl Engine for LocalEngine {
             record.iterations = o.iterations;
         }
         out
+    }
+
+    fn statistics(&self, input: &StatisticsInput) -> stylefarm_engine::Result<Vec<u8>> {
+        self.inner.statistics(input)
     }
 }
 

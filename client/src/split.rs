@@ -26,6 +26,11 @@ pub struct SplitOptions {
     /// Overlap of neighbouring tiles, in pixels (default: an eighth of the tile size).
     #[arg(long, value_name = "PX", requires = "tile_size")]
     pub tile_overlap: Option<u32>,
+    /// Passes over the tiles, sharing `--num-iterations` (default 2): after the first, each
+    /// tile starts from the blended image and its margin holds what its neighbours made,
+    /// which takes the seams away.
+    #[arg(long, value_name = "N", requires = "tile_size")]
+    pub tile_passes: Option<u32>,
     /// Render one task per value, e.g. `style-weight=10,100,1000`; several make a grid. The
     /// result is a labelled contact sheet; every point is an output too.
     #[arg(long, value_name = "PARAMETER=V1,V2,...")]
@@ -74,6 +79,7 @@ impl SplitOptions {
             spec.tiles = Some(v1::TileOptions {
                 tile_size,
                 tile_overlap: self.tile_overlap.unwrap_or(tile_size / 8),
+                passes: self.tile_passes.unwrap_or(0),
             });
         }
         for sweep in &self.sweep {
@@ -155,6 +161,8 @@ struct PlanJson {
     tile_overlap: u32,
     tile_columns: u32,
     tile_rows: u32,
+    /// Passes over the tiles (each with its statistics task).
+    tile_passes: u32,
     tiles: Vec<TileJson>,
     peak_memory_bytes: u64,
     estimated_seconds: f64,
@@ -165,6 +173,7 @@ fn kind(spec: &v1::TaskSpec) -> &'static str {
         Some(Part::Frame(_)) if spec.intermediate => "coarse",
         Some(Part::Frame(_)) | None => "frame",
         Some(Part::Tile(_)) => "tile",
+        Some(Part::Statistics(_)) => "statistics",
         Some(Part::Sweep(_)) => "sweep-point",
         Some(Part::Stage(_)) => "stage",
         Some(Part::Assemble(a)) => match v1::AssembleKind::try_from(a.kind) {
@@ -194,11 +203,12 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
             }
         })
         .collect();
+    // The grid, once: every pass renders the same tiles.
     let tiles = plan
         .tasks
         .iter()
         .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
-            Part::Tile(tile) => Some(TileJson {
+            Part::Tile(tile) if tile.pass == 0 => Some(TileJson {
                 x: tile.x,
                 y: tile.y,
                 w: tile.width,
@@ -222,6 +232,16 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
         tile_overlap: options.tile_overlap,
         tile_columns: plan.tile_columns,
         tile_rows: plan.tile_rows,
+        tile_passes: plan
+            .tasks
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.spec.as_ref().and_then(|s| s.part.as_ref()),
+                    Some(Part::Statistics(_))
+                )
+            })
+            .count() as u32,
         tiles,
     }
 }
@@ -248,11 +268,13 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
     if !p.tiles.is_empty() {
         let coarse = p.tasks.iter().any(|t| t.kind == "coarse");
         out.push_str(&format!(
-            "tile grid {}x{}: tiles of {} px overlapping by at least {} px{}\n",
+            "tile grid {}x{}: tiles of {} px overlapping by at least {} px, {} pass{}{}\n",
             p.tile_columns,
             p.tile_rows,
             p.tile_size,
             p.tile_overlap,
+            p.tile_passes,
+            if p.tile_passes == 1 { "" } else { "es" },
             if coarse { ", after a coarse pass" } else { "" }
         ));
     }
@@ -321,7 +343,8 @@ mod tests {
             spec.tiles,
             Some(v1::TileOptions {
                 tile_size: 256,
-                tile_overlap: 32
+                tile_overlap: 32,
+                passes: 0,
             })
         );
         assert_eq!(spec.sweeps[0].values, ["10", "100"]);
@@ -406,6 +429,7 @@ mod tests {
             tiles: Some(v1::TileOptions {
                 tile_size: 64,
                 tile_overlap: 8,
+                passes: 0,
             }),
             tile_columns: 2,
             tile_rows: 1,

@@ -74,6 +74,8 @@ fn fake_png(content: &RgbImage, image_size: u32) -> Vec<u8> {
         },
         style_ids: vec![],
         style_image_size: None,
+        image_statistics: None,
+        region: None,
     };
     encode_png(&FakeEngine::expected_output(&task)).unwrap()
 }
@@ -413,15 +415,20 @@ async fn render_dry_run_prints_the_embedded_farms_plan_and_renders_nothing() {
     let out = stylefarm(&[&args[..], &["--json"]].concat(), &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    // 200x150 in 96 px tiles: 3x2 tiles from the content (no coarse pass) and the assembly.
-    assert_eq!(plan["tasks"].as_array().unwrap().len(), 7);
+    // 200x150 in 96 px tiles: 3x2 tiles from the content (no coarse pass); in each of two
+    // passes the statistics, the tiles and their assembly.
+    assert_eq!(plan["tasks"].as_array().unwrap().len(), 2 * (1 + 6 + 1));
     assert_eq!(plan["tiles"].as_array().unwrap().len(), 6);
-    assert_eq!(plan["tasks"][0]["kind"], "tile");
+    assert_eq!(plan["tile_passes"], 2);
+    assert_eq!(plan["tasks"][0]["kind"], "statistics");
+    assert_eq!(plan["tasks"][1]["kind"], "tile");
     assert!(!output.exists(), "a dry run writes no image");
     let out = stylefarm(&args, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("tile grid 3x2") && !out.stdout.contains("coarse"),
+        out.stdout.contains("tile grid 3x2")
+            && !out.stdout.contains("coarse")
+            && out.stdout.contains("2 passes"),
         "{}",
         out.stdout
     );
@@ -485,7 +492,8 @@ async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
     let out = stylefarm(&args, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.starts_with("8 tasks for a 200x150 output"),
+        // The coarse pass, then two passes of statistics, 6 tiles and an assembly.
+        out.stdout.starts_with("17 tasks for a 200x150 output"),
         "{}",
         out.stdout
     );
@@ -495,6 +503,10 @@ async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
         (
             &["--tile-size", "96", "--tile-overlap", "96"][..],
             "invalid spec.tiles.tile_overlap: 96 px is not smaller than the tile size of 96 px",
+        ),
+        (
+            &["--tile-size", "96", "--tile-passes", "9"][..],
+            "invalid spec.tiles.passes: 9 passes over the tiles: at most 8",
         ),
         (
             &["--sweep", "colour=1,2"][..],

@@ -1,5 +1,6 @@
 //! How a checked job becomes tasks: one per frame; a chain per frame for coarse-to-fine
-//! stages; a coarse pass, overlapping tiles and an assemble step per frame for big prints; one
+//! stages; a coarse pass, the whole image's statistics, overlapping tiles and an assemble step
+//! per frame for big prints; one
 //! task per point of a parameter sweep plus a contact sheet; a chain of frames for temporal
 //! video. Dependencies are indices of earlier tasks of the job (see [`crate::scheduler`]).
 //!
@@ -11,7 +12,8 @@ use std::collections::HashSet;
 use stylefarm_engine::image_io::fit_max_side;
 use stylefarm_engine::settings::{RenderSettings, MAX_IMAGE_SIZE};
 use stylefarm_engine::tiles::{
-    estimated_memory_bytes, estimated_seconds, tile_size_for_memory, TileGrid,
+    estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, TileGrid,
+    GRAM_MARGIN,
 };
 use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{self, task_spec::Part};
@@ -27,6 +29,11 @@ pub(crate) const MIN_TILE_SIZE: u32 = 64;
 fn context_margin(overlap: u32) -> u32 {
     (overlap / 2).max(16)
 }
+
+/// Passes over the tiles when the job does not say.
+pub(crate) const DEFAULT_TILE_PASSES: u32 = 2;
+/// The most passes over the tiles a job may ask for.
+pub(crate) const MAX_TILE_PASSES: u32 = 8;
 
 /// The overlap used when the coordinator picks the tile size itself.
 fn default_overlap(tile_size: u32) -> u32 {
@@ -107,6 +114,7 @@ impl Builder<'_> {
                 depends_on: Vec::new(),
                 intermediate: false,
                 job_result: false,
+                image_statistics: None,
             },
             width,
             height,
@@ -255,6 +263,7 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
         .iter()
         .map(|d| {
             let assemble = matches!(d.spec.part, Some(Part::Assemble(_)));
+            // The statistics count as one iteration: forward passes, about one evaluation.
             let iterations = d
                 .spec
                 .settings
@@ -265,10 +274,13 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 spec: Some(d.spec.clone()),
                 width: d.width,
                 height: d.height,
-                estimated_memory_bytes: if assemble {
-                    0
-                } else {
-                    estimated_memory_bytes(d.width, d.height)
+                estimated_memory_bytes: match &d.spec.part {
+                    Some(Part::Assemble(_)) => 0,
+                    Some(Part::Statistics(st)) => {
+                        let (w, h) = gram_piece(st.full_width, st.full_height, st.piece_size);
+                        estimated_memory_bytes(w, h)
+                    }
+                    _ => estimated_memory_bytes(d.width, d.height),
                 },
                 estimated_seconds: if assemble {
                     0.0
@@ -300,12 +312,15 @@ fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::T
     Ok(Some(v1::TileOptions {
         tile_size: size,
         tile_overlap: default_overlap(size),
+        passes: 0,
     }))
 }
 
 /// A coarse pass of the whole frame at about the tile size (unless the render starts from the
-/// content), the tiles starting from it, and the assembly of the tiles into the frame's
-/// output. Returns the grid's `(columns, rows)`.
+/// content), then per pass over the tiles: the whole image's statistics, the tiles (starting
+/// from the coarse pass, or from the previous pass's result) optimised against them, and their
+/// assembly into one image, the last pass's being the frame's output. Returns the grid's
+/// `(columns, rows)`.
 fn plan_tiles(
     b: &mut Builder<'_>,
     wire: &v1::RenderSettings,
@@ -316,10 +331,26 @@ fn plan_tiles(
 ) -> Result<(usize, usize)> {
     let grid = TileGrid::new(w, h, t.tile_size, t.tile_overlap)
         .map_err(|e| invalid("spec.tiles", e.to_string()))?;
+    let iterations = wire
+        .num_iterations
+        .unwrap_or(b.inputs.settings.num_iterations);
+    let passes = match t.passes {
+        0 => DEFAULT_TILE_PASSES.min(iterations).max(1),
+        p => p,
+    };
+    if passes > MAX_TILE_PASSES || passes > iterations {
+        return Err(invalid(
+            "spec.tiles.passes",
+            format!(
+                "{passes} passes over the tiles: at most {MAX_TILE_PASSES}, and no more than the \
+                 {iterations} iterations they share"
+            ),
+        ));
+    }
     // A render that starts from the content starts each tile from its own crop of it: no
     // coarse pass, whose upsampled result (even with the content's detail put back) left the
     // whole image's content term ~5x the untiled render's after as many iterations.
-    let coarse = if wire.init == v1::Init::Content as i32 {
+    let mut start = if wire.init == v1::Init::Content as i32 {
         None
     } else {
         let coarse_size = t.tile_size.min(w.max(h));
@@ -343,47 +374,92 @@ fn plan_tiles(
     };
     let (columns, rows) = grid.shape();
     let margin = context_margin(t.tile_overlap);
-    let mut tiles = Vec::new();
-    for (i, r) in grid.tiles().into_iter().enumerate() {
-        let c = r.grown(margin, w, h);
-        let tile = v1::Tile {
-            x: r.x,
-            y: r.y,
-            width: r.width,
-            height: r.height,
-            full_width: w,
-            full_height: h,
-            context_x: c.x,
-            context_y: c.y,
-            context_width: c.width,
-            context_height: c.height,
-            index: i as u32,
-            columns: columns as u32,
-            rows: rows as u32,
+    // The statistics' pieces and their margins are no larger than a tile's context.
+    let piece_size = (t.tile_size + 2 * margin)
+        .saturating_sub(2 * GRAM_MARGIN as u32)
+        .max(MIN_TILE_SIZE);
+    for pass in 0..passes {
+        // The iterations split as evenly as they go, the first passes taking the remainder.
+        let pass_iterations = iterations / passes + u32::from(pass < iterations % passes);
+        let last = pass + 1 == passes;
+        let label = |what: &str| match passes {
+            1 => what.to_string(),
+            _ => format!("_pass{}{what}", pass + 1),
         };
-        let settings = v1::RenderSettings {
-            image_size: Some(c.width.max(c.height)),
-            ..wire.clone()
-        };
-        let (row, col) = (i / columns, i % columns);
-        let index = b.push(
+        // The whole image's style targets and the Gram matrices of this pass's start, once
+        // for every tile (engine::statistics).
+        // Forward passes only: one step on a progress bar.
+        let statistics = b.push(
             frame,
-            settings,
-            Part::Tile(tile),
-            suffixed(&name, &format!("_tile_{row:02}_{col:02}")),
-            (c.width, c.height),
+            v1::RenderSettings {
+                image_size: Some(w.max(h)),
+                num_iterations: Some(1),
+                ..wire.clone()
+            },
+            Part::Statistics(v1::Statistics {
+                full_width: w,
+                full_height: h,
+                piece_size,
+                pass,
+            }),
+            suffixed(&name, &label("_statistics")),
+            (w, h),
         );
         let spec = b.last();
-        spec.depends_on = coarse.into_iter().collect();
+        spec.depends_on = start.into_iter().collect();
         spec.intermediate = true;
-        tiles.push(index);
-        b.check_count()?;
+        let mut tiles = Vec::new();
+        for (i, r) in grid.tiles().into_iter().enumerate() {
+            let c = r.grown(margin, w, h);
+            let tile = v1::Tile {
+                x: r.x,
+                y: r.y,
+                width: r.width,
+                height: r.height,
+                full_width: w,
+                full_height: h,
+                context_x: c.x,
+                context_y: c.y,
+                context_width: c.width,
+                context_height: c.height,
+                index: i as u32,
+                columns: columns as u32,
+                rows: rows as u32,
+                pass,
+            };
+            let settings = v1::RenderSettings {
+                image_size: Some(c.width.max(c.height)),
+                num_iterations: Some(pass_iterations),
+                ..wire.clone()
+            };
+            let (row, col) = (i / columns, i % columns);
+            let index = b.push(
+                frame,
+                settings,
+                Part::Tile(tile),
+                suffixed(&name, &label(&format!("_tile_{row:02}_{col:02}"))),
+                (c.width, c.height),
+            );
+            let spec = b.last();
+            spec.depends_on = start.into_iter().chain([statistics]).collect();
+            spec.intermediate = true;
+            tiles.push(index);
+            b.check_count()?;
+        }
+        let part = Part::Assemble(v1::Assemble {
+            kind: v1::AssembleKind::Tiles as i32,
+        });
+        let output = if last {
+            name.clone()
+        } else {
+            suffixed(&name, &label(""))
+        };
+        let assembled = b.push(frame, wire.clone(), part, output, (w, h));
+        let spec = b.last();
+        spec.depends_on = tiles;
+        spec.intermediate = !last;
+        start = Some(assembled);
     }
-    let part = Part::Assemble(v1::Assemble {
-        kind: v1::AssembleKind::Tiles as i32,
-    });
-    b.push(frame, wire.clone(), part, name, (w, h));
-    b.last().depends_on = tiles;
     Ok((columns, rows))
 }
 
@@ -655,7 +731,7 @@ mod tests {
                 content_dims: dims,
                 names: &names,
                 max_worker_memory: memory,
-                max_tasks: 100,
+                max_tasks: 400,
             },
         )
     }
@@ -684,42 +760,94 @@ mod tests {
     }
 
     #[test]
-    fn a_tiled_frame_is_a_coarse_pass_tiles_and_an_assembly() {
+    fn a_tiled_frame_is_a_coarse_pass_then_statistics_tiles_and_an_assembly_per_pass() {
         let mut j = job(1);
         j.tiles = Some(v1::TileOptions {
             tile_size: 96,
             tile_overlap: 16,
+            passes: 0,
         });
         let p = plan(&mut j, &[(400, 300)], 0).unwrap();
         // 200x150 output: 3 columns (96 - 16 = 80 stride: ceil(184 / 80)) x 2 rows.
         assert_eq!((p.response.tile_columns, p.response.tile_rows), (3, 2));
-        assert_eq!(p.tasks.len(), 1 + 6 + 1);
+        // The coarse pass, then two passes of statistics, 6 tiles and an assembly.
+        assert_eq!(p.tasks.len(), 1 + 2 * (1 + 6 + 1));
         let coarse = &p.tasks[0];
         assert!(coarse.intermediate && coarse.depends_on.is_empty());
         assert_eq!(coarse.settings.as_ref().unwrap().image_size, Some(96));
-        for t in &p.tasks[1..7] {
-            assert_eq!(t.depends_on, vec![0]);
-            let Some(Part::Tile(tile)) = &t.part else {
-                panic!("not a tile")
-            };
-            assert!(tile.context_x <= tile.x && tile.context_width >= tile.width);
-            assert_eq!((tile.full_width, tile.full_height), (200, 150));
+        for (pass, first) in [(0u32, 1usize), (1, 9)] {
+            let statistics = &p.tasks[first];
+            assert_eq!(
+                statistics.part,
+                Some(Part::Statistics(v1::Statistics {
+                    full_width: 200,
+                    full_height: 150,
+                    // 96 px tiles with 16 px of context around them, less 64 px of margin a side.
+                    piece_size: 64,
+                    pass,
+                }))
+            );
+            // Each pass starts from the coarse pass or from the previous pass's assembly.
+            let start = first as u32 - 1;
+            assert!(statistics.intermediate && statistics.depends_on == vec![start]);
+            assert_eq!(statistics.settings.as_ref().unwrap().image_size, Some(200));
+            for t in &p.tasks[first + 1..first + 7] {
+                assert_eq!(t.depends_on, vec![start, first as u32]);
+                let Some(Part::Tile(tile)) = &t.part else {
+                    panic!("not a tile")
+                };
+                assert_eq!(tile.pass, pass);
+                assert!(tile.context_x <= tile.x && tile.context_width >= tile.width);
+                assert_eq!((tile.full_width, tile.full_height), (200, 150));
+                // The 10 iterations are split between the passes.
+                assert_eq!(t.settings.as_ref().unwrap().num_iterations, Some(5));
+            }
+            let assemble = &p.tasks[first + 7];
+            let tiles: Vec<u32> = (first as u32 + 1..first as u32 + 7).collect();
+            assert_eq!(assemble.depends_on, tiles);
+            assert_eq!(assemble.intermediate, pass == 0);
+            assert_eq!(assemble.job_result, pass == 1);
         }
-        let assemble = &p.tasks[7];
-        assert_eq!(assemble.depends_on, (1..7).collect::<Vec<u32>>());
-        assert!(assemble.job_result && !assemble.intermediate);
-        assert_eq!(assemble.output_name, "f0.png");
-        assert!(p.response.tasks[1].estimated_memory_bytes > 0);
-        assert_eq!(p.response.tasks[7].estimated_memory_bytes, 0);
+        assert_eq!(p.tasks[8].output_name, "f0_pass1.png");
+        assert_eq!(p.tasks[10].output_name, "f0_pass2_tile_00_00.png");
+        assert_eq!(p.tasks[16].output_name, "f0.png");
+        assert!(p.response.tasks[2].estimated_memory_bytes > 0);
+        // The statistics are about one evaluation of the whole image.
+        let one = estimated_seconds(200, 150, 1);
+        assert!((p.response.tasks[1].estimated_seconds - one).abs() < 1e-9);
+        assert_eq!(p.response.tasks[8].estimated_memory_bytes, 0);
 
         // Starting from the content, the tiles start from their crops of it: no coarse pass.
+        // One pass: statistics, tiles, assembly.
         j.settings.as_mut().unwrap().init = v1::Init::Content as i32;
+        j.tiles.as_mut().unwrap().passes = 1;
         let p = plan(&mut j, &[(400, 300)], 0).unwrap();
-        assert_eq!(p.tasks.len(), 6 + 1);
-        assert!(p.tasks[..6]
+        assert_eq!(p.tasks.len(), 1 + 6 + 1);
+        assert!(matches!(p.tasks[0].part, Some(Part::Statistics(_))));
+        assert!(p.tasks[0].depends_on.is_empty());
+        assert!(p.tasks[1..7].iter().all(|t| t.depends_on == vec![0]
+            && t.settings.as_ref().unwrap().num_iterations == Some(10)
+            && matches!(t.part, Some(Part::Tile(_)))));
+        assert_eq!(p.tasks[7].depends_on, (1..7).collect::<Vec<u32>>());
+        assert_eq!(p.tasks[7].output_name, "f0.png");
+
+        // Three passes share 10 iterations as 4, 3, 3; more passes than iterations is refused.
+        j.tiles.as_mut().unwrap().passes = 3;
+        let p = plan(&mut j, &[(400, 300)], 0).unwrap();
+        let per_pass: Vec<_> = p
+            .tasks
             .iter()
-            .all(|t| t.depends_on.is_empty() && matches!(t.part, Some(Part::Tile(_)))));
-        assert_eq!(p.tasks[6].depends_on, (0..6).collect::<Vec<u32>>());
+            .filter(|t| matches!(&t.part, Some(Part::Tile(t)) if t.index == 0))
+            .map(|t| t.settings.as_ref().unwrap().num_iterations.unwrap())
+            .collect();
+        assert_eq!(per_pass, vec![4, 3, 3]);
+        j.tiles.as_mut().unwrap().passes = 11;
+        let e = message(plan(&mut j, &[(400, 300)], 0).unwrap_err());
+        assert!(
+            e.contains("spec.tiles.passes") && e.contains("at most 8"),
+            "{e}"
+        );
+        j.tiles.as_mut().unwrap().passes = 0;
         j.settings.as_mut().unwrap().init = v1::Init::Random as i32;
 
         // An output no larger than a tile is not tiled.
@@ -743,6 +871,11 @@ mod tests {
         let t = p.response.tiles.unwrap();
         assert!(t.tile_size >= MIN_TILE_SIZE && t.tile_size < 2048, "{t:?}");
         assert_eq!(j.tiles, Some(t));
+        // Every task fits, the statistics' pieces included.
+        assert!(p
+            .tasks
+            .iter()
+            .any(|t| matches!(t.part, Some(Part::Statistics(_)))));
         for task in &p.response.tasks {
             assert!(task.estimated_memory_bytes <= 1 << 30);
         }
@@ -821,6 +954,7 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 128,
                         tile_overlap: 128,
+                        passes: 0,
                     })
                 }),
                 "invalid spec.tiles.tile_overlap: 128 px is not smaller",
@@ -830,6 +964,7 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 8,
                         tile_overlap: 0,
+                        passes: 0,
                     })
                 }),
                 "invalid spec.tiles.tile_size",
@@ -885,6 +1020,7 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 128,
                         tile_overlap: 0,
+                        passes: 0,
                     });
                 }),
                 "invalid spec.temporal: temporal rendering cannot be combined with tiles",

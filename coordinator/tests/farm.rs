@@ -357,6 +357,7 @@ async fn bad_job_specs_are_refused_by_field_and_disturb_nothing() {
                 s.tiles = Some(v1::TileOptions {
                     tile_size: 256,
                     tile_overlap: 256,
+                    passes: 0,
                 })
             }),
             Code::InvalidArgument,

@@ -4,7 +4,8 @@
 //! torchvision safetensors or Keras ONNX files ([`weights`]), the seed's objective with its
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
 //! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
-//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]);
+//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]) and
+//! the whole image's Gram matrices its tiles are optimised against ([`statistics`]);
 //! contact sheets of sweeps ([`sheet`]). The hot loops are the convolutions ([`conv`]) and
 //! the style term's matrix products ([`linalg`]).
 //!
@@ -30,6 +31,8 @@ pub mod preprocess;
 pub mod render;
 pub mod settings;
 pub mod sheet;
+#[cfg(feature = "compute")]
+pub mod statistics;
 pub mod tiles;
 #[cfg(feature = "compute")]
 pub mod vgg;

@@ -45,6 +45,17 @@ impl StyleTargets {
     /// Computes the targets of style images `(image, blend weight)` (network-input tensors of
     /// any sizes); the weights are normalised to sum to 1.
     pub fn compute(vgg: &Vgg, styles: &[(Tensor, f32)], layers: &[LayerName]) -> Result<Self> {
+        Self::compute_in_pieces(vgg, styles, layers, usize::MAX)
+    }
+
+    /// [`Self::compute`] with each style image run in pieces of at most `piece` pixels a side
+    /// (see [`per_position_grams`]), so that the memory needed is bounded.
+    pub fn compute_in_pieces(
+        vgg: &Vgg,
+        styles: &[(Tensor, f32)],
+        layers: &[LayerName],
+        piece: usize,
+    ) -> Result<Self> {
         if styles.is_empty() {
             return Err(EngineError::InvalidOption {
                 option: "style",
@@ -76,15 +87,9 @@ impl StyleTargets {
             if *weight == 0.0 {
                 continue;
             }
-            let acts = vgg.forward(image, deepest, &|p| positions.contains(&p), false, &|| {
-                false
-            })?;
-            for (sum, &p) in sums.iter_mut().zip(&positions) {
-                let a = acts.get(p).ok_or_else(|| {
-                    EngineError::Candle(candle_core::Error::Msg("style layer not kept".into()))
-                })?;
-                let (_, _, h, w) = a.dims4()?;
-                let g = (gram(a)? * (f64::from(*weight / total) / (h * w) as f64))?;
+            let grams = per_position_grams(vgg, image, &positions, deepest, piece)?;
+            for (sum, g) in sums.iter_mut().zip(grams) {
+                let g = (g * f64::from(*weight / total))?;
                 *sum = Some(match sum.take() {
                     Some(s) => (s + g)?,
                     None => g,
@@ -103,6 +108,108 @@ impl StyleTargets {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
+}
+
+/// The Gram matrix per feature position (`F F^T / (n_h n_w)`) at each of `positions` of the
+/// network-input image `image`, (1, 3, H, W). An image larger than `piece` pixels on a side
+/// (plus [`crate::tiles::GRAM_MARGIN`] on each side) is run in square pieces, each with that
+/// margin of context around it and its features counted only over its own pixels: the
+/// memory needed is a piece's, and the result differs from one pass's only in how features
+/// near a piece's edge see past its margin.
+pub fn per_position_grams(
+    vgg: &Vgg,
+    image: &Tensor,
+    positions: &[usize],
+    deepest: usize,
+    piece: usize,
+) -> Result<Vec<Tensor>> {
+    grams_in_pieces(
+        vgg,
+        image,
+        positions,
+        deepest,
+        piece,
+        crate::tiles::GRAM_MARGIN,
+    )
+}
+
+/// [`per_position_grams`] with the margin given.
+fn grams_in_pieces(
+    vgg: &Vgg,
+    image: &Tensor,
+    positions: &[usize],
+    deepest: usize,
+    piece: usize,
+    margin: usize,
+) -> Result<Vec<Tensor>> {
+    let (_, _, h, w) = image.dims4()?;
+    let keep = |p| positions.contains(&p);
+    let missing = || EngineError::Candle(candle_core::Error::Msg("gram layer not kept".into()));
+    // Pieces start at and margins are multiples of the deepest stride, so a piece's feature
+    // positions line up with the whole image's.
+    let align = vgg.min_input_side(deepest);
+    let core = piece / align * align;
+    let margin = margin.div_ceil(align) * align;
+    let fits = |side: usize| side <= piece.saturating_add(2 * margin);
+    if (fits(h) && fits(w)) || core == 0 {
+        let acts = vgg.forward(image, deepest, &keep, false, &|| false)?;
+        return positions
+            .iter()
+            .map(|&p| {
+                let a = acts.get(p).ok_or_else(missing)?;
+                let (_, _, fh, fw) = a.dims4()?;
+                Ok((gram(a)? / (fh * fw) as f64)?)
+            })
+            .collect();
+    }
+    // `(start, end, from, to)`: a piece's own span and the span its pass sees, on one axis.
+    let spans = |len: usize| -> Vec<(usize, usize, usize, usize)> {
+        (0..len)
+            .step_by(core)
+            .map(|a| {
+                let b = (a + core).min(len);
+                (a, b, a.saturating_sub(margin), (b + margin).min(len))
+            })
+            .collect()
+    };
+    let mut sums: Vec<Option<Tensor>> = vec![None; positions.len()];
+    let mut counts = vec![0usize; positions.len()];
+    for &(y0, y1, top, bottom) in &spans(h) {
+        for &(x0, x1, left, right) in &spans(w) {
+            let crop = image
+                .narrow(2, top, bottom - top)?
+                .narrow(3, left, right - left)?
+                .contiguous()?;
+            let acts = vgg.forward(&crop, deepest, &keep, false, &|| false)?;
+            for (i, &p) in positions.iter().enumerate() {
+                let a = acts.get(p).ok_or_else(missing)?;
+                let (_, c, fh, fw) = a.dims4()?;
+                let s = vgg.min_input_side(p);
+                // The piece's own positions at this layer; the last piece on an axis takes
+                // what the floor of the pools leaves.
+                let (r0, r1) = ((y0 - top) / s, if y1 == h { fh } else { (y1 - top) / s });
+                let (c0, c1) = ((x0 - left) / s, if x1 == w { fw } else { (x1 - left) / s });
+                if r1 <= r0 || c1 <= c0 {
+                    continue;
+                }
+                let own = a
+                    .narrow(2, r0, r1 - r0)?
+                    .narrow(3, c0, c1 - c0)?
+                    .contiguous()?;
+                let n = (r1 - r0) * (c1 - c0);
+                let g = crate::linalg::gram(&own.reshape((c, n))?)?;
+                counts[i] += n;
+                sums[i] = Some(match sums[i].take() {
+                    Some(sum) => (sum + g)?,
+                    None => g,
+                });
+            }
+        }
+    }
+    sums.into_iter()
+        .zip(counts)
+        .map(|(g, n)| Ok((g.ok_or_else(missing)? / n.max(1) as f64)?))
+        .collect()
 }
 
 struct StyleTerm {
@@ -381,6 +488,53 @@ fn tv_gradient(x: &[f32], h: usize, w: usize, weight: f32, grad: &mut [f32]) {
                     g[at] -= d;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Pooling;
+    use crate::weights::VggWeights;
+    use candle_core::Device;
+
+    fn tiny_vgg() -> Vgg {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/tiny_vgg16.safetensors");
+        Vgg::new(VggWeights::load(&path, &Device::Cpu).unwrap(), Pooling::Max).unwrap()
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn grams_in_pieces_add_up_to_one_pass() {
+        let vgg = tiny_vgg();
+        let layers = LayerName::parse_list("relu1_1,relu2_1,relu3_1,relu4_1,relu5_1").unwrap();
+        let positions: Vec<usize> = layers.iter().map(|&l| vgg.position(l).unwrap()).collect();
+        let deepest = *positions.iter().max().unwrap();
+        // Odd sizes, so the last pieces end where the pools' floor leaves them.
+        let image = (Tensor::rand(0f32, 1f32, (1, 3, 203, 117), &Device::Cpu).unwrap() * 200.0)
+            .unwrap()
+            .affine(1.0, -100.0)
+            .unwrap();
+        let grams = |piece, margin| {
+            grams_in_pieces(&vgg, &image, &positions, deepest, piece, margin).unwrap()
+        };
+        let whole = grams(usize::MAX, 0);
+        // 32 px pieces whose margin covers the whole image: the same features, counted piece
+        // by piece.
+        let exact = grams(32, 400);
+        // A margin narrower than the receptive field: close, not equal.
+        let near = grams(64, 32);
+        for ((w, e), n) in whole.iter().zip(&exact).zip(&near) {
+            assert!(max_rel_diff(e, w) < 1e-5, "{}", max_rel_diff(e, w));
+            let d = max_rel_diff(n, w);
+            assert!(d > 0.0 && d < 0.2, "{d}");
         }
     }
 }

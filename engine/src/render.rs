@@ -78,6 +78,17 @@ pub fn style_targets(
     styles: &[RgbImage],
     settings: &RenderSettings,
 ) -> Result<StyleTargets> {
+    style_targets_in_pieces(vgg, styles, settings, usize::MAX)
+}
+
+/// [`style_targets`] with each style image taken in pieces of at most `piece` pixels a side,
+/// so that the targets of a print far larger than one pass can hold need a piece's memory.
+pub fn style_targets_in_pieces(
+    vgg: &Vgg,
+    styles: &[RgbImage],
+    settings: &RenderSettings,
+    piece: usize,
+) -> Result<StyleTargets> {
     settings.validate(styles.len())?;
     let vgg = vgg.with_pooling(settings.pooling);
     let style_size = style_side(settings.image_size, settings.style_scale);
@@ -93,7 +104,7 @@ pub fn style_targets(
             Ok((image_to_tensor(&img, vgg.preprocess(), vgg.device())?, w))
         })
         .collect::<Result<Vec<(Tensor, f32)>>>()?;
-    StyleTargets::compute(&vgg, &styles, &settings.style_layers)
+    StyleTargets::compute_in_pieces(&vgg, &styles, &settings.style_layers, piece)
         .map_err(|e| with_option(e, "style-scale"))
 }
 
@@ -108,6 +119,20 @@ pub fn render(
     render_with_targets(vgg, inputs, settings, &targets, observer)
 }
 
+/// A rectangle of the output's pixels that a render may change; the others keep their start
+/// values (a tile's margin in a later pass holds what its neighbours made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Left column.
+    pub x: u32,
+    /// Top row.
+    pub y: u32,
+    /// Columns.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+}
+
 /// [`render`] with style targets already computed by [`style_targets`] for the same settings
 /// (`inputs.styles` is not used).
 pub fn render_with_targets(
@@ -115,6 +140,18 @@ pub fn render_with_targets(
     inputs: &RenderInputs,
     settings: &RenderSettings,
     targets: &StyleTargets,
+    observer: &mut dyn Observer,
+) -> Result<RenderOutput> {
+    render_with_targets_in(vgg, inputs, settings, targets, None, observer)
+}
+
+/// [`render_with_targets`] that changes only the pixels in `free` (all of them with `None`).
+pub fn render_with_targets_in(
+    vgg: &Vgg,
+    inputs: &RenderInputs,
+    settings: &RenderSettings,
+    targets: &StyleTargets,
+    free: Option<Region>,
     observer: &mut dyn Observer,
 ) -> Result<RenderOutput> {
     settings.validate(inputs.styles.len().max(1))?;
@@ -170,6 +207,9 @@ pub fn render_with_targets(
     let stop = {
         let mut eval = |x: &[f32], grad: &mut [f32]| -> Result<f64> {
             let losses = objective.evaluate(x, grad)?;
+            if let Some(r) = free {
+                zero_outside(grad, h, w, r);
+            }
             iteration += 1;
             observer.iteration(iteration, total, &losses)?;
             if settings.save_iter > 0 && iteration % settings.save_iter == 0 {
@@ -206,6 +246,25 @@ pub fn render_with_targets(
         stop,
         optimize_seconds,
     })
+}
+
+/// Zeroes the gradient of a (3, H, W) image outside `r`.
+fn zero_outside(grad: &mut [f32], h: usize, w: usize, r: Region) {
+    let (x0, y0) = (r.x as usize, r.y as usize);
+    let (x1, y1) = (
+        (x0 + r.width as usize).min(w),
+        (y0 + r.height as usize).min(h),
+    );
+    for plane in grad.chunks_exact_mut(h * w) {
+        for (i, row) in plane.chunks_exact_mut(w).enumerate() {
+            if i < y0 || i >= y1 {
+                row.fill(0.0);
+            } else {
+                row[..x0.min(w)].fill(0.0);
+                row[x1.max(x0.min(w))..].fill(0.0);
+            }
+        }
+    }
 }
 
 /// Network-input tensor to the image that gets written.

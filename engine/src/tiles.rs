@@ -351,6 +351,21 @@ pub fn seam_score(grid: &TileGrid, tiled: &RgbImage, untiled: &RgbImage) -> Opti
     (u > 0.0).then_some(t / u)
 }
 
+/// Pixels of context around each piece of an image whose Gram matrices are taken piece by
+/// piece ([`gram_piece`]): the piece's pass sees them, so that features near its edges see
+/// their real neighbourhood, but does not count their features.
+pub const GRAM_MARGIN: usize = 64;
+
+/// The largest piece of a `width` × `height` image that taking its Gram matrices in pieces of
+/// `piece` pixels a side runs at once: the image itself, or a piece and its margins.
+pub fn gram_piece(width: u32, height: u32, piece: u32) -> (u32, u32) {
+    let most = piece.saturating_add(2 * GRAM_MARGIN as u32);
+    if width <= most && height <= most {
+        return (width, height);
+    }
+    (width.min(most), height.min(most))
+}
+
 /// Bytes of memory a render of `width` × `height` pixels needs at its peak, roughly: the
 /// network's weights and working set plus the activations kept for the backward pass of a
 /// VGG up to `relu5_1` (measured on VGG16 at 512 px: ~1.1 GiB for 196,608 pixels).

@@ -156,6 +156,18 @@ impl Vgg {
         self.arch.position(layer)
     }
 
+    /// Channels of the layer at `position` (3 before the first convolution).
+    pub fn channels(&self, position: usize) -> usize {
+        let convs = self.ops[..=position.min(self.ops.len() - 1)]
+            .iter()
+            .filter(|l| l.kind == LayerKind::Conv)
+            .count();
+        convs
+            .checked_sub(1)
+            .and_then(|i| self.convs.get(i))
+            .map_or(3, |c| c.weight.dims()[0])
+    }
+
     /// Smallest input side for which the layer at `position` is at least one pixel: each
     /// pool before it halves the size (rounding down).
     pub fn min_input_side(&self, position: usize) -> usize {

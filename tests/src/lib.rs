@@ -25,7 +25,7 @@ use stylefarm_engine::EngineError;
 use stylefarm_proto::convert::settings_to_proto;
 use stylefarm_proto::v1::{self, BlobRef, JobEvent, JobSpec};
 use stylefarm_worker::fake::FakeEngine;
-use stylefarm_worker::{Engine, TaskInput, TaskOutput};
+use stylefarm_worker::{Engine, StatisticsInput, TaskInput, TaskOutput};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -317,6 +317,10 @@ impl Engine for Probe {
         self.log.send_modify(|l| l.ended.push((at, end)));
         out
     }
+
+    fn statistics(&self, input: &StatisticsInput) -> stylefarm_engine::Result<Vec<u8>> {
+        self.inner.statistics(input)
+    }
 }
 
 /// An engine wrapper whose first `n` runs wait for each other before they start: since a
@@ -369,6 +373,10 @@ impl Engine for Rendezvous {
         }
         self.inner.run(task, observer)
     }
+
+    fn statistics(&self, input: &StatisticsInput) -> stylefarm_engine::Result<Vec<u8>> {
+        self.inner.statistics(input)
+    }
 }
 
 /// An engine that reports its first iteration and then hangs until it is cancelled (or for
@@ -395,6 +403,11 @@ impl Engine for Hang {
             std::thread::sleep(Duration::from_millis(5));
         }
         Err(EngineError::Cancelled)
+    }
+
+    /// Only renders hang.
+    fn statistics(&self, input: &StatisticsInput) -> stylefarm_engine::Result<Vec<u8>> {
+        FakeEngine::new(Duration::ZERO).statistics(input)
     }
 }
 
@@ -469,6 +482,8 @@ pub fn fake_result(content: &RgbImage, settings: &RenderSettings) -> Vec<u8> {
         settings: settings.clone(),
         style_ids: vec![],
         style_image_size: None,
+        image_statistics: None,
+        region: None,
     };
     png(&FakeEngine::expected_output(&task))
 }

@@ -49,6 +49,7 @@ fn tiles(spec: &JobSpec, size: u32, overlap: u32) -> JobSpec {
         tiles: Some(v1::TileOptions {
             tile_size: size,
             tile_overlap: overlap,
+            passes: 0,
         }),
         ..spec.clone()
     }
@@ -71,7 +72,8 @@ async fn a_tiled_job_is_planned_rendered_in_tiles_and_blended_back() {
         16,
     );
 
-    // The plan: a coarse pass, a 2x2 grid of tiles in output pixels, the assembly.
+    // The plan: a coarse pass, then twice the statistics, a 2x2 grid of tiles in output
+    // pixels and their assembly.
     let plan = client.plan(spec.clone()).await.unwrap();
     assert_eq!((plan.width, plan.height), (97, 73));
     assert_eq!((plan.tile_columns, plan.tile_rows), (2, 2));
@@ -79,7 +81,7 @@ async fn a_tiled_job_is_planned_rendered_in_tiles_and_blended_back() {
         .tasks
         .iter()
         .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
-            Part::Tile(t) => Some((t.x, t.y, t.width, t.height)),
+            Part::Tile(t) if t.pass == 0 => Some((t.x, t.y, t.width, t.height)),
             _ => None,
         })
         .collect();
@@ -92,18 +94,26 @@ async fn a_tiled_job_is_planned_rendered_in_tiles_and_blended_back() {
             (33, 9, 64, 64)
         ]
     );
-    assert!(plan.tasks[1].estimated_memory_bytes > 0);
+    assert!(plan.tasks[2].estimated_memory_bytes > 0);
 
     let job = run(&client, spec).await;
-    assert_eq!(job.tasks.len(), 6);
-    let coarse = &job.tasks[0];
-    for tile in &job.tasks[1..5] {
-        let init = tile.spec.as_ref().unwrap().init_image.as_ref();
-        assert_eq!(
-            init,
-            coarse.result.as_ref(),
-            "a tile starts from the coarse pass"
-        );
+    assert_eq!(job.tasks.len(), 1 + 2 * (1 + 4 + 1));
+    // Pass 1 starts from the coarse pass, pass 2 from pass 1's blend; each pass's tiles get
+    // that pass's statistics.
+    for (first, start) in [(1, 0), (7, 6)] {
+        let start = job.tasks[start].result.as_ref();
+        let statistics = &job.tasks[first];
+        assert_eq!(statistics.spec.as_ref().unwrap().init_image.as_ref(), start);
+        let blob = client
+            .download(statistics.result.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(blob, b"fake statistics of a 97x73 start");
+        for tile in &job.tasks[first + 1..first + 5] {
+            let spec = tile.spec.as_ref().unwrap();
+            assert_eq!(spec.init_image.as_ref(), start, "{}", spec.output_name);
+            assert_eq!(spec.image_statistics, statistics.result);
+        }
     }
     // The fake inverts what it is given: blending the inverted crops gives the inverted
     // image, pixel for pixel.

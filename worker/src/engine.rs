@@ -8,10 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use sha2::{Digest, Sha256};
+use stylefarm_engine::image_io::image_to_tensor;
 use stylefarm_engine::layers::{LayerName, Pooling, VggArch};
 use stylefarm_engine::objective::StyleTargets;
-use stylefarm_engine::render::{render_with_targets, style_targets, Observer, RenderInputs};
-use stylefarm_engine::settings::{Losses, RenderSettings};
+use stylefarm_engine::render::{
+    render_with_targets_in, style_targets, style_targets_in_pieces, Observer, Region, RenderInputs,
+};
+use stylefarm_engine::settings::{Init, Losses, RenderSettings};
+use stylefarm_engine::statistics::ImageStatistics;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::{Preprocess, Result};
@@ -27,6 +31,22 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Renders `task`, reporting to `observer`.
     fn run(&self, task: &TaskInput, observer: &mut dyn Observer) -> Result<TaskOutput>;
+
+    /// The whole image's statistics for its tiles, as the blob tile tasks get.
+    fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>>;
+}
+
+/// What the statistics of a tiled image are computed from, decoded.
+#[derive(Debug, Clone)]
+pub struct StatisticsInput {
+    /// The style images.
+    pub styles: Vec<RgbImage>,
+    /// Checked settings, `image_size` the full output's longer side.
+    pub settings: RenderSettings,
+    /// The image the tiles start from, at the full output size.
+    pub start: RgbImage,
+    /// Side of the square pieces, in pixels, that larger images are taken in.
+    pub piece: u32,
 }
 
 /// One task, decoded and ready to render.
@@ -44,6 +64,11 @@ pub struct TaskInput {
     /// `settings.image_size`: a tile is optimised against the style targets of the whole
     /// image (its longer side).
     pub style_image_size: Option<u32>,
+    /// For a tile: the whole image's statistics blob (`ImageStatistics`), whose style targets
+    /// and start Gram matrices replace the style targets computed from `inputs.styles`.
+    pub image_statistics: Option<Vec<u8>>,
+    /// The pixels the render may change (`None`: all); the others keep their start values.
+    pub region: Option<Region>,
 }
 
 impl TaskInput {
@@ -126,6 +151,20 @@ impl CandleEngine {
         Ok(computed)
     }
 
+    /// A tile's style targets from the whole image's statistics: the style targets moved by
+    /// how the tile's start differs from the whole image's.
+    fn tile_targets(&self, task: &TaskInput, blob: &[u8]) -> Result<StyleTargets> {
+        let vgg = self.vgg.with_pooling(task.settings.pooling);
+        let statistics = ImageStatistics::decode(blob, &vgg, &task.settings.style_layers)?;
+        // What the render starts from (the images are already at the tile's context size).
+        let start = match (task.settings.init, &task.inputs.init_image) {
+            (Init::Image, Some(init)) => init,
+            _ => &task.inputs.content,
+        };
+        let start = image_to_tensor(start, vgg.preprocess(), vgg.device())?;
+        statistics.tile_targets(&vgg, &start)
+    }
+
     fn lock_targets(&self) -> std::sync::MutexGuard<'_, TargetCache> {
         // A panic while the lock was held leaves at worst a stale entry list: keep using it.
         self.targets
@@ -141,13 +180,35 @@ impl Engine for CandleEngine {
 
     fn run(&self, task: &TaskInput, observer: &mut dyn Observer) -> Result<TaskOutput> {
         task.settings.validate(task.inputs.styles.len())?;
-        let targets = self.targets(task)?;
-        let out = render_with_targets(&self.vgg, &task.inputs, &task.settings, &targets, observer)?;
+        let targets = match &task.image_statistics {
+            Some(blob) => Arc::new(self.tile_targets(task, blob)?),
+            None => self.targets(task)?,
+        };
+        let out = render_with_targets_in(
+            &self.vgg,
+            &task.inputs,
+            &task.settings,
+            &targets,
+            task.region,
+            observer,
+        )?;
         Ok(TaskOutput {
             image: out.image,
             losses: out.losses,
             iterations: out.iterations,
         })
+    }
+
+    fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {
+        input.settings.validate(input.styles.len())?;
+        let piece = match input.piece {
+            0 => usize::MAX,
+            p => p as usize,
+        };
+        let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, piece)?;
+        let vgg = self.vgg.with_pooling(input.settings.pooling);
+        let start = image_to_tensor(&input.start, vgg.preprocess(), vgg.device())?;
+        ImageStatistics::compute(&vgg, style, &start, piece)?.encode()
     }
 }
 
@@ -262,6 +323,8 @@ mod tests {
             },
             style_ids: style_ids.iter().map(|s| s.to_string()).collect(),
             style_image_size: None,
+            image_statistics: None,
+            region: None,
         }
     }
 
@@ -276,6 +339,32 @@ mod tests {
         assert_eq!(ours.image.as_raw(), theirs.image.as_raw());
         assert_eq!(ours.losses, theirs.losses);
         assert_eq!(ours.iterations, theirs.iterations);
+    }
+
+    #[test]
+    fn a_region_keeps_the_pixels_outside_it_at_their_start() {
+        let engine = tiny_engine();
+        let mut t = task(pattern(40, 32, 1), &["s1"]);
+        let start = pattern(40, 32, 7);
+        t.inputs.init_image = Some(start.clone());
+        t.settings.init = Init::Image;
+        t.region = Some(Region {
+            x: 8,
+            y: 4,
+            width: 20,
+            height: 16,
+        });
+        let out = engine.run(&t, &mut ()).unwrap().image;
+        let inside = |x: u32, y: u32| (8..28).contains(&x) && (4..20).contains(&y);
+        let mut changed = 0;
+        for (x, y, p) in out.enumerate_pixels() {
+            if inside(x, y) {
+                changed += usize::from(p != start.get_pixel(x, y));
+            } else {
+                assert_eq!(p, start.get_pixel(x, y), "({x}, {y})");
+            }
+        }
+        assert!(changed > 100, "only {changed} pixels changed");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! is not the subject (scheduling, leases, retries, cancel, shutdown, blobs).
 //!
 //! [`FakeEngine`] returns the content image (resized to `image_size`, as the real engine does)
-//! with its colours inverted, after `num_iterations` steps of a configurable duration. It
+//! with its colours inverted (and a line of text for a tiled image's statistics), after `num_iterations` steps of a configurable duration. It
 //! reports every step and a snapshot every `save_iter` steps like the real engine, and stops
 //! with [`EngineError::Cancelled`] within a few milliseconds of the cancel flag being set.
 
@@ -14,7 +14,7 @@ use stylefarm_engine::render::Observer;
 use stylefarm_engine::settings::Losses;
 use stylefarm_engine::{EngineError, Result};
 
-use crate::engine::{Engine, RgbImage, TaskInput, TaskOutput};
+use crate::engine::{Engine, RgbImage, StatisticsInput, TaskInput, TaskOutput};
 
 /// Longest the fake sleeps before looking at the cancel flag again.
 const CANCEL_POLL: Duration = Duration::from_millis(5);
@@ -113,6 +113,18 @@ impl Engine for FakeEngine {
             iterations: total,
         })
     }
+
+    /// Made-up statistics that name the start image's size.
+    fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {
+        input.settings.validate(input.styles.len())?;
+        if let Some(message) = &self.failure {
+            return Err(EngineError::Candle(candle_core::Error::Msg(format!(
+                "fake engine failure: {message}"
+            ))));
+        }
+        let (w, h) = input.start.dimensions();
+        Ok(format!("fake statistics of a {w}x{h} start").into_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +153,8 @@ mod tests {
             },
             style_ids: vec![],
             style_image_size: None,
+            image_statistics: None,
+            region: None,
         }
     }
 

@@ -40,7 +40,7 @@ mod worker;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use engine::{CandleEngine, Engine, TaskInput, TaskOutput};
+pub use engine::{CandleEngine, Engine, StatisticsInput, TaskInput, TaskOutput};
 pub use worker::run;
 
 /// How a worker connects and behaves; [`Config::new`] fills in sensible defaults.

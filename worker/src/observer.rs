@@ -179,6 +179,8 @@ mod tests {
             },
             style_ids: vec![],
             style_image_size: None,
+            image_statistics: None,
+            region: None,
         };
         FakeEngine::new(Duration::ZERO)
             .run(&task, &mut obs)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_engine::image_io::{decode_image, encode_png, resize_exact, DecodeLimits, RgbImage};
-use stylefarm_engine::render::RenderInputs;
+use stylefarm_engine::render::{Region, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::tiles::coarse_with_detail;
 use stylefarm_engine::EngineError;
@@ -28,7 +28,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::blobs::{self, BlobCache, MAX_BLOB_BYTES};
-use crate::engine::{Engine, TaskInput};
+use crate::engine::{Engine, StatisticsInput, TaskInput};
 use crate::observer::{ProgressObserver, ProgressState};
 use crate::rpc::{describe, lease_lost, retry, within, Rpc, RPC_TIMEOUT};
 use crate::worker::Shutdown;
@@ -122,6 +122,10 @@ struct Plan {
     init: Option<BlobRef>,
     settings: RenderSettings,
     tile: Option<v1::Tile>,
+    /// A statistics task: no render, the whole image's Gram matrices.
+    statistics: Option<v1::Statistics>,
+    /// For a tile: the whole image's statistics blob.
+    image_statistics: Option<BlobRef>,
 }
 
 /// Checks everything in `spec` that can be checked before downloading anything.
@@ -168,14 +172,20 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         Init::Image => Some(blob(spec.init_image.as_ref(), "init_image")?),
         Init::Random | Init::Content => None,
     };
-    let tile = match &spec.part {
-        Some(Part::Tile(t)) => Some(check_tile(t)?),
+    let (mut tile, mut statistics) = (None, None);
+    match &spec.part {
+        Some(Part::Tile(t)) => tile = Some(check_tile(t)?),
+        Some(Part::Statistics(st)) => statistics = Some(check_statistics(st)?),
         Some(Part::Assemble(_)) => {
             return Err(Failure::application(
                 "invalid spec.assemble: assembling a job's result is the coordinator's work",
             ))
         }
-        Some(Part::Frame(_) | Part::Sweep(_) | Part::Stage(_)) | None => None,
+        Some(Part::Frame(_) | Part::Sweep(_) | Part::Stage(_)) | None => {}
+    }
+    let image_statistics = match (&tile, &spec.image_statistics) {
+        (Some(_), Some(b)) => Some(blob(Some(b), "image_statistics")?),
+        _ => None,
     };
     Ok(Plan {
         content,
@@ -183,6 +193,8 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         init,
         settings,
         tile,
+        statistics,
+        image_statistics,
     })
 }
 
@@ -229,17 +241,35 @@ fn check_tile(t: &v1::Tile) -> Result<v1::Tile, Failure> {
             t.context_y
         ));
     }
-    let limits = DecodeLimits::default();
-    if t.full_width > limits.max_width
-        || t.full_height > limits.max_height
-        || u64::from(t.full_width) * u64::from(t.full_height) > limits.max_pixels
-    {
-        return bad(format!(
-            "the full image of {}x{} pixels is over the limit of {}x{} and {} pixels",
-            t.full_width, t.full_height, limits.max_width, limits.max_height, limits.max_pixels
-        ));
+    if let Err(reason) = check_full_size(t.full_width, t.full_height) {
+        return bad(reason);
     }
     Ok(t)
+}
+
+/// The full image of a statistics task must be decodable-sized.
+fn check_statistics(st: &v1::Statistics) -> Result<v1::Statistics, Failure> {
+    check_full_size(st.full_width, st.full_height)
+        .map_err(|reason| Failure::application(format!("invalid spec.statistics: {reason}")))?;
+    Ok(*st)
+}
+
+/// `Err(reason)` unless a `w` x `h` full image has pixels and is within the decode limits.
+fn check_full_size(w: u32, h: u32) -> Result<(), String> {
+    let limits = DecodeLimits::default();
+    if w == 0 || h == 0 {
+        return Err(format!("a {w}x{h} image has no pixels"));
+    }
+    if w > limits.max_width
+        || h > limits.max_height
+        || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
+        return Err(format!(
+            "the full image of {w}x{h} pixels is over the limit of {}x{} and {} pixels",
+            limits.max_width, limits.max_height, limits.max_pixels
+        ));
+    }
+    Ok(())
 }
 
 /// The factor on a tile's style weight that makes its objective the whole image's restricted
@@ -284,11 +314,13 @@ struct Blobs {
     content: Vec<u8>,
     styles: Vec<Vec<u8>>,
     init: Option<Vec<u8>>,
+    image_statistics: Option<Vec<u8>>,
 }
 
 /// A render's result, encoded.
 struct Rendered {
-    png: Arc<Vec<u8>>,
+    /// A PNG, or a statistics task's safetensors.
+    blob: Arc<Vec<u8>>,
     sha256: String,
     losses: stylefarm_engine::settings::Losses,
 }
@@ -315,6 +347,7 @@ fn render_blocking(
         content: content_bytes,
         styles: style_bytes,
         init: init_bytes,
+        image_statistics,
     } = blobs;
     let mut content = decode(&content_bytes, "content image")?;
     drop(content_bytes);
@@ -330,11 +363,51 @@ fn render_blocking(
     drop(style_bytes);
     let mut init = init_bytes.map(|b| decode(&b, "init image")).transpose()?;
     let mut settings = plan.settings;
+    if let Some(st) = &plan.statistics {
+        // The tiles start from the content, from the coarse pass with its detail put back, or
+        // after the first pass from the previous pass's result.
+        let full = resize_exact(&content, st.full_width, st.full_height);
+        let start = match init {
+            Some(previous) if st.pass > 0 => resize_exact(&previous, st.full_width, st.full_height),
+            Some(coarse) => coarse_with_detail(&coarse, &full),
+            None => full,
+        };
+        settings.image_size = st.full_width.max(st.full_height);
+        let input = StatisticsInput {
+            styles,
+            settings,
+            start,
+            piece: st.piece_size,
+        };
+        let blob = engine
+            .statistics(&input)
+            .map_err(|e| Failure::from_engine(&e))?;
+        return Ok(Rendered {
+            sha256: sha256_hex(&blob),
+            blob: Arc::new(blob),
+            losses: Default::default(),
+        });
+    }
     let mut style_image_size = None;
+    let mut region = None;
     if let Some(t) = &plan.tile {
-        // The tile starts from the coarse pass with the content's detail put back.
         let full = resize_exact(&content, t.full_width, t.full_height);
-        init = init.map(|coarse| crop_context(&coarse_with_detail(&coarse, &full), t));
+        init = init.map(|start| {
+            if t.pass == 0 {
+                // The coarse pass with the content's detail put back.
+                crop_context(&coarse_with_detail(&start, &full), t)
+            } else {
+                // The previous pass's result: only the tile changes, its margin holds what
+                // the neighbours made.
+                region = Some(Region {
+                    x: t.x - t.context_x,
+                    y: t.y - t.context_y,
+                    width: t.width,
+                    height: t.height,
+                });
+                crop_context(&resize_exact(&start, t.full_width, t.full_height), t)
+            }
+        });
         content = crop_context(&full, t);
         settings.image_size = t.context_width.max(t.context_height);
         style_image_size = Some(t.full_width.max(t.full_height));
@@ -349,6 +422,8 @@ fn render_blocking(
         settings,
         style_ids: plan.styles.iter().map(|b| b.sha256.clone()).collect(),
         style_image_size,
+        image_statistics,
+        region,
     };
     let mut out = engine
         .run(&task, &mut observer)
@@ -368,7 +443,7 @@ fn render_blocking(
     let png = encode_png(&out.image).map_err(|e| Failure::from_engine(&e))?;
     Ok(Rendered {
         sha256: sha256_hex(&png),
-        png: Arc::new(png),
+        blob: Arc::new(png),
         losses: out.losses,
     })
 }
@@ -415,6 +490,10 @@ async fn work(
         Some(b) => Some(fetch(ctx, b, "init image").await?),
         None => None,
     };
+    let image_statistics = match &plan.image_statistics {
+        Some(b) => Some(fetch(ctx, b, "image statistics").await?),
+        None => None,
+    };
     if cancel.load(Ordering::Relaxed) {
         return Err(Failure::from_engine(&EngineError::Cancelled));
     }
@@ -422,6 +501,7 @@ async fn work(
         content,
         styles,
         init,
+        image_statistics,
     };
     let observer = ProgressObserver::new(progress, cancel, ctx.preview_every);
     let engine = ctx.engine.clone();
@@ -452,7 +532,7 @@ async fn work(
             ))
         }
     };
-    let result = blobs::upload(&ctx.rpc.blobs, rendered.png, rendered.sha256)
+    let result = blobs::upload(&ctx.rpc.blobs, rendered.blob, rendered.sha256)
         .await
         .map_err(|s| {
             Failure::application(format!("could not upload the result: {}", describe(&s)))
@@ -730,6 +810,32 @@ mod tests {
                 }),
                 "spec.tile",
             ),
+            (
+                Box::new(|s| {
+                    s.part = Some(Part::Statistics(v1::Statistics {
+                        full_width: 0,
+                        full_height: 100,
+                        ..Default::default()
+                    }))
+                }),
+                "spec.statistics",
+            ),
+            (
+                Box::new(|s| {
+                    s.part = Some(Part::Tile(v1::Tile {
+                        width: 20,
+                        height: 20,
+                        full_width: 100,
+                        full_height: 100,
+                        ..Default::default()
+                    }));
+                    s.image_statistics = Some(BlobRef {
+                        sha256: "nope".into(),
+                        size: 1,
+                    });
+                }),
+                "spec.image_statistics",
+            ),
         ];
         for (change, field) in cases {
             let mut s = spec();
@@ -743,6 +849,34 @@ mod tests {
             );
         }
         assert!(plan(None, 0).is_err());
+    }
+
+    #[test]
+    fn a_statistics_task_and_a_tiles_statistics_are_planned() {
+        let mut s = spec();
+        let st = v1::Statistics {
+            full_width: 300,
+            full_height: 200,
+            piece_size: 128,
+            pass: 1,
+        };
+        s.part = Some(Part::Statistics(st));
+        let p = plan(Some(&s), 0).unwrap();
+        assert_eq!(p.statistics, Some(st));
+        assert!(p.tile.is_none() && p.image_statistics.is_none());
+        s.part = Some(Part::Tile(v1::Tile {
+            width: 20,
+            height: 20,
+            full_width: 100,
+            full_height: 100,
+            ..Default::default()
+        }));
+        s.image_statistics = Some(blob(9));
+        let p = plan(Some(&s), 0).unwrap();
+        assert_eq!(p.image_statistics, Some(blob(9)));
+        // Only a tile uses them.
+        s.part = None;
+        assert!(plan(Some(&s), 0).unwrap().image_statistics.is_none());
     }
 
     #[test]

@@ -1125,7 +1125,7 @@ impl Scheduler {
     }
 
     /// Moves a job's waiting tasks on: queued (with the first dependency's result as the init
-    /// image) once every task they depend on has succeeded, failed or canceled once one of
+    /// image, a statistics task's as the image statistics) once every task they depend on has succeeded, failed or canceled once one of
     /// them can no longer succeed. Repeats until nothing changes, so a failure travels down a
     /// chain in one event.
     fn settle_dependents(&mut self, job: JobId) {
@@ -1136,7 +1136,10 @@ impl Scheduler {
             let mut moves: Vec<(TaskId, Settled)> = Vec::new();
             let tasks: Vec<&TaskRecord> = self.job_tasks(job).collect();
             for task in tasks.iter().filter(|t| t.state == TaskState::Waiting) {
-                let mut settled = Settled::Ready(None);
+                let mut settled = Settled::Ready {
+                    init: None,
+                    statistics: None,
+                };
                 for &i in &task.spec.depends_on {
                     let Some(dep) = tasks.get(i as usize) else {
                         settled = Settled::Failed(format!(
@@ -1146,8 +1149,15 @@ impl Scheduler {
                     };
                     match &dep.state {
                         TaskState::Succeeded => {
-                            if let Settled::Ready(first @ None) = &mut settled {
-                                *first = dep.result.clone();
+                            if let Settled::Ready { init, statistics } = &mut settled {
+                                let slot = if is_statistics(&dep.spec) {
+                                    statistics
+                                } else {
+                                    init
+                                };
+                                if slot.is_none() {
+                                    *slot = dep.result.clone();
+                                }
                             }
                         }
                         TaskState::Failed => {
@@ -1166,7 +1176,7 @@ impl Scheduler {
                         | TaskState::Running(_)
                         | TaskState::SoftFailed
                         | TaskState::Waiting => {
-                            if matches!(settled, Settled::Ready(_)) {
+                            if matches!(settled, Settled::Ready { .. }) {
                                 settled = Settled::Blocked;
                             }
                         }
@@ -1181,13 +1191,16 @@ impl Scheduler {
             }
             for (id, settled) in moves {
                 match settled {
-                    Settled::Ready(init) => {
+                    Settled::Ready { init, statistics } => {
                         if let Some(task) = self.tasks.get_mut(&id) {
                             if !is_assemble(&task.spec) {
                                 if let Some(init) = init {
                                     task.spec.init_image = Some(init);
                                     let settings = task.spec.settings.get_or_insert_default();
                                     settings.init = v1::Init::Image as i32;
+                                }
+                                if statistics.is_some() {
+                                    task.spec.image_statistics = statistics;
                                 }
                             }
                         }
@@ -1282,8 +1295,12 @@ impl Scheduler {
 /// Where a waiting task stands with its dependencies.
 #[derive(Debug, PartialEq)]
 enum Settled {
-    /// All succeeded; the first one's result.
-    Ready(Option<v1::BlobRef>),
+    /// All succeeded: the result of the first that is not a statistics task, and a
+    /// statistics task's result.
+    Ready {
+        init: Option<v1::BlobRef>,
+        statistics: Option<v1::BlobRef>,
+    },
     /// Some have not finished yet.
     Blocked,
     /// One failed for good.
@@ -1306,6 +1323,10 @@ pub(crate) struct Assembly {
 /// Whether the coordinator runs the task itself.
 pub(crate) fn is_assemble(spec: &v1::TaskSpec) -> bool {
     matches!(spec.part, Some(v1::task_spec::Part::Assemble(_)))
+}
+
+fn is_statistics(spec: &v1::TaskSpec) -> bool {
+    matches!(spec.part, Some(v1::task_spec::Part::Statistics(_)))
 }
 
 fn not_found(kind: &'static str, id: impl ToString) -> CoordinatorError {

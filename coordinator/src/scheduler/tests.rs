@@ -66,9 +66,14 @@ impl Farm {
     }
 
     fn complete(&mut self, lease: LeaseId) -> Result<()> {
+        self.complete_with(lease, "ab")
+    }
+
+    /// Completes with a result blob whose hash is `byte` repeated.
+    fn complete_with(&mut self, lease: LeaseId, byte: &str) -> Result<()> {
         let now = self.now();
         let result = v1::BlobRef {
-            sha256: "ab".repeat(32),
+            sha256: byte.repeat(32),
             size: 3,
         };
         self.s.complete(lease, result, None, now)
@@ -507,6 +512,18 @@ fn task(name: &str, depends_on: &[u32]) -> v1::TaskSpec {
     }
 }
 
+fn statistics_task(depends_on: &[u32]) -> v1::TaskSpec {
+    v1::TaskSpec {
+        part: Some(v1::task_spec::Part::Statistics(v1::Statistics {
+            full_width: 64,
+            full_height: 48,
+            piece_size: 64,
+            pass: 0,
+        })),
+        ..task("statistics", depends_on)
+    }
+}
+
 fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
     v1::TaskSpec {
         part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
@@ -515,6 +532,36 @@ fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
         job_result: true,
         ..task("out.png", depends_on)
     }
+}
+
+#[test]
+fn a_tile_gets_the_coarse_pass_as_start_and_the_statistics_as_statistics() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job_of(
+        vec![
+            task("coarse", &[]),
+            statistics_task(&[0]),
+            task("tile", &[1, 0]),
+        ],
+        0,
+    );
+    let coarse = f.lease(w).unwrap();
+    f.complete_with(coarse.lease, "c0").unwrap();
+    let statistics = f.lease(w).unwrap();
+    assert_eq!(statistics.spec.output_name, "statistics");
+    assert_eq!(
+        statistics.spec.init_image.as_ref().unwrap().sha256,
+        "c0".repeat(32)
+    );
+    assert!(statistics.spec.image_statistics.is_none());
+    assert_eq!(f.state_of(job, 2), TaskState::Waiting);
+    f.complete_with(statistics.lease, "5a").unwrap();
+    // The statistics come first in `depends_on`, yet the start is the coarse pass.
+    let tile = f.lease(w).unwrap();
+    assert_eq!(tile.spec.init_image.unwrap().sha256, "c0".repeat(32));
+    assert_eq!(tile.spec.image_statistics.unwrap().sha256, "5a".repeat(32));
+    assert_eq!(tile.spec.settings.unwrap().init, v1::Init::Image as i32);
 }
 
 #[test]
