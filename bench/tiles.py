@@ -3,7 +3,8 @@
     python3 bench/tiles.py CONTENT STYLE --image-size 1024 --tile-size 256 --num-iterations 40 \
         --wall-workers 1,2 --wall-iterations 10 [--out bench/out/tiles] [--json FILE]
 
-1. The untiled render: `stylefarm render` (embedded farm, all cores) at the image size.
+1. The untiled render: `stylefarm render` (embedded farm, all cores) at the image size, or
+   `--untiled PNG`, one made earlier with the same settings.
 2. The tiled render: a coordinator and two single-threaded workers as separate processes on
    loopback, `stylefarm submit --tile-size`, `watch`, `fetch`. Its objective (float64,
    bench/objective.py: needs torch) is compared with the untiled render's, and its seam score
@@ -76,6 +77,8 @@ def farm_render(bins, args, workers, iterations, out_png):
                       "--image-size", args.image_size, "--num-iterations", iterations,
                       "--init", "content", "--tile-size", args.tile_size,
                       "--tile-overlap", args.tile_overlap] + extra(args)
+            if args.tile_passes:
+                submit += ["--tile-passes", args.tile_passes]
             job = subprocess.run([str(c) for c in submit], env=env, check=True,
                                  capture_output=True, text=True).stdout.split()[-1]
             run([bins / "stylefarm", "watch", job], env=env, stdout=subprocess.DEVNULL,
@@ -107,25 +110,34 @@ def main():
     p.add_argument("--wall-workers", default="1,2", help="worker counts to time ('' skips)")
     p.add_argument("--wall-iterations", type=int, default=10)
     p.add_argument("--profile", default="release", choices=["dev", "release"])
+    p.add_argument("--bins", default=None, help="folder of the binaries (default: target/<profile>)")
     p.add_argument("--out", default=str(ROOT / "bench/out/tiles"))
     p.add_argument("--json", default=None)
+    p.add_argument("--tile-passes", type=int, default=None, help="passes over the tiles (default: the farm's, 2)")
+    p.add_argument("--untiled", default=None,
+                   help="an untiled render made earlier with the same settings: used instead of rendering one")
     args = p.parse_args()
     if args.tile_overlap is None:
         args.tile_overlap = args.tile_size // 8
-    bins = ROOT / "target" / ("debug" if args.profile == "dev" else "release")
+    bins = Path(args.bins) if args.bins else ROOT / "target" / ("debug" if args.profile == "dev" else "release")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.content).stem}_{args.image_size}_{args.num_iterations}"
     untiled, tiled = out / f"{stem}_untiled.png", out / f"{stem}_tiled.png"
 
     report = {"image_size": args.image_size, "tile_size": args.tile_size, "line_search": args.line_search,
+              "tile_passes": args.tile_passes or 2,
               "tile_overlap": args.tile_overlap, "num_iterations": args.num_iterations,
               "content": args.content, "style": args.style}
-    t = time.perf_counter()
-    run([bins / "stylefarm", "render", args.content, args.style, "-o", untiled,
-         "--image-size", args.image_size, "--num-iterations", args.num_iterations,
-         "--init", "content", "--weights", args.weights] + extra(args), stdout=subprocess.DEVNULL)
-    report["untiled_seconds_all_cores"] = time.perf_counter() - t
+    if args.untiled:
+        untiled = Path(args.untiled)
+        report["untiled_reused"] = str(untiled)
+    else:
+        t = time.perf_counter()
+        run([bins / "stylefarm", "render", args.content, args.style, "-o", untiled,
+             "--image-size", args.image_size, "--num-iterations", args.num_iterations,
+             "--init", "content", "--weights", args.weights] + extra(args), stdout=subprocess.DEVNULL)
+        report["untiled_seconds_all_cores"] = time.perf_counter() - t
     report["tiled_seconds_2_workers"] = farm_render(bins, args, 2, args.num_iterations, tiled)
 
     scored = subprocess.run(

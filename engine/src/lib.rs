@@ -40,4 +40,28 @@ pub mod vgg;
 pub mod weights;
 
 pub use error::{EngineError, Result};
+
+/// What the unit tests of the tensor code share.
+#[cfg(all(test, feature = "compute"))]
+pub(crate) mod test_support {
+    use candle_core::{Device, Tensor};
+
+    use crate::layers::Pooling;
+    use crate::vgg::Vgg;
+    use crate::weights::VggWeights;
+
+    /// The tiny VGG16 with made-up weights of the fast tests.
+    pub(crate) fn tiny_vgg() -> Vgg {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/tiny_vgg16.safetensors");
+        Vgg::new(VggWeights::load(&path, &Device::Cpu).unwrap(), Pooling::Max).unwrap()
+    }
+
+    /// `max |a - b| / max |b|`.
+    pub(crate) fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
+    }
+}
 pub use preprocess::Preprocess;

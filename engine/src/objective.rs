@@ -45,16 +45,16 @@ impl StyleTargets {
     /// Computes the targets of style images `(image, blend weight)` (network-input tensors of
     /// any sizes); the weights are normalised to sum to 1.
     pub fn compute(vgg: &Vgg, styles: &[(Tensor, f32)], layers: &[LayerName]) -> Result<Self> {
-        Self::compute_in_pieces(vgg, styles, layers, usize::MAX)
+        Self::compute_in_pieces(vgg, styles, layers, Pieces::WHOLE)
     }
 
-    /// [`Self::compute`] with each style image run in pieces of at most `piece` pixels a side
-    /// (see [`per_position_grams`]), so that the memory needed is bounded.
+    /// [`Self::compute`] with each style image run in `pieces` (see [`per_position_grams`]),
+    /// so that the memory needed is bounded.
     pub fn compute_in_pieces(
         vgg: &Vgg,
         styles: &[(Tensor, f32)],
         layers: &[LayerName],
-        piece: usize,
+        pieces: Pieces<'_>,
     ) -> Result<Self> {
         if styles.is_empty() {
             return Err(EngineError::InvalidOption {
@@ -87,7 +87,7 @@ impl StyleTargets {
             if *weight == 0.0 {
                 continue;
             }
-            let grams = per_position_grams(vgg, image, &positions, deepest, piece)?;
+            let grams = per_position_grams(vgg, image, &positions, deepest, pieces)?;
             for (sum, g) in sums.iter_mut().zip(grams) {
                 let g = (g * f64::from(*weight / total))?;
                 *sum = Some(match sum.take() {
@@ -110,10 +110,32 @@ impl StyleTargets {
     }
 }
 
+/// How an image's Gram matrices are taken: in square pieces of at most `side` pixels a side,
+/// stopping with [`EngineError::Cancelled`] at the next layer once `cancelled` says so.
+#[derive(Clone, Copy)]
+pub struct Pieces<'a> {
+    /// The longest side of a piece, its margins not counted.
+    pub side: usize,
+    /// Polled before each layer of each piece.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+impl Pieces<'_> {
+    /// The whole image in one pass, never cancelled.
+    pub const WHOLE: Pieces<'static> = Pieces {
+        side: usize::MAX,
+        cancelled: &never,
+    };
+}
+
+fn never() -> bool {
+    false
+}
+
 /// The Gram matrix per feature position (`F F^T / (n_h n_w)`) at each of `positions` of the
-/// network-input image `image`, (1, 3, H, W). An image larger than `piece` pixels on a side
-/// (plus [`crate::tiles::GRAM_MARGIN`] on each side) is run in square pieces, each with that
-/// margin of context around it and its features counted only over its own pixels: the
+/// network-input image `image`, (1, 3, H, W). An image larger than `pieces.side` pixels on a
+/// side (plus [`crate::tiles::GRAM_MARGIN`] on each side) is run in square pieces, each with
+/// that margin of context around it and its features counted only over its own pixels: the
 /// memory needed is a piece's, and the result differs from one pass's only in how features
 /// near a piece's edge see past its margin.
 pub fn per_position_grams(
@@ -121,14 +143,14 @@ pub fn per_position_grams(
     image: &Tensor,
     positions: &[usize],
     deepest: usize,
-    piece: usize,
+    pieces: Pieces<'_>,
 ) -> Result<Vec<Tensor>> {
     grams_in_pieces(
         vgg,
         image,
         positions,
         deepest,
-        piece,
+        pieces,
         crate::tiles::GRAM_MARGIN,
     )
 }
@@ -139,9 +161,10 @@ fn grams_in_pieces(
     image: &Tensor,
     positions: &[usize],
     deepest: usize,
-    piece: usize,
+    pieces: Pieces<'_>,
     margin: usize,
 ) -> Result<Vec<Tensor>> {
+    let (piece, cancelled) = (pieces.side, pieces.cancelled);
     let (_, _, h, w) = image.dims4()?;
     let keep = |p| positions.contains(&p);
     let missing = || EngineError::Candle(candle_core::Error::Msg("gram layer not kept".into()));
@@ -152,7 +175,7 @@ fn grams_in_pieces(
     let margin = margin.div_ceil(align) * align;
     let fits = |side: usize| side <= piece.saturating_add(2 * margin);
     if (fits(h) && fits(w)) || core == 0 {
-        let acts = vgg.forward(image, deepest, &keep, false, &|| false)?;
+        let acts = vgg.forward(image, deepest, &keep, false, cancelled)?;
         return positions
             .iter()
             .map(|&p| {
@@ -180,7 +203,7 @@ fn grams_in_pieces(
                 .narrow(2, top, bottom - top)?
                 .narrow(3, left, right - left)?
                 .contiguous()?;
-            let acts = vgg.forward(&crop, deepest, &keep, false, &|| false)?;
+            let acts = vgg.forward(&crop, deepest, &keep, false, cancelled)?;
             for (i, &p) in positions.iter().enumerate() {
                 let a = acts.get(p).ok_or_else(missing)?;
                 let (_, c, fh, fw) = a.dims4()?;
@@ -495,21 +518,8 @@ fn tv_gradient(x: &[f32], h: usize, w: usize, weight: f32, grad: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::Pooling;
-    use crate::weights::VggWeights;
+    use crate::test_support::{max_rel_diff, tiny_vgg};
     use candle_core::Device;
-
-    fn tiny_vgg() -> Vgg {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/tiny_vgg16.safetensors");
-        Vgg::new(VggWeights::load(&path, &Device::Cpu).unwrap(), Pooling::Max).unwrap()
-    }
-
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let m = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn grams_in_pieces_add_up_to_one_pass() {
@@ -522,8 +532,12 @@ mod tests {
             .unwrap()
             .affine(1.0, -100.0)
             .unwrap();
-        let grams = |piece, margin| {
-            grams_in_pieces(&vgg, &image, &positions, deepest, piece, margin).unwrap()
+        let grams = |side, margin| {
+            let pieces = Pieces {
+                side,
+                ..Pieces::WHOLE
+            };
+            grams_in_pieces(&vgg, &image, &positions, deepest, pieces, margin).unwrap()
         };
         let whole = grams(usize::MAX, 0);
         // 32 px pieces whose margin covers the whole image: the same features, counted piece
@@ -536,5 +550,11 @@ mod tests {
             let d = max_rel_diff(n, w);
             assert!(d > 0.0 && d < 0.2, "{d}");
         }
+        let stop = Pieces {
+            side: 64,
+            cancelled: &|| true,
+        };
+        let e = grams_in_pieces(&vgg, &image, &positions, deepest, stop, 32).unwrap_err();
+        assert!(matches!(e, EngineError::Cancelled));
     }
 }

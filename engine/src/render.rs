@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::color::keep_original_colors;
 use crate::error::{EngineError, Result};
 use crate::image_io::{image_to_tensor, resize_exact, resize_to_max_side, tensor_to_image};
-use crate::objective::{Objective, StyleTargets};
+use crate::objective::{Objective, Pieces, StyleTargets};
 use crate::optim::{minimize, Bounds, Stop};
 use crate::settings::{style_side, Init, Losses, RenderSettings, TermWeights};
 use crate::vgg::Vgg;
@@ -78,16 +78,16 @@ pub fn style_targets(
     styles: &[RgbImage],
     settings: &RenderSettings,
 ) -> Result<StyleTargets> {
-    style_targets_in_pieces(vgg, styles, settings, usize::MAX)
+    style_targets_in_pieces(vgg, styles, settings, Pieces::WHOLE)
 }
 
-/// [`style_targets`] with each style image taken in pieces of at most `piece` pixels a side,
-/// so that the targets of a print far larger than one pass can hold need a piece's memory.
+/// [`style_targets`] with each style image taken in `pieces`, so that the targets of a print
+/// far larger than one pass can hold need a piece's memory.
 pub fn style_targets_in_pieces(
     vgg: &Vgg,
     styles: &[RgbImage],
     settings: &RenderSettings,
-    piece: usize,
+    pieces: Pieces<'_>,
 ) -> Result<StyleTargets> {
     settings.validate(styles.len())?;
     let vgg = vgg.with_pooling(settings.pooling);
@@ -104,7 +104,7 @@ pub fn style_targets_in_pieces(
             Ok((image_to_tensor(&img, vgg.preprocess(), vgg.device())?, w))
         })
         .collect::<Result<Vec<(Tensor, f32)>>>()?;
-    StyleTargets::compute_in_pieces(&vgg, &styles, &settings.style_layers, piece)
+    StyleTargets::compute_in_pieces(&vgg, &styles, &settings.style_layers, pieces)
         .map_err(|e| with_option(e, "style-scale"))
 }
 

@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::layers::LayerName;
-use crate::objective::{per_position_grams, StyleTargets};
+use crate::objective::{per_position_grams, Pieces, StyleTargets};
 use crate::vgg::Vgg;
 
 /// The `format` written into a statistics blob's metadata.
@@ -37,17 +37,22 @@ pub struct ImageStatistics {
 
 impl ImageStatistics {
     /// The statistics of `start` (a network-input tensor at the full output size) against
-    /// `style`, taken in pieces of at most `piece` pixels a side (see [`per_position_grams`]):
-    /// the memory needed is a piece's however large the image.
-    pub fn compute(vgg: &Vgg, style: StyleTargets, start: &Tensor, piece: usize) -> Result<Self> {
-        let start = start_grams(vgg, start, &style, piece)?;
+    /// `style`, taken in `pieces` (see [`per_position_grams`]): the memory needed is a
+    /// piece's however large the image.
+    pub fn compute(
+        vgg: &Vgg,
+        style: StyleTargets,
+        start: &Tensor,
+        pieces: Pieces<'_>,
+    ) -> Result<Self> {
+        let start = start_grams(vgg, start, &style, pieces)?;
         Ok(Self { style, start })
     }
 
     /// The style targets of a tile whose own start is `tile_start` (a network-input tensor of
     /// the tile's context): `A + S_t - S`.
     pub fn tile_targets(&self, vgg: &Vgg, tile_start: &Tensor) -> Result<StyleTargets> {
-        let own = start_grams(vgg, tile_start, &self.style, usize::MAX)?;
+        let own = start_grams(vgg, tile_start, &self.style, Pieces::WHOLE)?;
         let layers = self
             .style
             .layers
@@ -135,7 +140,7 @@ fn start_grams(
     vgg: &Vgg,
     image: &Tensor,
     like: &StyleTargets,
-    piece: usize,
+    pieces: Pieces<'_>,
 ) -> Result<StyleTargets> {
     let positions = like
         .layers
@@ -143,7 +148,7 @@ fn start_grams(
         .map(|(l, _)| vgg.position(*l))
         .collect::<Result<Vec<_>>>()?;
     let deepest = positions.iter().copied().max().unwrap_or(0);
-    let grams = per_position_grams(vgg, image, &positions, deepest, piece)?;
+    let grams = per_position_grams(vgg, image, &positions, deepest, pieces)?;
     Ok(StyleTargets {
         layers: like.layers.iter().map(|(l, _)| *l).zip(grams).collect(),
     })
@@ -156,14 +161,7 @@ fn bad(reason: String) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::Pooling;
-    use crate::weights::VggWeights;
-
-    fn tiny_vgg() -> Vgg {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/tiny_vgg16.safetensors");
-        Vgg::new(VggWeights::load(&path, &Device::Cpu).unwrap(), Pooling::Max).unwrap()
-    }
+    use crate::test_support::{max_rel_diff, tiny_vgg};
 
     fn image(h: usize, w: usize, seed: f64) -> Tensor {
         let n = 3 * h * w;
@@ -179,18 +177,7 @@ mod tests {
 
     fn statistics(vgg: &Vgg) -> ImageStatistics {
         let style = StyleTargets::compute(vgg, &[(image(40, 36, 1.0), 1.0)], &layers()).unwrap();
-        ImageStatistics::compute(vgg, style, &image(48, 64, 2.0), usize::MAX).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        ImageStatistics::compute(vgg, style, &image(48, 64, 2.0), Pieces::WHOLE).unwrap()
     }
 
     #[test]
@@ -201,7 +188,7 @@ mod tests {
         for (a, b) in [(&s.style, &back.style), (&s.start, &back.start)] {
             for ((la, ta), (lb, tb)) in a.layers.iter().zip(&b.layers) {
                 assert_eq!(la, lb);
-                assert_eq!(max_abs_diff(ta, tb), 0.0);
+                assert_eq!(max_rel_diff(ta, tb), 0.0);
             }
         }
     }
@@ -234,19 +221,12 @@ mod tests {
         // S_t = S: the targets are A.
         let same = s.tile_targets(&vgg, &image(48, 64, 2.0)).unwrap();
         for ((_, a), (_, t)) in s.style.layers.iter().zip(&same.layers) {
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(max_abs_diff(a, t) <= 1e-5 * scale);
+            assert!(max_rel_diff(t, a) <= 1e-5);
         }
         // Another start moves each target by exactly its Gram matrices' difference.
         let other = image(32, 40, 5.0);
         let moved = s.tile_targets(&vgg, &other).unwrap();
-        let own = start_grams(&vgg, &other, &s.style, usize::MAX).unwrap();
+        let own = start_grams(&vgg, &other, &s.style, Pieces::WHOLE).unwrap();
         for (((a, st), m), o) in s
             .style
             .layers
@@ -256,14 +236,7 @@ mod tests {
             .zip(&own.layers)
         {
             let want = ((&a.1 - &st.1).unwrap() + &o.1).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(max_abs_diff(&m.1, &want) <= 1e-5 * scale);
+            assert!(max_rel_diff(&m.1, &want) <= 1e-5);
         }
     }
 }

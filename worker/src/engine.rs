@@ -4,13 +4,14 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 use stylefarm_engine::image_io::image_to_tensor;
 use stylefarm_engine::layers::{LayerName, Pooling, VggArch};
-use stylefarm_engine::objective::StyleTargets;
+use stylefarm_engine::objective::{Pieces, StyleTargets};
 use stylefarm_engine::render::{
     render_with_targets_in, style_targets, style_targets_in_pieces, Observer, Region, RenderInputs,
 };
@@ -45,8 +46,10 @@ pub struct StatisticsInput {
     pub settings: RenderSettings,
     /// The image the tiles start from, at the full output size.
     pub start: RgbImage,
-    /// Side of the square pieces, in pixels, that larger images are taken in.
+    /// Side of the square pieces, in pixels, that larger images are taken in (0: none).
     pub piece: u32,
+    /// Once set, the computation stops with `EngineError::Cancelled` within about a second.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// One task, decoded and ready to render.
@@ -201,14 +204,23 @@ impl Engine for CandleEngine {
 
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {
         input.settings.validate(input.styles.len())?;
-        let piece = match input.piece {
-            0 => usize::MAX,
-            p => p as usize,
+        let cancelled = || {
+            input
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
         };
-        let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, piece)?;
+        let pieces = Pieces {
+            side: match input.piece {
+                0 => usize::MAX,
+                p => p as usize,
+            },
+            cancelled: &cancelled,
+        };
+        let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, pieces)?;
         let vgg = self.vgg.with_pooling(input.settings.pooling);
         let start = image_to_tensor(&input.start, vgg.preprocess(), vgg.device())?;
-        ImageStatistics::compute(&vgg, style, &start, piece)?.encode()
+        ImageStatistics::compute(&vgg, style, &start, pieces)?.encode()
     }
 }
 

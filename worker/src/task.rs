@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_engine::image_io::{decode_image, encode_png, resize_exact, DecodeLimits, RgbImage};
-use stylefarm_engine::render::{Region, RenderInputs};
+use stylefarm_engine::render::{Observer, Region, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::tiles::coarse_with_detail;
 use stylefarm_engine::EngineError;
@@ -378,6 +378,7 @@ fn render_blocking(
             settings,
             start,
             piece: st.piece_size,
+            cancel: observer.cancel_flag(),
         };
         let blob = engine
             .statistics(&input)
