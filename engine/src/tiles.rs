@@ -357,10 +357,11 @@ pub fn seam_score(grid: &TileGrid, tiled: &RgbImage, untiled: &RgbImage) -> Opti
 pub const GRAM_MARGIN: usize = 64;
 
 /// The largest piece of a `width` × `height` image that taking its Gram matrices in pieces of
-/// `piece` pixels a side runs at once: the image itself, or a piece and its margins.
+/// `piece` pixels a side (0: no pieces) runs at once: the image itself, or a piece and its
+/// margins.
 pub fn gram_piece(width: u32, height: u32, piece: u32) -> (u32, u32) {
     let most = piece.saturating_add(2 * GRAM_MARGIN as u32);
-    if width <= most && height <= most {
+    if piece == 0 || (width <= most && height <= most) {
         return (width, height);
     }
     (width.min(most), height.min(most))
