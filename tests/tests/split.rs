@@ -1,15 +1,17 @@
-//! Jobs split beyond one task per frame, end to end: tiles (a coarse pass, overlapping tiles
-//! that start from it, and the coordinator's blend), temporal frame chains, parameter sweeps
-//! with a contact sheet, and coarse-to-fine stages — on the fake engine where the engine is not
-//! the subject, and one tiled render on the tiny VGG with its seam score.
+//! Jobs split beyond one task per frame, end to end: tiles (a coarse pass, then per pass the
+//! whole image's statistics, overlapping tiles and the coordinator's blend), temporal frame
+//! chains, parameter sweeps with a contact sheet, and coarse-to-fine stages — on the fake
+//! engine where the engine is not the subject, and one tiled render on the tiny VGG with its
+//! statistics, each pass's objective and its seam score.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
 use stylefarm_engine::layers::Pooling;
-use stylefarm_engine::render::{render, RenderInputs};
+use stylefarm_engine::render::{render, style_targets, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
+use stylefarm_engine::statistics::ImageStatistics;
 use stylefarm_engine::tiles::{seam_score, TileGrid};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
@@ -307,7 +309,7 @@ fn objective_of(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_tiled_render_has_its_seams_measured() {
+async fn a_real_tiled_render_improves_with_each_pass_and_has_its_seams_measured() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(dir.path()).await.unwrap();
     let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
@@ -321,10 +323,18 @@ async fn a_real_tiled_render_has_its_seams_measured() {
     let untiled_spec = spec_of(&client, &[&content], &style, &settings).await;
     let tiled_spec = tiles(&untiled_spec, 80, 16);
     let untiled = run(&client, untiled_spec).await;
-    let tiled = run(&client, tiled_spec).await;
+    let tiled_job = run(&client, tiled_spec).await;
+    // Two passes of the statistics, 2x2 tiles and the blend.
+    assert_eq!(tiled_job.tasks.len(), 2 * (1 + 4 + 1));
+    let download = |i: usize| {
+        let blob = tiled_job.tasks[i].result.clone().unwrap();
+        let client = client.clone();
+        async move { client.download(&blob).await.unwrap() }
+    };
+    let first_pass = decode(&download(5).await).unwrap();
     let (untiled, tiled) = (
         result_of(&client, &untiled).await,
-        result_of(&client, &tiled).await,
+        result_of(&client, &tiled_job).await,
     );
     assert_eq!(tiled.dimensions(), (128, 96));
 
@@ -336,8 +346,26 @@ async fn a_real_tiled_render_has_its_seams_measured() {
         Pooling::Max,
     )
     .unwrap();
-    let ratio = objective_of(&vgg, &tiled, &content, &style, &settings)
-        / objective_of(&vgg, &untiled, &content, &style, &settings);
+    // The statistics blob holds the whole image's style targets.
+    let statistics =
+        ImageStatistics::decode(&download(0).await, &vgg, &settings.style_layers).unwrap();
+    let targets = style_targets(&vgg, std::slice::from_ref(&style), &settings).unwrap();
+    for ((_, shipped), (_, own)) in statistics.style.layers.iter().zip(&targets.layers) {
+        let d = (shipped - own).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-3);
+    }
+    // Each pass lowers the whole image's objective.
+    let objective = |img| objective_of(&vgg, img, &content, &style, &settings);
+    let (start, pass1, pass2) = (
+        objective(&content),
+        objective(&first_pass),
+        objective(&tiled),
+    );
+    assert!(
+        pass2 < pass1 && pass1 < start,
+        "start {start}, pass 1 {pass1}, pass 2 {pass2}"
+    );
+    let ratio = pass2 / objective(&untiled);
     eprintln!("tiny VGG, 128x96 in 80 px tiles: seam score {score:.3}, objective ratio {ratio:.3}");
     assert!(score.is_finite() && score > 0.0);
     // Loose bounds for a network of made-up weights and a few iterations: the tiles leave no
