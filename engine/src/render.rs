@@ -18,6 +18,7 @@ use crate::image_io::{image_to_tensor, resize_exact, resize_to_max_side, tensor_
 use crate::objective::{Objective, Pieces, StyleTargets};
 use crate::optim::{minimize, Bounds, Stop};
 use crate::settings::{style_side, Init, Losses, RenderSettings, TermWeights};
+use crate::tiles::Rect;
 use crate::vgg::Vgg;
 
 /// The images of a render, already decoded.
@@ -119,20 +120,6 @@ pub fn render(
     render_with_targets(vgg, inputs, settings, &targets, observer)
 }
 
-/// A rectangle of the output's pixels that a render may change; the others keep their start
-/// values (a tile's margin in a later pass holds what its neighbours made).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    /// Left column.
-    pub x: u32,
-    /// Top row.
-    pub y: u32,
-    /// Columns.
-    pub width: u32,
-    /// Rows.
-    pub height: u32,
-}
-
 /// [`render`] with style targets already computed by [`style_targets`] for the same settings
 /// (`inputs.styles` is not used).
 pub fn render_with_targets(
@@ -145,13 +132,15 @@ pub fn render_with_targets(
     render_with_targets_in(vgg, inputs, settings, targets, None, observer)
 }
 
-/// [`render_with_targets`] that changes only the pixels in `free` (all of them with `None`).
+/// [`render_with_targets`] that changes only the pixels in `free` (all of them with `None`);
+/// the others keep their start values (a tile's margin in a later pass holds what its
+/// neighbours made).
 pub fn render_with_targets_in(
     vgg: &Vgg,
     inputs: &RenderInputs,
     settings: &RenderSettings,
     targets: &StyleTargets,
-    free: Option<Region>,
+    free: Option<Rect>,
     observer: &mut dyn Observer,
 ) -> Result<RenderOutput> {
     settings.validate(inputs.styles.len().max(1))?;
@@ -249,12 +238,9 @@ pub fn render_with_targets_in(
 }
 
 /// Zeroes the gradient of a (3, H, W) image outside `r`.
-fn zero_outside(grad: &mut [f32], h: usize, w: usize, r: Region) {
+fn zero_outside(grad: &mut [f32], h: usize, w: usize, r: Rect) {
     let (x0, y0) = (r.x as usize, r.y as usize);
-    let (x1, y1) = (
-        (x0 + r.width as usize).min(w),
-        (y0 + r.height as usize).min(h),
-    );
+    let (x1, y1) = ((r.right() as usize).min(w), (r.bottom() as usize).min(h));
     for plane in grad.chunks_exact_mut(h * w) {
         for (i, row) in plane.chunks_exact_mut(w).enumerate() {
             if i < y0 || i >= y1 {

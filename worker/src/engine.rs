@@ -13,10 +13,11 @@ use stylefarm_engine::image_io::image_to_tensor;
 use stylefarm_engine::layers::{LayerName, Pooling, VggArch};
 use stylefarm_engine::objective::{Pieces, StyleTargets};
 use stylefarm_engine::render::{
-    render_with_targets_in, style_targets, style_targets_in_pieces, Observer, Region, RenderInputs,
+    render_with_targets_in, style_targets, style_targets_in_pieces, Observer, RenderInputs,
 };
 use stylefarm_engine::settings::{Init, Losses, RenderSettings};
 use stylefarm_engine::statistics::ImageStatistics;
+use stylefarm_engine::tiles::Rect;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::{Preprocess, Result};
@@ -71,7 +72,7 @@ pub struct TaskInput {
     /// and start Gram matrices replace the style targets computed from `inputs.styles`.
     pub image_statistics: Option<Vec<u8>>,
     /// The pixels the render may change (`None`: all); the others keep their start values.
-    pub region: Option<Region>,
+    pub region: Option<Rect>,
 }
 
 impl TaskInput {
@@ -360,7 +361,7 @@ mod tests {
         let start = pattern(40, 32, 7);
         t.inputs.init_image = Some(start.clone());
         t.settings.init = Init::Image;
-        t.region = Some(Region {
+        t.region = Some(Rect {
             x: 8,
             y: 4,
             width: 20,

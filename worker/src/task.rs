@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_engine::image_io::{decode_image, encode_png, resize_exact, DecodeLimits, RgbImage};
-use stylefarm_engine::render::{Observer, Region, RenderInputs};
+use stylefarm_engine::render::{Observer, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_engine::tiles::coarse_with_detail;
+use stylefarm_engine::tiles::{coarse_with_detail, Rect};
 use stylefarm_engine::EngineError;
 use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{
@@ -400,7 +400,7 @@ fn render_blocking(
             } else {
                 // The previous pass's result: only the tile changes, its margin holds what
                 // the neighbours made.
-                region = Some(Region {
+                region = Some(Rect {
                     x: t.x - t.context_x,
                     y: t.y - t.context_y,
                     width: t.width,
