@@ -13,6 +13,13 @@
 //! `S_t` its own start's: where the tile starts the gradient is the whole image's exactly, and
 //! each tile keeps its own departure from the mean while the image as a whole moves towards
 //! the style's.
+//!
+//! What these targets cannot do is spread the change unevenly: every tile is asked for the
+//! same `A - S`, where the untiled optimisation stylises a calm sky more and a busy town less.
+//! That is most of what a tiled render still loses to an untiled one (`bench/tile_analysis.py`
+//! measures it; the README has the figures). Letting each tile move the image's residual by
+//! only its share in a later pass, `S_t + (A - S) / share`, overshot by far: what the first
+//! pass leaves of the residual is not small, and every tile set out to close it alone.
 
 use std::collections::HashMap;
 
