@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_proto::blob::{sha256_hex, write_requests, Auth};
+use stylefarm_proto::blob::{
+    announced_size, append_read, sha256_hex, verify_download, write_requests, Auth,
+};
 use stylefarm_proto::v1::admin_service_client::AdminServiceClient;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;
@@ -296,8 +298,7 @@ impl FarmClient {
             sha256: blob.sha256.clone(),
             reason,
         };
-        let expected = usize::try_from(blob.size)
-            .map_err(|_| corrupt(format!("{} bytes is too large for this machine", blob.size)))?;
+        let expected = announced_size(blob).map_err(corrupt)?;
         let mut data = Vec::with_capacity(expected);
         let mut tries = 0;
         loop {
@@ -309,16 +310,7 @@ impl FarmClient {
                 Err(s) => return Err(self.error(s)),
             }
         }
-        if data.len() != expected {
-            return Err(corrupt(format!(
-                "{} bytes came, {expected} were announced",
-                data.len()
-            )));
-        }
-        let got = sha256_hex(&data);
-        if got != blob.sha256 {
-            return Err(corrupt(format!("the bytes that came hash to {got}")));
-        }
+        verify_download(blob, &data).map_err(corrupt)?;
         Ok(data)
     }
 
@@ -334,12 +326,7 @@ impl FarmClient {
         };
         let mut stream = self.blobs.clone().read(request).await?.into_inner();
         while let Some(msg) = stream.message().await? {
-            if data.len() + msg.data.len() > expected {
-                return Err(Status::data_loss(format!(
-                    "more than the {expected} bytes announced came"
-                )));
-            }
-            data.extend_from_slice(&msg.data);
+            append_read(data, &msg.data, expected)?;
         }
         Ok(())
     }

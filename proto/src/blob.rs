@@ -1,5 +1,6 @@
 //! What the client and the workers both need to move blobs and to call a farm: blob names
-//! (sha256), the chunked `Write` messages, and the farm-token interceptor.
+//! (sha256), the chunked `Write` messages, the checks on what a `Read` brings, and the
+//! farm-token interceptor.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Status};
 
-use crate::v1::WriteBlobRequest;
+use crate::v1::{BlobRef, WriteBlobRequest};
 use crate::BLOB_CHUNK_BYTES;
 
 /// Lowercase hex sha256 of `data`: a blob's name.
@@ -37,6 +38,48 @@ pub fn write_requests(
             data: data[start..end].to_vec(),
         }
     })
+}
+
+/// The size a download of `blob` must come to, as a buffer length.
+///
+/// # Errors
+/// The reason, when this machine cannot hold that many bytes in memory.
+pub fn announced_size(blob: &BlobRef) -> Result<usize, String> {
+    usize::try_from(blob.size)
+        .map_err(|_| format!("{} bytes is too large for this machine", blob.size))
+}
+
+/// Appends one `Read` message's bytes to a download that must come to `expected` bytes.
+///
+/// # Errors
+/// `DATA_LOSS` when the bytes would run past `expected`.
+pub fn append_read(data: &mut Vec<u8>, chunk: &[u8], expected: usize) -> Result<(), Status> {
+    if data.len() + chunk.len() > expected {
+        return Err(Status::data_loss(format!(
+            "more than the {expected} bytes announced came"
+        )));
+    }
+    data.extend_from_slice(chunk);
+    Ok(())
+}
+
+/// Checks that a finished download is `blob`: its size, then its hash.
+///
+/// # Errors
+/// The reason when it is not.
+pub fn verify_download(blob: &BlobRef, data: &[u8]) -> Result<(), String> {
+    if data.len() as u64 != blob.size {
+        return Err(format!(
+            "{} bytes came, {} were announced",
+            data.len(),
+            blob.size
+        ));
+    }
+    let got = sha256_hex(data);
+    if got != blob.sha256 {
+        return Err(format!("the bytes that came hash to {got}"));
+    }
+    Ok(())
 }
 
 /// Adds `authorization: Bearer TOKEN` to every call when a farm token is set.
@@ -71,6 +114,29 @@ impl tonic::service::Interceptor for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloads_are_checked_for_size_and_hash() {
+        let data = b"some bytes".to_vec();
+        let blob = BlobRef {
+            sha256: sha256_hex(&data),
+            size: data.len() as u64,
+        };
+        let mut got = Vec::new();
+        append_read(&mut got, &data[..4], 10).unwrap();
+        append_read(&mut got, &data[4..], 10).unwrap();
+        assert_eq!(verify_download(&blob, &got), Ok(()));
+        assert_eq!(announced_size(&blob), Ok(10));
+        let e = append_read(&mut got, b"x", 10).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DataLoss);
+        assert_eq!(e.message(), "more than the 10 bytes announced came");
+        assert_eq!(
+            verify_download(&blob, &data[..3]),
+            Err("3 bytes came, 10 were announced".into())
+        );
+        let e = verify_download(&blob, b"other byte").unwrap_err();
+        assert!(e.starts_with("the bytes that came hash to "), "{e}");
+    }
 
     #[test]
     fn writes_are_chunked_with_the_hash_first() {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use stylefarm_proto::blob::{is_sha256, sha256_hex, write_requests};
+use stylefarm_proto::blob::{
+    announced_size, append_read, is_sha256, sha256_hex, verify_download, write_requests,
+};
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::{BlobRef, FindMissingBlobsRequest, ReadBlobRequest};
 
@@ -84,8 +86,7 @@ pub(crate) async fn download(
     client: &BlobServiceClient<Transport>,
     blob: &BlobRef,
 ) -> Result<Vec<u8>, FetchError> {
-    let expected = usize::try_from(blob.size)
-        .map_err(|_| FetchError::Corrupt(format!("{} bytes is too large", blob.size)))?;
+    let expected = announced_size(blob).map_err(FetchError::Corrupt)?;
     let mut data: Vec<u8> = Vec::with_capacity(expected);
     let mut tries = 0;
     loop {
@@ -102,18 +103,7 @@ pub(crate) async fn download(
             Err(s) => return Err(FetchError::Rpc(s)),
         }
     }
-    if data.len() != expected {
-        return Err(FetchError::Corrupt(format!(
-            "{} bytes came, {expected} were announced",
-            data.len()
-        )));
-    }
-    let got = sha256_hex(&data);
-    if got != blob.sha256 {
-        return Err(FetchError::Corrupt(format!(
-            "the bytes that came hash to {got}"
-        )));
-    }
+    verify_download(blob, &data).map_err(FetchError::Corrupt)?;
     Ok(data)
 }
 
@@ -132,12 +122,7 @@ async fn read_into(
         .await?
         .into_inner();
     while let Some(msg) = within(RPC_TIMEOUT, stream.message()).await? {
-        if data.len() + msg.data.len() > expected {
-            return Err(Status::data_loss(format!(
-                "the coordinator sent more than the {expected} bytes announced"
-            )));
-        }
-        data.extend_from_slice(&msg.data);
+        append_read(data, &msg.data, expected)?;
     }
     Ok(())
 }
