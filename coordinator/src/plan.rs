@@ -299,10 +299,16 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
     })
 }
 
+/// Whether the largest worker (`max_worker_memory` bytes, 0: none says) has the memory for
+/// a render of the whole `w` x `h` image.
+fn fits_one_worker((w, h): (u32, u32), max_worker_memory: u64) -> bool {
+    max_worker_memory > 0 && estimated_memory_bytes(w, h) <= max_worker_memory
+}
+
 /// Tiles the coordinator picks for an output too big for every worker's memory (`None`: no
 /// tiling needed, or no worker says how much memory it has).
 fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::TileOptions>> {
-    if max_worker_memory == 0 || estimated_memory_bytes(w, h) <= max_worker_memory {
+    if max_worker_memory == 0 || fits_one_worker((w, h), max_worker_memory) {
         return Ok(None);
     }
     let size = tile_size_for_memory(max_worker_memory, |t| context_margin(default_overlap(t)))
@@ -380,8 +386,7 @@ fn plan_tiles(
     // The statistics take the whole image in one pass where a worker has the memory for it
     // (as estimated for a render, which needs more than their forward passes); else pieces
     // that with their margins are no larger than a tile's context.
-    let memory = b.inputs.max_worker_memory;
-    let piece_size = if memory > 0 && estimated_memory_bytes(w, h) <= memory {
+    let piece_size = if fits_one_worker((w, h), b.inputs.max_worker_memory) {
         0
     } else {
         (t.tile_size + 2 * margin)

@@ -40,6 +40,7 @@ pub mod vgg;
 pub mod weights;
 
 pub use error::{EngineError, Result};
+pub use preprocess::Preprocess;
 
 /// What the unit tests of the tensor code share.
 #[cfg(all(test, feature = "compute"))]
@@ -64,4 +65,3 @@ pub(crate) mod test_support {
         d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
     }
 }
-pub use preprocess::Preprocess;
