@@ -454,6 +454,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Seeded noise image: each channel value from N(127.5, 30^2), clamped to 0..=255.
+pub fn random_image(width: u32, height: u32, seed: u64) -> RgbImage {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    RgbImage::from_fn(width, height, |_, _| {
+        image::Rgb(std::array::from_fn(|_| {
+            // Box-Muller: two uniforms to one standard normal.
+            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.random();
+            let n = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            (127.5 + 30.0 * n).round().clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,15 @@ impl LayerName {
         Self { kind, block, index }
     }
 
+    /// Input pixels per feature position along each axis: 2 for every pool up to and
+    /// including this layer.
+    pub const fn stride(self) -> u32 {
+        match self.kind {
+            LayerKind::Pool => 1 << self.block,
+            _ => 1 << (self.block - 1),
+        }
+    }
+
     /// Parses a comma-separated list such as `relu1_1,relu2_1`; empty items are refused.
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
         s.split(',').map(|item| item.trim().parse()).collect()

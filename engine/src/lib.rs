@@ -5,7 +5,8 @@
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
 //! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
 //! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]) and
-//! the whole image's Gram matrices its tiles are optimised against ([`statistics`]);
+//! the whole image's Gram matrices its tiles are optimised against ([`statistics`]); tiles
+//! optimised in lock step as one image ([`joint`], [`shard`]);
 //! contact sheets of sweeps ([`sheet`]). The hot loops are the convolutions ([`conv`]) and
 //! the style term's matrix products ([`linalg`]).
 //!
@@ -18,6 +19,7 @@ pub mod color;
 pub mod conv;
 pub mod error;
 pub mod image_io;
+pub mod joint;
 pub mod layers;
 #[cfg(feature = "compute")]
 pub mod linalg;
@@ -30,10 +32,13 @@ pub mod preprocess;
 #[cfg(feature = "compute")]
 pub mod render;
 pub mod settings;
+#[cfg(feature = "compute")]
+pub mod shard;
 pub mod sheet;
 #[cfg(feature = "compute")]
 pub mod statistics;
 pub mod tiles;
+pub mod variation;
 #[cfg(feature = "compute")]
 pub mod vgg;
 #[cfg(feature = "compute")]

@@ -9,11 +9,10 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use image::RgbImage;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::color::keep_original_colors;
 use crate::error::{EngineError, Result};
+pub use crate::image_io::random_image;
 use crate::image_io::{image_to_tensor, resize_exact, resize_to_max_side, tensor_to_image};
 use crate::objective::{Objective, Pieces, StyleTargets};
 use crate::optim::{minimize, Bounds, Stop};
@@ -280,19 +279,4 @@ fn with_option(e: EngineError, option: &'static str) -> EngineError {
         },
         e => e,
     }
-}
-
-/// Seeded noise image: each channel value from N(127.5, 30^2), clamped to 0..=255.
-pub fn random_image(width: u32, height: u32, seed: u64) -> RgbImage {
-    use rand::Rng;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    RgbImage::from_fn(width, height, |_, _| {
-        image::Rgb(std::array::from_fn(|_| {
-            // Box-Muller: two uniforms to one standard normal.
-            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-            let u2: f64 = rng.random();
-            let n = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            (127.5 + 30.0 * n).round().clamp(0.0, 255.0) as u8
-        }))
-    })
 }

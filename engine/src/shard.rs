@@ -1,0 +1,467 @@
+//! The per-tile half of tiles in lock step ([`crate::joint`]): a tile's Gram matrices and
+//! content term over the positions it owns (step one), and the gradient of its share of the
+//! objective with respect to its context's pixels (step two). A worker holds one
+//! [`TileObjective`] for every tile it is given; [`LocalTiles`] runs all of an image's tiles in
+//! this process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::error::{EngineError, Result};
+use crate::joint::{add_crop, crop, owned_span, GramSums, JointTile, TileBackend};
+use crate::layers::LayerName;
+use crate::vgg::{Activations, Vgg};
+
+/// A layer the objective reads, with where it is and how its positions map to pixels.
+#[derive(Debug, Clone, Copy)]
+struct Layer {
+    position: usize,
+    stride: u32,
+}
+
+/// Evaluates tiles of one image: the content image at the output size, the layers, and the
+/// content weight (the style residuals arrive already weighted).
+pub struct TileObjective {
+    vgg: Vgg,
+    content: Tensor,
+    content_layers: Vec<Layer>,
+    style_layers: Vec<Layer>,
+    deepest: usize,
+    alpha: f32,
+    /// The content features of each context seen so far.
+    targets: HashMap<(u32, u32, u32, u32), Vec<Tensor>>,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl TileObjective {
+    /// Tiles of the image whose content is `content` (a network-input tensor at the output
+    /// size, (1, 3, H, W)), on `vgg` (with the render's pooling already set).
+    ///
+    /// # Errors
+    /// A layer the network does not have, or no layer at all.
+    pub fn new(
+        vgg: Vgg,
+        content: Tensor,
+        content_layers: &[LayerName],
+        style_layers: &[LayerName],
+        alpha: f32,
+    ) -> Result<Self> {
+        let layer = |l: &LayerName| {
+            Ok(Layer {
+                position: vgg.position(*l)?,
+                stride: l.stride(),
+            })
+        };
+        let content_layers = content_layers
+            .iter()
+            .map(layer)
+            .collect::<Result<Vec<_>>>()?;
+        let style_layers = style_layers.iter().map(layer).collect::<Result<Vec<_>>>()?;
+        let deepest = content_layers
+            .iter()
+            .chain(&style_layers)
+            .map(|l| l.position)
+            .max()
+            .ok_or(EngineError::InvalidOption {
+                option: "content-layers",
+                reason: "no content or style layer given".into(),
+            })?;
+        Ok(Self {
+            vgg,
+            content,
+            content_layers,
+            style_layers,
+            deepest,
+            alpha,
+            targets: HashMap::new(),
+            cancel: None,
+        })
+    }
+
+    /// Stops evaluations with [`EngineError::Cancelled`] at the next layer once `flag` is set.
+    pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    /// `(width, height)` of the whole image.
+    pub fn dims(&self) -> Result<(u32, u32)> {
+        let (_, _, h, w) = self.content.dims4()?;
+        Ok((w as u32, h as u32))
+    }
+
+    /// How the network maps pixels to its input.
+    pub fn preprocess(&self) -> crate::Preprocess {
+        self.vgg.preprocess()
+    }
+
+    /// The style layers' channel counts.
+    pub fn style_channels(&self) -> Vec<usize> {
+        self.style_layers
+            .iter()
+            .map(|l| self.vgg.channels(l.position))
+            .collect()
+    }
+
+    fn keep(&self) -> impl Fn(usize) -> bool + '_ {
+        move |p| {
+            self.content_layers
+                .iter()
+                .chain(&self.style_layers)
+                .any(|l| l.position == p)
+        }
+    }
+
+    fn forward(&self, x: &Tensor, for_backward: bool) -> Result<Activations> {
+        let cancel = self.cancel.clone();
+        let cancelled = move || cancel.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+        self.vgg
+            .forward(x, self.deepest, &self.keep(), for_backward, &cancelled)
+    }
+
+    /// `(r0, r1, c0, c1)`: the positions of `layer`'s output `a` that the tile owns.
+    fn owned(
+        &self,
+        tile: &JointTile,
+        layer: Layer,
+        a: &Tensor,
+    ) -> Result<(usize, usize, usize, usize)> {
+        let (_, _, fh, fw) = a.dims4()?;
+        let (w, h) = self.dims()?;
+        let (c, x) = (tile.core, tile.context);
+        let (r0, r1) = owned_span(c.y, c.bottom(), x.y, h, layer.stride, fh);
+        let (c0, c1) = owned_span(c.x, c.right(), x.x, w, layer.stride, fw);
+        Ok((r0, r1, c0, c1))
+    }
+
+    /// The content features of the tile's context, computed once.
+    fn content_targets(&mut self, tile: &JointTile) -> Result<Vec<Tensor>> {
+        let r = tile.context;
+        let key = (r.x, r.y, r.width, r.height);
+        if let Some(t) = self.targets.get(&key) {
+            return Ok(t.clone());
+        }
+        let crop = self
+            .content
+            .narrow(2, r.y as usize, r.height as usize)?
+            .narrow(3, r.x as usize, r.width as usize)?
+            .contiguous()?;
+        let acts = self.forward(&crop, false)?;
+        let targets = self
+            .content_layers
+            .iter()
+            .map(|l| kept(&acts, l.position).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        self.targets.insert(key, targets.clone());
+        Ok(targets)
+    }
+
+    /// Step one for `tile` at `x` (its context's network-input pixels, (1, 3, h, w)).
+    pub fn grams(&mut self, tile: &JointTile, x: &Tensor) -> Result<GramSums> {
+        let targets = self.content_targets(tile)?;
+        let acts = self.forward(x, false)?;
+        let mut content = 0.0;
+        for (l, p) in self.content_layers.iter().zip(&targets) {
+            let a = kept(&acts, l.position)?;
+            let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
+            content += 0.5 * sum_sq(&(own(a, r0, r1, c0, c1)? - own(p, r0, r1, c0, c1)?)?)?;
+        }
+        let mut sums = GramSums {
+            content,
+            ..GramSums::default()
+        };
+        for l in &self.style_layers {
+            let a = kept(&acts, l.position)?;
+            let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
+            let c = a.dims4()?.1;
+            let n = (r1 - r0) * (c1 - c0);
+            let g = if n == 0 {
+                vec![0.0; c * c]
+            } else {
+                let f = own(a, r0, r1, c0, c1)?.reshape((c, n))?;
+                crate::linalg::gram(&f)?.flatten_all()?.to_vec1::<f32>()?
+            };
+            sums.grams.push(g);
+            sums.counts.push(n as u64);
+        }
+        Ok(sums)
+    }
+
+    /// Step two for `tile` at `x`: the gradient with respect to the context's pixels, (1, 3, h,
+    /// w), given the style residuals `R_l` ((C, C) tensors, in the style layers' order).
+    pub fn gradient(
+        &mut self,
+        tile: &JointTile,
+        x: &Tensor,
+        residuals: &[Tensor],
+    ) -> Result<Tensor> {
+        let targets = self.content_targets(tile)?;
+        let acts = self.forward(x, true)?;
+        let mut grads = Vec::with_capacity(self.content_layers.len() + residuals.len());
+        if self.alpha > 0.0 {
+            for (l, p) in self.content_layers.iter().zip(&targets) {
+                let a = kept(&acts, l.position)?;
+                let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
+                let d =
+                    ((own(a, r0, r1, c0, c1)? - own(p, r0, r1, c0, c1)?)? * f64::from(self.alpha))?;
+                grads.push((l.position, pad(&d, a, r0, r1, c0, c1)?));
+            }
+        }
+        for (l, r) in self.style_layers.iter().zip(residuals) {
+            let a = kept(&acts, l.position)?;
+            let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
+            let (c, n) = (a.dims4()?.1, (r1 - r0) * (c1 - c0));
+            if n == 0 {
+                continue;
+            }
+            let f = own(a, r0, r1, c0, c1)?.reshape((c, n))?;
+            let g = crate::linalg::left_product_scaled(r, &f, 1.0)?.reshape((
+                1,
+                c,
+                r1 - r0,
+                c1 - c0,
+            ))?;
+            grads.push((l.position, pad(&g, a, r0, r1, c0, c1)?));
+        }
+        let cancel = self.cancel.clone();
+        let cancelled = move || cancel.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+        self.vgg.backward(&acts, grads, &cancelled)
+    }
+}
+
+fn kept(acts: &Activations, position: usize) -> Result<&Tensor> {
+    acts.get(position).ok_or_else(|| {
+        EngineError::Candle(candle_core::Error::Msg(
+            "a tile's layer was not kept".into(),
+        ))
+    })
+}
+
+/// The positions `[r0, r1) x [c0, c1)` of a (1, C, H, W) activation.
+fn own(a: &Tensor, r0: usize, r1: usize, c0: usize, c1: usize) -> Result<Tensor> {
+    Ok(a.narrow(2, r0, r1 - r0)?
+        .narrow(3, c0, c1 - c0)?
+        .contiguous()?)
+}
+
+/// `g` (over the positions `[r0, r1) x [c0, c1)`) padded with zeros to the shape of `like`.
+fn pad(g: &Tensor, like: &Tensor, r0: usize, r1: usize, c0: usize, c1: usize) -> Result<Tensor> {
+    let (_, _, h, w) = like.dims4()?;
+    Ok(g.pad_with_zeros(2, r0, h - r1)?
+        .pad_with_zeros(3, c0, w - c1)?)
+}
+
+fn sum_sq(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
+/// Every tile of an image evaluated in this process, one after another: a piece's memory, the
+/// same numbers as the farm's workers give.
+pub struct LocalTiles {
+    objective: TileObjective,
+    tiles: Vec<JointTile>,
+    width: usize,
+    height: usize,
+    /// The image of the last step one.
+    x: Vec<f32>,
+}
+
+impl LocalTiles {
+    /// The tiles `tiles` of the image `objective` was made for.
+    pub fn new(objective: TileObjective, tiles: Vec<JointTile>) -> Result<Self> {
+        let (w, h) = objective.dims()?;
+        Ok(Self {
+            objective,
+            tiles,
+            width: w as usize,
+            height: h as usize,
+            x: Vec::new(),
+        })
+    }
+
+    fn context(&self, tile: &JointTile) -> Result<Tensor> {
+        let r = tile.context;
+        Ok(Tensor::from_vec(
+            crop(&self.x, self.width, self.height, r),
+            (1, 3, r.height as usize, r.width as usize),
+            self.objective.vgg.device(),
+        )?)
+    }
+}
+
+impl TileBackend for LocalTiles {
+    fn grams(&mut self, x: &[f32]) -> Result<GramSums> {
+        self.x.clear();
+        self.x.extend_from_slice(x);
+        let mut sums = GramSums::default();
+        for tile in self.tiles.clone() {
+            let t = self.context(&tile)?;
+            sums.add(&self.objective.grams(&tile, &t)?)?;
+        }
+        Ok(sums)
+    }
+
+    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> Result<()> {
+        let device = self.objective.vgg.device().clone();
+        let residuals = residuals
+            .iter()
+            .zip(self.objective.style_channels())
+            .map(|(r, c)| Ok(Tensor::from_slice(r, (c, c), &device)?))
+            .collect::<Result<Vec<_>>>()?;
+        for tile in self.tiles.clone() {
+            let t = self.context(&tile)?;
+            let g = self.objective.gradient(&tile, &t, &residuals)?;
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            add_crop(grad, self.width, self.height, tile.context, &g);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::joint::{joint_tiles, style_targets_of_statistics, JointObjective};
+    use crate::objective::{Objective, StyleTargets};
+    use crate::settings::TermWeights;
+    use crate::test_support::tiny_vgg;
+    use candle_core::Device;
+
+    fn image(h: usize, w: usize, seed: f64) -> Tensor {
+        let v: Vec<f32> = (0..3 * h * w)
+            .map(|i| (100.0 * ((i as f64) * 0.37 + seed).sin()) as f32)
+            .collect();
+        Tensor::from_vec(v, (1, 3, h, w), &Device::Cpu).unwrap()
+    }
+
+    /// The whole-image objective and the lock-step one on the same image, targets and weights.
+    fn both(margin: u32) -> (Objective<'static>, JointObjective, LocalTiles) {
+        let vgg: &'static Vgg = Box::leak(Box::new(tiny_vgg()));
+        let (h, w) = (72, 88);
+        let content_layers = LayerName::parse_list("relu4_2").unwrap();
+        let style_layers =
+            LayerName::parse_list("relu1_1,relu2_1,relu3_1,relu4_1,relu5_1").unwrap();
+        let style =
+            StyleTargets::compute(vgg, &[(image(40, 36, 1.0), 1.0)], &style_layers).unwrap();
+        let weights = TermWeights {
+            content: 2.0,
+            style: 300.0,
+            tv: 0.01,
+        };
+        let content = image(h, w, 2.0);
+        let whole = Objective::new(vgg, &content, &content_layers, &style, weights).unwrap();
+        let targets = style
+            .layers
+            .iter()
+            .map(|(l, t)| (*l, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        let joint = JointObjective::new(targets, weights, w, h).unwrap();
+        let tiles = joint_tiles(w as u32, h as u32, 32, margin, 16).unwrap();
+        assert_eq!(tiles.len(), 9);
+        let objective = TileObjective::new(
+            vgg.clone(),
+            content,
+            &content_layers,
+            &style_layers,
+            weights.content,
+        )
+        .unwrap();
+        (whole, joint, LocalTiles::new(objective, tiles).unwrap())
+    }
+
+    #[test]
+    fn tiles_whose_margins_cover_the_image_give_the_whole_objective_and_gradient() {
+        let (whole, joint, mut local) = both(200);
+        let x = image(72, 88, 3.0)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (mut g1, mut g2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let a = whole.evaluate(&x, &mut g1).unwrap();
+        let b = joint.evaluate(&mut local, &x, &mut g2).unwrap();
+        let rel = |p: f64, q: f64| (p - q).abs() / q.abs().max(1e-30);
+        assert!(
+            rel(b.content, a.content) < 1e-5,
+            "{} {}",
+            b.content,
+            a.content
+        );
+        assert!(rel(b.style, a.style) < 1e-4, "{} {}", b.style, a.style);
+        assert!(rel(b.total, a.total) < 1e-4);
+        let m = g1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = g1
+            .iter()
+            .zip(&g2)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(d / m < 1e-4, "gradients differ by {}", d / m);
+        assert_eq!(joint.losses(&mut local, &x).unwrap().total, b.total);
+    }
+
+    #[test]
+    fn the_driver_reads_the_style_targets_of_a_statistics_blob() {
+        let vgg = tiny_vgg();
+        let layers = LayerName::parse_list("relu1_1,relu3_1").unwrap();
+        let style = StyleTargets::compute(&vgg, &[(image(40, 36, 1.0), 1.0)], &layers).unwrap();
+        let start = image(48, 64, 2.0);
+        let stats = crate::statistics::ImageStatistics::compute(
+            &vgg,
+            style.clone(),
+            &start,
+            crate::objective::Pieces::WHOLE,
+        )
+        .unwrap();
+        let read = style_targets_of_statistics(&stats.encode().unwrap(), &layers).unwrap();
+        for ((l, t), (m, v)) in style.layers.iter().zip(&read) {
+            assert_eq!(l, m);
+            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), *v);
+        }
+        let e = style_targets_of_statistics(b"nope", &layers).unwrap_err();
+        assert!(e.to_string().contains("not a safetensors file"), "{e}");
+        let more = LayerName::parse_list("relu1_1,relu2_1").unwrap();
+        let e = style_targets_of_statistics(&stats.encode().unwrap(), &more).unwrap_err();
+        assert!(e.to_string().contains("lack style.relu2_1"), "{e}");
+    }
+
+    #[test]
+    fn narrow_margins_are_close_and_their_gradient_is_their_objectives() {
+        let (whole, joint, mut local) = both(16);
+        let x = image(72, 88, 3.0)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut g = vec![0.0; x.len()];
+        let a = whole.losses(&x).unwrap();
+        let b = joint.evaluate(&mut local, &x, &mut g).unwrap();
+        assert!(
+            (b.total - a.total).abs() / a.total < 0.5,
+            "{} {}",
+            b.total,
+            a.total
+        );
+        // The gradient is the tiled objective's own: a central difference along it agrees.
+        let norm: f64 = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        let step = 1e-2 / norm;
+        let mut at = |t: f64| {
+            let y: Vec<f32> = x
+                .iter()
+                .zip(&g)
+                .map(|(x, g)| x + (t * f64::from(*g)) as f32)
+                .collect();
+            joint.losses(&mut local, &y).unwrap().total
+        };
+        let (up, down) = (at(step), at(-step));
+        let slope = (up - down) / (2.0 * step);
+        assert!(
+            (slope - norm * norm).abs() / (norm * norm) < 2e-2,
+            "{slope} vs {}",
+            norm * norm
+        );
+    }
+}
