@@ -79,6 +79,8 @@ def farm_render(bins, args, workers, iterations, out_png):
                       "--tile-overlap", args.tile_overlap] + extra(args)
             if args.tile_passes:
                 submit += ["--tile-passes", args.tile_passes]
+            if args.tile_mode:
+                submit += ["--tile-mode", args.tile_mode]
             job = subprocess.run([str(c) for c in submit], env=env, check=True,
                                  capture_output=True, text=True).stdout.split()[-1]
             run([bins / "stylefarm", "watch", job], env=env, stdout=subprocess.DEVNULL,
@@ -114,6 +116,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "bench/out/tiles"))
     p.add_argument("--json", default=None)
     p.add_argument("--tile-passes", type=int, default=None, help="passes over the tiles (default: the farm's, 2)")
+    p.add_argument("--tile-mode", default=None, choices=["lockstep", "passes"],
+                   help="how the tiles are optimised (default: the farm's)")
     p.add_argument("--untiled", default=None,
                    help="an untiled render made earlier with the same settings: used instead of rendering one")
     args = p.parse_args()
@@ -126,7 +130,7 @@ def main():
     untiled, tiled = out / f"{stem}_untiled.png", out / f"{stem}_tiled.png"
 
     report = {"image_size": args.image_size, "tile_size": args.tile_size, "line_search": args.line_search,
-              "tile_passes": args.tile_passes or 2,
+              "tile_passes": args.tile_passes or 2, "tile_mode": args.tile_mode,
               "tile_overlap": args.tile_overlap, "num_iterations": args.num_iterations,
               "content": args.content, "style": args.style}
     if args.untiled:
@@ -149,7 +153,8 @@ def main():
     report["objective_ratio"] = objectives[1]["total"] / objectives[0]["total"]
     seams = subprocess.run(
         [str(bins / "stylefarm-bench"), "seams", tiled, untiled, "--tile-size",
-         str(args.tile_size), "--tile-overlap", str(args.tile_overlap)],
+         str(args.tile_size), "--tile-overlap", str(args.tile_overlap)]
+        + (["--lockstep"] if args.tile_mode == "lockstep" else []),
         check=True, capture_output=True, text=True).stdout
     report["seams"] = json.loads(seams)
 

@@ -175,6 +175,14 @@ impl Engine for LocalEngine {
     fn statistics(&self, input: &StatisticsInput) -> stylefarm_engine::Result<Vec<u8>> {
         self.inner.statistics(input)
     }
+
+    fn tile_objective(
+        &self,
+        settings: &stylefarm_engine::settings::RenderSettings,
+        content: &stylefarm_worker::engine::RgbImage,
+    ) -> stylefarm_engine::Result<stylefarm_worker::engine::TileObjective> {
+        self.inner.tile_objective(settings, content)
+    }
 }
 
 /// Passes everything on to the worker's observer, and keeps snapshots and losses locally.

@@ -28,9 +28,14 @@ pub struct SplitOptions {
     pub tile_overlap: Option<u32>,
     /// Passes over the tiles, sharing `--num-iterations` (default 2): after the first, each
     /// tile starts from the blended image and its margin holds what its neighbours made,
-    /// which takes the seams away.
+    /// which takes the seams away. `--tile-mode passes` only.
     #[arg(long, value_name = "N", requires = "tile_size")]
     pub tile_passes: Option<u32>,
+    /// How the tiles are optimised: `lockstep` (the whole image as one, every iteration
+    /// computed tile by tile on the workers: the untiled render up to the tiles' margins) or
+    /// `passes` (each tile on its own, then blended). Default: the coordinator's.
+    #[arg(long, value_name = "MODE", requires = "tile_size", value_parser = ["lockstep", "passes"])]
+    pub tile_mode: Option<String>,
     /// Render one task per value, e.g. `style-weight=10,100,1000`; several make a grid. The
     /// result is a labelled contact sheet; every point is an output too.
     #[arg(long, value_name = "PARAMETER=V1,V2,...")]
@@ -80,6 +85,11 @@ impl SplitOptions {
                 tile_size,
                 tile_overlap: self.tile_overlap.unwrap_or(tile_size / 8),
                 passes: self.tile_passes.unwrap_or(0),
+                mode: match self.tile_mode.as_deref() {
+                    Some("lockstep") => v1::TileMode::Lockstep,
+                    Some("passes") => v1::TileMode::Passes,
+                    _ => v1::TileMode::Unspecified,
+                } as i32,
             });
         }
         for sweep in &self.sweep {
@@ -161,6 +171,8 @@ struct PlanJson {
     tile_overlap: u32,
     tile_columns: u32,
     tile_rows: u32,
+    /// `lockstep` or `passes` (empty when the job is not tiled).
+    tile_mode: &'static str,
     /// Passes over the tiles (each with its statistics task).
     tile_passes: u32,
     tiles: Vec<TileJson>,
@@ -174,10 +186,12 @@ fn kind(spec: &v1::TaskSpec) -> &'static str {
         Some(Part::Frame(_)) | None => "frame",
         Some(Part::Tile(_)) => "tile",
         Some(Part::Statistics(_)) => "statistics",
+        Some(Part::Shard(_)) => "shard",
         Some(Part::Sweep(_)) => "sweep-point",
         Some(Part::Stage(_)) => "stage",
         Some(Part::Assemble(a)) => match v1::AssembleKind::try_from(a.kind) {
             Ok(v1::AssembleKind::ContactSheet) => "contact-sheet",
+            Ok(v1::AssembleKind::Lockstep) => "lockstep",
             _ => "assemble",
         },
     }
@@ -203,20 +217,33 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
             }
         })
         .collect();
-    // The grid, once: every pass renders the same tiles.
-    let tiles = plan
-        .tasks
-        .iter()
-        .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
-            Part::Tile(tile) if tile.pass == 0 => Some(TileJson {
-                x: tile.x,
-                y: tile.y,
-                w: tile.width,
-                h: tile.height,
-            }),
-            _ => None,
-        })
-        .collect();
+    // The grid, once: every pass renders the same tiles. Tiles in lock step are no tasks of
+    // their own: the plan lists their contexts.
+    let lockstep = !plan.lockstep_tiles.is_empty();
+    let tiles = if lockstep {
+        plan.lockstep_tiles
+            .iter()
+            .map(|r| TileJson {
+                x: r.x,
+                y: r.y,
+                w: r.width,
+                h: r.height,
+            })
+            .collect()
+    } else {
+        plan.tasks
+            .iter()
+            .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
+                Part::Tile(tile) if tile.pass == 0 => Some(TileJson {
+                    x: tile.x,
+                    y: tile.y,
+                    w: tile.width,
+                    h: tile.height,
+                }),
+                _ => None,
+            })
+            .collect()
+    };
     let options = plan.tiles.unwrap_or_default();
     PlanJson {
         width: plan.width,
@@ -232,6 +259,11 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
         tile_overlap: options.tile_overlap,
         tile_columns: plan.tile_columns,
         tile_rows: plan.tile_rows,
+        tile_mode: match (lockstep, options.tile_size) {
+            (true, _) => "lockstep",
+            (false, 0) => "",
+            (false, _) => "passes",
+        },
         tile_passes: plan
             .tasks
             .iter()
@@ -265,7 +297,18 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
         p.width,
         p.height
     );
-    if !p.tiles.is_empty() {
+    if p.tile_mode == "lockstep" {
+        let shards = p.tasks.iter().filter(|t| t.kind == "shard").count();
+        out.push_str(&format!(
+            "tile grid {}x{}: tiles of {} px in lock step, each seen with {} px of context, on \
+             {shards} shard{} (the coordinator optimises the whole image)\n",
+            p.tile_columns,
+            p.tile_rows,
+            p.tile_size,
+            p.tile_overlap.max(16),
+            if shards == 1 { "" } else { "s" },
+        ));
+    } else if !p.tiles.is_empty() {
         let coarse = p.tasks.iter().any(|t| t.kind == "coarse");
         out.push_str(&format!(
             "tile grid {}x{}: tiles of {} px overlapping by at least {} px, {} pass{}{}\n",
@@ -292,6 +335,15 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
                 .join(",")
         };
         let (size, memory, time) = if t.kind == "assemble" || t.kind == "contact-sheet" {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else if t.kind == "lockstep" {
+            // The coordinator's own memory: the image and the optimiser's history.
+            (
+                format!("{}x{}", t.width, t.height),
+                gib(t.estimated_memory_bytes),
+                "-".to_string(),
+            )
+        } else if false {
             ("-".to_string(), "-".to_string(), "-".to_string())
         } else {
             (
@@ -345,6 +397,7 @@ mod tests {
                 tile_size: 256,
                 tile_overlap: 32,
                 passes: 0,
+                mode: v1::TileMode::Unspecified as i32,
             })
         );
         assert_eq!(spec.sweeps[0].values, ["10", "100"]);
@@ -430,9 +483,11 @@ mod tests {
                 tile_size: 64,
                 tile_overlap: 8,
                 passes: 0,
+                mode: v1::TileMode::Passes as i32,
             }),
             tile_columns: 2,
             tile_rows: 1,
+            lockstep_tiles: Vec::new(),
         };
         let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
         assert_eq!(json["tiles"][1]["x"], 56);
@@ -441,5 +496,44 @@ mod tests {
         let text = plan_text(&plan);
         assert!(text.contains("tile grid 2x1"), "{text}");
         assert!(text.contains("80x80"), "{text}");
+
+        // In lock step the plan lists the tiles' contexts; the shards and the driver are tasks.
+        let task = |part, w, h| v1::PlannedTask {
+            spec: Some(v1::TaskSpec {
+                part: Some(part),
+                ..Default::default()
+            }),
+            width: w,
+            height: h,
+            estimated_memory_bytes: 1 << 30,
+            estimated_seconds: 3.0,
+        };
+        let driver = Part::Assemble(v1::Assemble {
+            kind: v1::AssembleKind::Lockstep as i32,
+            ..Default::default()
+        });
+        let rect = |x, w| v1::ShardRect {
+            x,
+            y: 0,
+            width: w,
+            height: 64,
+        };
+        let plan = PlanJobResponse {
+            tasks: vec![
+                task(Part::Shard(v1::Shard::default()), 96, 64),
+                task(driver, 120, 64),
+            ],
+            lockstep_tiles: vec![rect(0, 96), rect(32, 88)],
+            ..plan
+        };
+        let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
+        assert_eq!(json["tile_mode"], "lockstep");
+        assert_eq!(json["tiles"][1]["x"], 32);
+        assert_eq!(json["tiles"][1]["w"], 88);
+        assert_eq!(json["tasks"][0]["kind"], "shard");
+        assert_eq!(json["tasks"][1]["kind"], "lockstep");
+        let text = plan_text(&plan);
+        assert!(text.contains("in lock step"), "{text}");
+        assert!(text.contains("on 1 shard "), "{text}");
     }
 }

@@ -1,6 +1,6 @@
 //! The coordinator's own tasks: putting a job's result together from the results of the
 //! tasks it depends on — feathered blending of tiles into the full image, or a labelled contact
-//! sheet of a sweep's points.
+//! sheet of a sweep's points — and driving tiles in lock step ([`crate::lockstep`]).
 //!
 //! One loop waits for assemble tasks to become ready ([`Signals::assembly_ready`], and once at
 //! start for those a restart left behind), reads their inputs from the blob store, decodes,
@@ -22,13 +22,19 @@ use tokio::sync::Mutex;
 use crate::blobs::{BlobHash, BlobStore};
 use crate::core::{CoreHandle, Signals};
 use crate::error::{CoordinatorError, Result};
-use crate::scheduler::Assembly;
+use crate::lockstep::Lockstep;
+use crate::scheduler::{is_lockstep, Assembly};
 
 /// Longest side of one image on a contact sheet.
 const SHEET_CELL: u32 = 256;
 
 /// Runs assemble tasks until shutdown.
-pub(crate) async fn assembler_loop(core: CoreHandle, blobs: Arc<BlobStore>, signals: Arc<Signals>) {
+pub(crate) async fn assembler_loop(
+    core: CoreHandle,
+    blobs: Arc<BlobStore>,
+    signals: Arc<Signals>,
+    lockstep: Arc<Lockstep>,
+) {
     let running: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
     loop {
         let ready = match core.call(|c| Ok(c.sched.ready_assemblies())).await {
@@ -43,9 +49,10 @@ pub(crate) async fn assembler_loop(core: CoreHandle, blobs: Arc<BlobStore>, sign
                 continue;
             }
             let (core, blobs, running) = (core.clone(), blobs.clone(), running.clone());
+            let (signals, lockstep) = (signals.clone(), lockstep.clone());
             tokio::spawn(async move {
                 let task = assembly.task;
-                run(&core, &blobs, assembly).await;
+                run(&core, &blobs, &signals, &lockstep, assembly).await;
                 running.lock().await.remove(&task);
             });
         }
@@ -57,9 +64,19 @@ pub(crate) async fn assembler_loop(core: CoreHandle, blobs: Arc<BlobStore>, sign
 }
 
 /// Assembles one task and reports the outcome to the scheduler.
-async fn run(core: &CoreHandle, blobs: &BlobStore, assembly: Assembly) {
+async fn run(
+    core: &CoreHandle,
+    blobs: &BlobStore,
+    signals: &Signals,
+    lockstep: &Lockstep,
+    assembly: Assembly,
+) {
     let (task, job) = (assembly.task, assembly.job);
-    let outcome = assemble(blobs, assembly).await;
+    let outcome = if is_lockstep(&assembly.spec) {
+        crate::lockstep::run(core, blobs, lockstep, signals, assembly).await
+    } else {
+        assemble(blobs, assembly).await
+    };
     match &outcome {
         Ok(b) => tracing::info!(job_id = %job, task_id = %task, sha256 = %b.sha256, "assembled"),
         Err(e) => tracing::warn!(job_id = %job, task_id = %task, error = %e, "assembly failed"),
@@ -95,9 +112,9 @@ async fn assemble(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> 
     let png = tokio::task::spawn_blocking(move || match kind {
         Some(v1::AssembleKind::Tiles) => blend_tiles(&job_spec, &specs, &encoded),
         Some(v1::AssembleKind::ContactSheet) => sheet(&job_spec, &specs, &encoded),
-        Some(v1::AssembleKind::Unspecified) | None => Err(CoordinatorError::Internal(
-            "an assemble task of no known kind".into(),
-        )),
+        Some(v1::AssembleKind::Unspecified | v1::AssembleKind::Lockstep) | None => Err(
+            CoordinatorError::Internal("an assemble task of no known kind".into()),
+        ),
     })
     .await
     .map_err(|e| CoordinatorError::Internal(format!("the assembly thread failed: {e}")))??;
@@ -189,7 +206,7 @@ fn sheet(job: &v1::JobSpec, specs: &[v1::TaskSpec], encoded: &[Vec<u8>]) -> Resu
 }
 
 /// Stores `data` as a blob and returns its reference.
-async fn store(blobs: &BlobStore, data: &[u8]) -> Result<v1::BlobRef> {
+pub(crate) async fn store(blobs: &BlobStore, data: &[u8]) -> Result<v1::BlobRef> {
     let sha = hex::encode(Sha256::digest(data));
     let hash = BlobHash::parse(&sha, "sha256")?;
     let size = data.len() as u64;

@@ -73,6 +73,10 @@ pub enum CoordinatorError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Something the call needs is not there yet, or no longer (UNAVAILABLE): the caller may
+    /// try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug: an internal step failed that should not (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,7 +115,9 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::LimitExceeded(_) => Self::resource_exhausted(message),
             CoordinatorError::OffsetOutOfRange { .. } => Self::out_of_range(message),
             CoordinatorError::Unauthenticated => Self::unauthenticated(message),
-            CoordinatorError::ShuttingDown => Self::unavailable(message),
+            CoordinatorError::ShuttingDown | CoordinatorError::Unavailable(_) => {
+                Self::unavailable(message)
+            }
             CoordinatorError::Database(_)
             | CoordinatorError::Corrupt { .. }
             | CoordinatorError::Io { .. }

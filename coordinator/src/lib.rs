@@ -28,6 +28,7 @@ mod blobs;
 mod clock;
 mod core;
 mod error;
+mod lockstep;
 mod plan;
 mod scheduler;
 mod service;
@@ -53,9 +54,13 @@ pub use crate::error::CoordinatorError;
 use crate::assemble::assembler_loop;
 use crate::blobs::BlobStore;
 use crate::core::{Core, CoreHandle, Signals};
+use crate::lockstep::Lockstep;
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Api, Auth, Limits};
 use crate::validate::{ImageChecker, JobLimits};
+
+/// The largest message of a lock-step shard's stream (a tile's pixels or gradient).
+pub const MAX_SHARD_MESSAGE_BYTES: usize = 256 << 20;
 
 /// How the coordinator runs.
 #[derive(Clone)]
@@ -166,7 +171,9 @@ pub async fn serve_with_clock(
     let (core, db_stopped) = CoreHandle::start(core).context("cannot start the database thread")?;
 
     let blobs = Arc::new(blobs);
+    let lockstep = Arc::new(Lockstep::default());
     let api = Api {
+        lockstep: lockstep.clone(),
         core: core.clone(),
         blobs: blobs.clone(),
         images: Arc::new(ImageChecker::new()),
@@ -229,8 +236,11 @@ pub async fn serve_with_clock(
                 api.clone(),
                 auth.clone(),
             ))
-            .add_service(WorkerServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                // A shard's reply carries a tile's gradient: more than gRPC's default 4 MiB
+                // for tiles over ~580 px with their margins.
+                WorkerServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_SHARD_MESSAGE_BYTES),
                 auth.clone(),
             ))
             .add_service(AdminServiceServer::with_interceptor(api, auth));
@@ -250,7 +260,7 @@ pub async fn serve_with_clock(
     let (served, (), ()) = tokio::join!(
         server,
         expiry_loop(core.clone(), clock, signals.clone()),
-        assembler_loop(core.clone(), blobs, signals)
+        assembler_loop(core.clone(), blobs, signals, lockstep)
     );
     core.stop().await;
     let _ = db_stopped.await;

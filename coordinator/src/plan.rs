@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 
 use stylefarm_engine::image_io::fit_max_side;
+use stylefarm_engine::joint::joint_tiles;
 use stylefarm_engine::settings::{RenderSettings, MAX_IMAGE_SIZE};
 use stylefarm_engine::tiles::{
     estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, TileGrid,
@@ -35,6 +36,9 @@ fn context_margin(overlap: u32) -> u32 {
 
 /// Passes over the tiles when the job does not say.
 pub(crate) const DEFAULT_TILE_PASSES: u32 = 2;
+
+/// Whether tiles whose job does not say are rendered in lock step (else in passes).
+const DEFAULT_LOCKSTEP: bool = false;
 /// The most passes over the tiles a job may ask for.
 pub(crate) const MAX_TILE_PASSES: u32 = 8;
 
@@ -60,6 +64,15 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordinatorEr
 }
 
 /// What the planner needs besides the spec.
+/// What the farm has now, as planning needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FarmSize {
+    /// The most memory a live worker reports, bytes (0: none says).
+    pub(crate) max_worker_memory: u64,
+    /// Live workers.
+    pub(crate) workers: usize,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct PlanInputs<'a> {
     /// The checked engine settings of the job.
@@ -70,6 +83,8 @@ pub(crate) struct PlanInputs<'a> {
     pub(crate) names: &'a [String],
     /// The most memory a live worker reports (0: none reports any).
     pub(crate) max_worker_memory: u64,
+    /// Live workers: the shards of tiles in lock step (at least one).
+    pub(crate) workers: usize,
     /// The most tasks a job may have.
     pub(crate) max_tasks: usize,
 }
@@ -190,6 +205,12 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 ),
             ));
         }
+        if v1::TileMode::try_from(tiles.mode).is_err() {
+            return Err(invalid(
+                "spec.tiles.mode",
+                format!("{} is not a tile mode", tiles.mode),
+            ));
+        }
         if tiles.tile_overlap >= tiles.tile_size {
             return Err(invalid(
                 "spec.tiles.tile_overlap",
@@ -228,7 +249,15 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
             };
             match options.filter(|t| out.0.max(out.1) > t.tile_size) {
                 Some(t) => {
-                    let grid = plan_tiles(&mut b, &wire, frame, out, t, name)?;
+                    let grid = if lockstep(&t) {
+                        let (grid, tiles) = plan_lockstep(&mut b, &wire, frame, out, t, name)?;
+                        if response.lockstep_tiles.is_empty() {
+                            response.lockstep_tiles = tiles;
+                        }
+                        grid
+                    } else {
+                        plan_tiles(&mut b, &wire, frame, out, t, name)?
+                    };
                     if chosen_tiles.is_none() {
                         chosen_tiles = Some((t, grid));
                     }
@@ -278,6 +307,9 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 width: d.width,
                 height: d.height,
                 estimated_memory_bytes: match &d.spec.part {
+                    Some(Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32 => {
+                        driver_memory_bytes(d.width, d.height, settings, iterations)
+                    }
                     Some(Part::Assemble(_)) => 0,
                     Some(Part::Statistics(st)) => {
                         let (w, h) = gram_piece(st.full_width, st.full_height, st.piece_size);
@@ -287,6 +319,15 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 },
                 estimated_seconds: if assemble {
                     0.0
+                } else if let Some(Part::Shard(sh)) = &d.spec.part {
+                    // Its share of every tile's context, each evaluated forward twice and
+                    // backward once (a third more than a render's forward and backward).
+                    let contexts: f64 = response
+                        .lockstep_tiles
+                        .iter()
+                        .map(|r| estimated_seconds(r.width, r.height, iterations))
+                        .sum();
+                    contexts * 4.0 / 3.0 / f64::from(sh.count.max(1))
                 } else {
                     estimated_seconds(d.width, d.height, iterations)
                 },
@@ -297,6 +338,18 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
         tasks: drafts.into_iter().map(|d| d.spec).collect(),
         response,
     })
+}
+
+/// The coordinator's memory for a lock-step render of `w` x `h`: the image, the gradient and
+/// the optimiser's state (L-BFGS keeps two vectors per iteration of its history) in float32.
+fn driver_memory_bytes(w: u32, h: u32, settings: &RenderSettings, iterations: u32) -> u64 {
+    let vectors = match settings.optimizer {
+        stylefarm_engine::optim::Optimizer::Lbfgs { history, .. } => {
+            2 * (history as u64).min(u64::from(iterations)) + 6
+        }
+        stylefarm_engine::optim::Optimizer::Adam { .. } => 5,
+    };
+    vectors * 12 * u64::from(w) * u64::from(h)
 }
 
 /// Whether the largest worker (`max_worker_memory` bytes, 0: none says) has the memory for
@@ -322,6 +375,7 @@ fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::T
         tile_size: size,
         tile_overlap: default_overlap(size),
         passes: 0,
+        mode: v1::TileMode::Unspecified as i32,
     }))
 }
 
@@ -463,6 +517,7 @@ fn plan_tiles(
         }
         let part = Part::Assemble(v1::Assemble {
             kind: v1::AssembleKind::Tiles as i32,
+            ..Default::default()
         });
         let output = if last {
             name.clone()
@@ -476,6 +531,122 @@ fn plan_tiles(
         start = Some(assembled);
     }
     Ok((columns, rows))
+}
+
+/// Whether tiles of `t` are rendered in lock step.
+fn lockstep(t: &v1::TileOptions) -> bool {
+    match v1::TileMode::try_from(t.mode) {
+        Ok(v1::TileMode::Lockstep) => true,
+        Ok(v1::TileMode::Passes) => false,
+        _ => DEFAULT_LOCKSTEP,
+    }
+}
+
+/// The margin of context around a tile in lock step: its features near the edge see that
+/// much of their neighbourhood (the rest is zero padding).
+fn lockstep_margin(t: &v1::TileOptions) -> u32 {
+    t.tile_overlap.max(16)
+}
+
+/// Tiles in lock step (`stylefarm_engine::joint`): the whole image's statistics (for its
+/// style targets), one shard task per live worker (at most one per tile), and the
+/// coordinator's driver, which optimises the whole image with the shards and whose result is
+/// the frame's output. Returns the grid's `(columns, rows)` and the tiles' contexts.
+fn plan_lockstep(
+    b: &mut Builder<'_>,
+    wire: &v1::RenderSettings,
+    frame: usize,
+    (w, h): (u32, u32),
+    t: v1::TileOptions,
+    name: String,
+) -> Result<((usize, usize), Vec<v1::ShardRect>)> {
+    if t.passes > 1 {
+        return Err(invalid(
+            "spec.tiles.passes",
+            "tiles in lock step are optimised together in one pass; passes are for the passes mode",
+        ));
+    }
+    let settings = b.inputs.settings;
+    let align = settings
+        .content_layers
+        .iter()
+        .chain(&settings.style_layers)
+        .map(|l| l.stride())
+        .max()
+        .unwrap_or(1);
+    let margin = lockstep_margin(&t);
+    let tiles = joint_tiles(w, h, t.tile_size, margin, align)
+        .map_err(|e| invalid("spec.tiles", e.to_string()))?;
+    let columns = tiles.iter().filter(|r| r.core.y == 0).count();
+    let rows = tiles.len() / columns.max(1);
+    let piece_size = if fits_one_worker((w, h), b.inputs.max_worker_memory) {
+        0
+    } else {
+        (t.tile_size + 2 * margin)
+            .saturating_sub(2 * GRAM_MARGIN as u32)
+            .max(MIN_TILE_SIZE)
+    };
+    let statistics = b.push(
+        frame,
+        v1::RenderSettings {
+            image_size: Some(w.max(h)),
+            num_iterations: Some(1),
+            ..wire.clone()
+        },
+        Part::Statistics(v1::Statistics {
+            full_width: w,
+            full_height: h,
+            piece_size,
+            pass: 0,
+        }),
+        suffixed(&name, "_statistics"),
+        (w, h),
+    );
+    b.last().intermediate = true;
+    let largest = tiles
+        .iter()
+        .map(|r| (r.context.width, r.context.height))
+        .max_by_key(|&(w, h)| u64::from(w) * u64::from(h))
+        .unwrap_or((w, h));
+    let shards = b.inputs.workers.clamp(1, tiles.len());
+    for index in 0..shards {
+        let part = Part::Shard(v1::Shard {
+            index: index as u32,
+            count: shards as u32,
+            full_width: w,
+            full_height: h,
+        });
+        b.push(
+            frame,
+            wire.clone(),
+            part,
+            suffixed(&name, &format!("_shard_{index:02}")),
+            largest,
+        );
+        let spec = b.last();
+        spec.depends_on = vec![statistics];
+        spec.intermediate = true;
+        b.check_count()?;
+    }
+    let part = Part::Assemble(v1::Assemble {
+        kind: v1::AssembleKind::Lockstep as i32,
+        full_width: w,
+        full_height: h,
+        tile_size: t.tile_size,
+        margin,
+    });
+    b.push(frame, wire.clone(), part, name, (w, h));
+    b.last().depends_on = vec![statistics];
+    let contexts = tiles
+        .iter()
+        .map(|r| v1::ShardRect {
+            x: r.context.x,
+            y: r.context.y,
+            width: r.context.width,
+            height: r.context.height,
+        })
+        .collect();
+    Ok(((columns, rows), contexts))
 }
 
 /// One value of a sweep applied to the wire settings.
@@ -596,6 +767,7 @@ fn plan_sweep(b: &mut Builder<'_>, wire: &v1::RenderSettings) -> Result<()> {
     }
     let part = Part::Assemble(v1::Assemble {
         kind: v1::AssembleKind::ContactSheet as i32,
+        ..Default::default()
     });
     b.push(0, wire.clone(), part, suffixed(&name, "_sweep"), (0, 0));
     let sheet = b.last();
@@ -746,6 +918,7 @@ mod tests {
                 content_dims: dims,
                 names: &names,
                 max_worker_memory: memory,
+                workers: 2,
                 max_tasks: 400,
             },
         )
@@ -781,6 +954,7 @@ mod tests {
             tile_size: 96,
             tile_overlap: 16,
             passes: 0,
+            mode: v1::TileMode::Passes as i32,
         });
         let p = plan(&mut j, &[(400, 300)], 0).unwrap();
         // 200x150 output: 3 columns (96 - 16 = 80 stride: ceil(184 / 80)) x 2 rows.
@@ -988,6 +1162,7 @@ mod tests {
                         tile_size: 128,
                         tile_overlap: 128,
                         passes: 0,
+                        mode: v1::TileMode::Passes as i32,
                     })
                 }),
                 "invalid spec.tiles.tile_overlap: 128 px is not smaller",
@@ -998,6 +1173,7 @@ mod tests {
                         tile_size: 8,
                         tile_overlap: 0,
                         passes: 0,
+                        mode: v1::TileMode::Passes as i32,
                     })
                 }),
                 "invalid spec.tiles.tile_size",
@@ -1054,6 +1230,7 @@ mod tests {
                         tile_size: 128,
                         tile_overlap: 0,
                         passes: 0,
+                        mode: v1::TileMode::Passes as i32,
                     });
                 }),
                 "invalid spec.temporal: temporal rendering cannot be combined with tiles",

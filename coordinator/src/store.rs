@@ -577,6 +577,7 @@ mod tests {
         let assemble = v1::TaskSpec {
             part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
                 kind: v1::AssembleKind::Tiles as i32,
+                ..Default::default()
             })),
             depends_on: vec![0],
             job_result: true,

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::blobs::{BlobHash, BlobStore};
 use crate::error::{CoordinatorError, Result};
-use crate::plan::{plan_tasks, PlanInputs};
+use crate::plan::{plan_tasks, FarmSize, PlanInputs};
 
 /// Most style images in one job.
 pub(crate) const MAX_STYLES: usize = 32;
@@ -161,14 +161,15 @@ fn output_names(spec: &v1::JobSpec) -> Vec<String> {
     names
 }
 
-/// Checks a submitted spec and plans its tasks; `max_worker_memory` (the most a live worker
-/// reports, 0 for none) decides the tile size when the job gives none and needs one.
+/// Checks a submitted spec and plans its tasks for the live workers `farm` (the most memory
+/// one reports decides the tile size when the job gives none and needs one; their number, the
+/// shards of tiles in lock step).
 pub(crate) async fn plan_job(
     spec: Option<v1::JobSpec>,
     limits: JobLimits,
     blobs: &BlobStore,
     images: &ImageChecker,
-    max_worker_memory: u64,
+    farm: FarmSize,
 ) -> Result<JobPlan> {
     let mut spec = spec.ok_or_else(|| invalid("spec", "missing: a job needs a spec"))?;
 
@@ -283,7 +284,8 @@ pub(crate) async fn plan_job(
             settings: &engine,
             content_dims: &content_dims,
             names: &names,
-            max_worker_memory,
+            max_worker_memory: farm.max_worker_memory,
+            workers: farm.workers,
             max_tasks: limits.max_tasks,
         },
     )?;

@@ -205,6 +205,18 @@ impl From<&engine::Losses> for v1::Losses {
     }
 }
 
+/// Little-endian float32 bytes, as lock-step tiles carry pixels, Gram matrices and gradients.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The float32 values of little-endian bytes (a trailing partial value is dropped).
+pub fn f32_values(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

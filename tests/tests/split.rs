@@ -35,6 +35,17 @@ async fn spec_of(
     job_spec(content, vec![style], settings)
 }
 
+/// Waits until the farm lists `n` workers (they have registered).
+async fn wait_for_workers(client: &stylefarm_client::farm::FarmClient, n: usize) {
+    within("the workers to register", async {
+        while client.workers().await.unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn run(client: &stylefarm_client::farm::FarmClient, spec: JobSpec) -> v1::Job {
     let id = client.submit(spec).await.unwrap();
     let job = await_job(client, &id).await.unwrap();
@@ -47,11 +58,16 @@ async fn result_of(client: &stylefarm_client::farm::FarmClient, job: &v1::Job) -
 }
 
 fn tiles(spec: &JobSpec, size: u32, overlap: u32) -> JobSpec {
+    tiles_in(spec, size, overlap, v1::TileMode::Passes)
+}
+
+fn tiles_in(spec: &JobSpec, size: u32, overlap: u32, mode: v1::TileMode) -> JobSpec {
     JobSpec {
         tiles: Some(v1::TileOptions {
             tile_size: size,
             tile_overlap: overlap,
             passes: 0,
+            mode: mode as i32,
         }),
         ..spec.clone()
     }
@@ -138,14 +154,7 @@ async fn an_image_too_big_for_the_workers_memory_is_tiled_without_being_asked() 
     config.memory_bytes = 1 << 30;
     let worker = Worker::start_with(config, fake(Duration::from_millis(1)));
     let client = coordinator.client().await.unwrap();
-    // The worker has registered once the farm lists it.
-    within("the worker to register", async {
-        while client.workers().await.unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_for_workers(&client, 1).await;
     let content = pattern(64, 48, 1);
     let spec = spec_of(
         &client,
@@ -374,5 +383,89 @@ async fn a_real_tiled_render_improves_with_each_pass_and_has_its_seams_measured(
     assert!(ratio.is_finite() && ratio < 3.0, "objective ratio {ratio}");
 
     worker.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_margins() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let workers = [
+        Worker::start(coordinator.url(), "a", engine.clone()),
+        Worker::start(coordinator.url(), "b", engine),
+    ];
+    let client = coordinator.client().await.unwrap();
+    wait_for_workers(&client, 2).await;
+
+    let content = noise(128, 96, 1);
+    let style = pattern(64, 64, 3);
+    let mut settings = settings(128, 8);
+    settings.init = Init::Content;
+    let untiled_spec = spec_of(&client, &[&content], &style, &settings).await;
+    let tiled_spec = tiles_in(&untiled_spec, 64, 32, v1::TileMode::Lockstep);
+
+    // The plan: the statistics, a shard per worker and the coordinator's driver; a 2x2 grid
+    // of tiles whose contexts reach 32 px past them.
+    let plan = client.plan(tiled_spec.clone()).await.unwrap();
+    let kinds: Vec<_> = plan
+        .tasks
+        .iter()
+        .map(|t| match t.spec.as_ref().unwrap().part.as_ref().unwrap() {
+            Part::Statistics(_) => "statistics",
+            Part::Shard(_) => "shard",
+            Part::Assemble(_) => "driver",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["statistics", "shard", "shard", "driver"]);
+    assert_eq!((plan.tile_columns, plan.tile_rows), (2, 2));
+    let contexts: Vec<_> = plan
+        .lockstep_tiles
+        .iter()
+        .map(|r| (r.x, r.y, r.width, r.height))
+        .collect();
+    assert_eq!(
+        contexts,
+        [
+            (0, 0, 96, 80),
+            (32, 0, 96, 80),
+            (0, 16, 96, 80),
+            (32, 16, 96, 80)
+        ]
+    );
+
+    let untiled = run(&client, untiled_spec).await;
+    let tiled_job = run(&client, tiled_spec).await;
+    let (untiled, tiled) = (
+        result_of(&client, &untiled).await,
+        result_of(&client, &tiled_job).await,
+    );
+    assert_eq!(tiled.dimensions(), (128, 96));
+    // Both workers took part: each shard task ended with the job's result.
+    for shard in &tiled_job.tasks[1..3] {
+        assert_eq!(shard.state, v1::TaskState::Succeeded as i32);
+        assert_eq!(shard.result, tiled_job.result);
+    }
+    assert_ne!(tiled_job.tasks[1].worker_id, tiled_job.tasks[2].worker_id);
+
+    let vgg = Vgg::new(
+        VggWeights::load(&tiny_vgg16(), &Device::Cpu).unwrap(),
+        Pooling::Max,
+    )
+    .unwrap();
+    let objective = |img| objective_of(&vgg, img, &content, &style, &settings);
+    let ratio = objective(&tiled) / objective(&untiled);
+    let grid = TileGrid::new(128, 96, 64, 0).unwrap();
+    let score = seam_score(&grid, &tiled, &untiled).unwrap();
+    eprintln!("tiny VGG, 128x96 in 64 px tiles in lock step: objective ratio {ratio:.4}, seam score {score:.3}");
+    // The same optimisation as the untiled render's but for features near a tile's edge,
+    // which see 32 px of context instead of the whole image.
+    assert!((ratio - 1.0).abs() < 0.05, "objective ratio {ratio}");
+    assert!(score < 1.1, "seam score {score}");
+
+    for w in workers {
+        w.stop().await.unwrap();
+    }
     coordinator.stop().await.unwrap();
 }

@@ -16,6 +16,7 @@ use stylefarm_engine::render::{
     render_with_targets_in, style_targets, style_targets_in_pieces, Observer, RenderInputs,
 };
 use stylefarm_engine::settings::{Init, Losses, RenderSettings};
+pub use stylefarm_engine::shard::TileObjective;
 use stylefarm_engine::statistics::ImageStatistics;
 use stylefarm_engine::tiles::Rect;
 use stylefarm_engine::vgg::Vgg;
@@ -36,6 +37,20 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The whole image's statistics for its tiles, as the blob tile tasks get.
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>>;
+
+    /// The evaluator of an image's tiles in lock step (a shard task): `content` at the full
+    /// output size, with `settings`' layers, pooling and content weight. An engine without a
+    /// network refuses.
+    fn tile_objective(
+        &self,
+        _settings: &RenderSettings,
+        _content: &RgbImage,
+    ) -> Result<TileObjective> {
+        Err(stylefarm_engine::EngineError::InvalidOption {
+            option: "tiles",
+            reason: "this worker's engine cannot evaluate tiles in lock step".into(),
+        })
+    }
 }
 
 /// What the statistics of a tiled image are computed from, decoded.
@@ -201,6 +216,22 @@ impl Engine for CandleEngine {
             losses: out.losses,
             iterations: out.iterations,
         })
+    }
+
+    fn tile_objective(
+        &self,
+        settings: &RenderSettings,
+        content: &RgbImage,
+    ) -> Result<TileObjective> {
+        let vgg = self.vgg.with_pooling(settings.pooling);
+        let content = image_to_tensor(content, vgg.preprocess(), vgg.device())?;
+        TileObjective::new(
+            vgg,
+            content,
+            &settings.content_layers,
+            &settings.style_layers,
+            settings.content_weight,
+        )
     }
 
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {

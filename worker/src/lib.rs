@@ -33,6 +33,7 @@ pub mod engine;
 pub mod fake;
 mod observer;
 mod rpc;
+mod shard;
 mod task;
 pub mod weights;
 mod worker;

@@ -31,6 +31,7 @@ use crate::blobs::{self, BlobCache, MAX_BLOB_BYTES};
 use crate::engine::{Engine, StatisticsInput, TaskInput};
 use crate::observer::{ProgressObserver, ProgressState};
 use crate::rpc::{describe, lease_lost, retry, within, Rpc, RPC_TIMEOUT};
+use crate::shard::{serve, ShardInput};
 use crate::worker::Shutdown;
 use stylefarm_proto::blob::{is_sha256, sha256_hex};
 
@@ -67,13 +68,13 @@ enum Stop {
 
 /// A task that cannot be done, as reported with `FailTask`.
 #[derive(Debug, Clone, PartialEq)]
-struct Failure {
-    kind: FailureKind,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn application(message: impl Into<String>) -> Self {
+    pub(crate) fn application(message: impl Into<String>) -> Self {
         Self {
             kind: FailureKind::Application,
             message: message.into(),
@@ -87,7 +88,7 @@ impl Failure {
         }
     }
 
-    fn from_engine(e: &EngineError) -> Self {
+    pub(crate) fn from_engine(e: &EngineError) -> Self {
         let message = e.to_string();
         let kind = match e {
             EngineError::Cancelled => FailureKind::Interrupted,
@@ -126,6 +127,8 @@ struct Plan {
     statistics: Option<v1::Statistics>,
     /// For a tile: the whole image's statistics blob.
     image_statistics: Option<BlobRef>,
+    /// A shard of tiles in lock step: no render of its own, the coordinator's evaluations.
+    shard: Option<v1::Shard>,
 }
 
 /// Checks everything in `spec` that can be checked before downloading anything.
@@ -172,10 +175,15 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         Init::Image => Some(blob(spec.init_image.as_ref(), "init_image")?),
         Init::Random | Init::Content => None,
     };
-    let (mut tile, mut statistics) = (None, None);
+    let (mut tile, mut statistics, mut shard) = (None, None, None);
     match &spec.part {
         Some(Part::Tile(t)) => tile = Some(check_tile(t)?),
         Some(Part::Statistics(st)) => statistics = Some(check_statistics(st)?),
+        Some(Part::Shard(sh)) => {
+            check_full_size(sh.full_width, sh.full_height)
+                .map_err(|reason| Failure::application(format!("invalid spec.shard: {reason}")))?;
+            shard = Some(*sh);
+        }
         Some(Part::Assemble(_)) => {
             return Err(Failure::application(
                 "invalid spec.assemble: assembling a job's result is the coordinator's work",
@@ -195,6 +203,7 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         tile,
         statistics,
         image_statistics,
+        shard,
     })
 }
 
@@ -478,11 +487,25 @@ async fn fetch(ctx: &TaskContext, blob: &BlobRef, what: &str) -> Result<Vec<u8>,
 /// Everything from the first download to the uploaded result.
 async fn work(
     ctx: &TaskContext,
+    lease_id: &str,
     plan: Plan,
     cancel: Arc<AtomicBool>,
     progress: watch::Sender<ProgressState>,
 ) -> Result<Finished, Failure> {
     let content = fetch(ctx, &plan.content, "content image").await?;
+    if let Some(shard) = plan.shard {
+        let input = ShardInput {
+            lease_id: lease_id.to_string(),
+            shard,
+            settings: plan.settings,
+            content,
+        };
+        let result = serve(ctx.rpc.workers.clone(), ctx.engine.clone(), input, cancel).await?;
+        return Ok(Finished {
+            result,
+            losses: v1::Losses::default(),
+        });
+    }
     let mut styles = Vec::with_capacity(plan.styles.len());
     for (i, b) in plan.styles.iter().enumerate() {
         styles.push(fetch(ctx, b, &format!("style image {}", i + 1)).await?);
@@ -566,7 +589,7 @@ async fn drive(ctx: &TaskContext, lease: Lease, shutdown: &mut Shutdown) {
         total: plan.settings.num_iterations,
         ..ProgressState::default()
     });
-    let work = work(ctx, plan, cancel.clone(), progress_tx);
+    let work = work(ctx, &lease_id, plan, cancel.clone(), progress_tx);
     tokio::pin!(work);
 
     let far = Instant::now() + Duration::from_secs(86_400 * 365);

@@ -57,6 +57,15 @@ impl Mock {
 
 #[tonic::async_trait]
 impl WorkerService for Mock {
+    type ShardStream = Pin<Box<dyn Stream<Item = Result<ShardCommand, Status>> + Send>>;
+
+    async fn shard(
+        &self,
+        _req: Request<Streaming<ShardReply>>,
+    ) -> Result<Response<Self::ShardStream>, Status> {
+        Err(Status::unimplemented("the mock has no lock-step tiles"))
+    }
+
     async fn register_worker(
         &self,
         req: Request<RegisterWorkerRequest>,

@@ -821,6 +821,51 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Progress of a task the coordinator runs itself (a lock-step render), while it is ready.
+    pub(crate) fn own_progress(
+        &mut self,
+        task_id: TaskId,
+        progress: v1::Progress,
+        now: i64,
+    ) -> Result<()> {
+        let task = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| not_found("task", task_id))?;
+        if !task.state.is_ready() || !is_assemble(&task.spec) {
+            return Ok(());
+        }
+        task.progress = Some(progress);
+        let job = task.job;
+        self.effects.push(Effect::TaskChanged(task_id));
+        self.refresh_job(job, now);
+        Ok(())
+    }
+
+    /// For a shard's stream: the shard task and job behind `lease`, and the job's lock-step
+    /// result when it is already made.
+    pub(crate) fn shard_lease(
+        &self,
+        lease: LeaseId,
+    ) -> Result<(TaskId, JobId, Option<v1::BlobRef>)> {
+        let (task_id, _) = self.held(lease)?;
+        let task = self
+            .tasks
+            .get(&task_id)
+            .ok_or(CoordinatorError::LeaseLost { lease })?;
+        if !matches!(task.spec.part, Some(v1::task_spec::Part::Shard(_))) {
+            return Err(CoordinatorError::invalid(
+                "hello.lease_id",
+                "the lease is not a shard task's",
+            ));
+        }
+        let done = self
+            .job_tasks(task.job)
+            .find(|t| is_lockstep(&t.spec) && t.state == TaskState::Succeeded)
+            .and_then(|t| t.result.clone());
+        Ok((task_id, task.job, done))
+    }
+
     /// Assemble tasks ready to run, with what they need: their own spec and, in order, the
     /// specs and results of the tasks they depend on.
     pub(crate) fn ready_assemblies(&self) -> Vec<Assembly> {
@@ -1023,6 +1068,15 @@ impl Scheduler {
             .map(|w| w.capabilities.memory_bytes)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The workers seen within a lease duration of `now`.
+    pub(crate) fn live_workers(&self, now: i64) -> usize {
+        let cutoff = now.saturating_sub(self.config.lease_ms);
+        self.workers
+            .values()
+            .filter(|w| w.last_seen_ms >= cutoff)
+            .count()
     }
 
     /// Counts for `QueueStats`; workers count when seen within a lease duration of `now`.
@@ -1323,6 +1377,11 @@ pub(crate) struct Assembly {
 /// Whether the coordinator runs the task itself.
 pub(crate) fn is_assemble(spec: &v1::TaskSpec) -> bool {
     matches!(spec.part, Some(v1::task_spec::Part::Assemble(_)))
+}
+
+/// Whether the task is a lock-step render's driver.
+pub(crate) fn is_lockstep(spec: &v1::TaskSpec) -> bool {
+    matches!(&spec.part, Some(v1::task_spec::Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32)
 }
 
 fn is_statistics(spec: &v1::TaskSpec) -> bool {

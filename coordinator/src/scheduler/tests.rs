@@ -528,6 +528,7 @@ fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
     v1::TaskSpec {
         part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
             kind: v1::AssembleKind::Tiles as i32,
+            ..Default::default()
         })),
         job_result: true,
         ..task("out.png", depends_on)

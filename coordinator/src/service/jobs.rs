@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{parse_id, Api};
 use crate::error::CoordinatorError;
+use crate::plan::FarmSize;
 use crate::scheduler::Detail;
 use crate::validate::{plan_job, JobPlan};
 
@@ -133,14 +134,17 @@ impl JobService for Api {
 impl Api {
     /// Checks a spec and plans its tasks for the workers the farm has now.
     async fn plan(&self, spec: Option<v1::JobSpec>) -> Result<JobPlan, CoordinatorError> {
-        let memory = self
+        let farm = self
             .core
             .call(|c| {
                 let now = c.now_ms();
-                Ok(c.sched.max_worker_memory(now))
+                Ok(FarmSize {
+                    max_worker_memory: c.sched.max_worker_memory(now),
+                    workers: c.sched.live_workers(now),
+                })
             })
             .await?;
-        plan_job(spec, self.limits.job, &self.blobs, &self.images, memory).await
+        plan_job(spec, self.limits.job, &self.blobs, &self.images, farm).await
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Api {
     pub(crate) images: Arc<ImageChecker>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) limits: Limits,
+    /// The running lock-step drivers, which shards' streams join.
+    pub(crate) lockstep: Arc<crate::lockstep::Lockstep>,
 }
 
 /// The settings the handlers need.
@@ -109,6 +111,7 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
         blobs: Arc::new(BlobStore::open(dir).unwrap()),
         images: Arc::new(ImageChecker::new()),
         signals,
+        lockstep: Arc::default(),
         limits: Limits {
             job: JobLimits { max_tasks: 10 },
             max_blob_bytes: 1 << 20,

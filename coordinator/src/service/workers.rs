@@ -80,6 +80,65 @@ fn truncate(mut s: String, max: usize) -> String {
 
 #[tonic::async_trait]
 impl WorkerService for Api {
+    type ShardStream = tokio_stream::wrappers::ReceiverStream<Result<v1::ShardCommand, Status>>;
+
+    async fn shard(
+        &self,
+        request: Request<tonic::Streaming<v1::ShardReply>>,
+    ) -> Result<Response<Self::ShardStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(v1::ShardReply {
+                reply: Some(v1::shard_reply::Reply::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(CoordinatorError::invalid(
+                    "reply",
+                    "a shard's stream starts with its ShardHello",
+                )
+                .into())
+            }
+        };
+        let lease: LeaseId = parse_id(&hello.lease_id, "hello.lease_id")?;
+        let (task, job, done) = self.core.call(move |c| c.sched.shard_lease(lease)).await?;
+        let (commands, stream) = tokio::sync::mpsc::channel(64);
+        if let Some(result) = done {
+            // The render is over: this shard only has to complete.
+            let done = v1::shard_command::Command::Done(v1::ShardDone {
+                result: Some(result),
+            });
+            let _ = commands.try_send(Ok(v1::ShardCommand {
+                command: Some(done),
+            }));
+        } else {
+            let (replies_tx, replies) = std::sync::mpsc::channel();
+            let joined = crate::lockstep::Joined {
+                task,
+                hello,
+                commands,
+                replies,
+            };
+            self.lockstep.join(job, joined).await?;
+            tokio::spawn(async move {
+                loop {
+                    let next = match inbound.message().await {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => break,
+                        Err(s) => Err(s.message().to_string()),
+                    };
+                    let failed = next.is_err();
+                    if replies_tx.send(next).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        tracing::info!(task_id = %task, job_id = %job, "shard stream opened");
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        )))
+    }
+
     async fn register_worker(
         &self,
         request: Request<v1::RegisterWorkerRequest>,

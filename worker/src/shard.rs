@@ -1,0 +1,318 @@
+//! A shard task: this worker's part in tiles rendered in lock step
+//! (`stylefarm_engine::joint`). The worker opens `WorkerService.Shard` with its lease and
+//! evaluates whatever tiles the coordinator's driver sends: their Gram matrices summed
+//! (`ShardSum`), then their gradients (`ShardResiduals`), evaluation after evaluation, until
+//! `ShardDone` names the job's result, which completes the task.
+//!
+//! The evaluations run on a dedicated thread; the async side only moves messages. A tile's
+//! content features are computed once, on its first evaluation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use candle_core::{Device, Tensor};
+use stylefarm_engine::image_io::{decode_image, resize_exact, DecodeLimits};
+use stylefarm_engine::joint::{GramSums, JointTile};
+use stylefarm_engine::settings::RenderSettings;
+use stylefarm_engine::tiles::Rect;
+use stylefarm_engine::{EngineError, Preprocess};
+use stylefarm_proto::convert::{f32_bytes, f32_values};
+use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+
+use crate::engine::{Engine, TileObjective};
+use crate::rpc::describe;
+use crate::task::Failure;
+
+/// The largest message of a shard's stream (a tile's pixels or gradient).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// What a shard task needs, fetched and checked.
+pub(crate) struct ShardInput {
+    pub(crate) lease_id: String,
+    pub(crate) shard: v1::Shard,
+    pub(crate) settings: RenderSettings,
+    /// The content image, still encoded.
+    pub(crate) content: Vec<u8>,
+}
+
+/// Serves the coordinator's driver until it names the job's result.
+pub(crate) async fn serve(
+    workers: stylefarm_proto::v1::worker_service_client::WorkerServiceClient<crate::rpc::Transport>,
+    engine: Arc<dyn Engine>,
+    input: ShardInput,
+    cancel: Arc<AtomicBool>,
+) -> Result<v1::BlobRef, Failure> {
+    let (commands, commands_rx) = mpsc::channel::<Command>();
+    let (replies, replies_rx) = tokio::sync::mpsc::channel::<v1::ShardReply>(16);
+    let (hello_tx, hello_rx) = oneshot::channel::<Result<v1::ShardHello, Failure>>();
+    let (ended_tx, mut ended) = oneshot::channel::<Failure>();
+    let lease_id = input.lease_id.clone();
+    std::thread::Builder::new()
+        .name("stylefarm-shard".into())
+        .spawn(move || {
+            let session = Session::open(&*engine, &input, cancel);
+            let mut session = match session {
+                Ok(s) => {
+                    let _ = hello_tx.send(Ok(s.hello(lease_id)));
+                    s
+                }
+                Err(f) => {
+                    let _ = hello_tx.send(Err(f));
+                    return;
+                }
+            };
+            while let Ok(command) = commands_rx.recv() {
+                if let Err(f) = session.handle(command, &replies) {
+                    let _ = ended_tx.send(f);
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Failure::application(format!("could not start a shard thread: {e}")))?;
+    let hello = hello_rx
+        .await
+        .map_err(|_| Failure::application("the shard thread ended before it was ready"))??;
+    let first = v1::ShardReply {
+        reply: Some(Reply::Hello(hello)),
+    };
+    let outbound =
+        tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(replies_rx));
+    let mut client = workers
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut inbound = client
+        .shard(outbound)
+        .await
+        .map_err(|s| {
+            interrupted(format!(
+                "the coordinator refused the shard's stream: {}",
+                describe(&s)
+            ))
+        })?
+        .into_inner();
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(v1::ShardCommand { command: Some(Command::Done(done)) })) => {
+                    return done.result.ok_or_else(|| Failure::application("the lock-step render ended without a result"));
+                }
+                Ok(Some(v1::ShardCommand { command: Some(command) })) => {
+                    if commands.send(command).is_err() {
+                        // The thread ended: its reason follows on `ended`.
+                        break;
+                    }
+                }
+                Ok(Some(v1::ShardCommand { command: None })) => {}
+                Ok(None) => return Err(interrupted("the coordinator closed the shard's stream before the render ended")),
+                Err(s) => return Err(interrupted(format!("the shard's stream failed: {}", describe(&s)))),
+            },
+            failure = &mut ended => {
+                return Err(failure.unwrap_or_else(|_| Failure::application("the shard thread ended")));
+            }
+        }
+    }
+    Err(ended
+        .await
+        .unwrap_or_else(|_| Failure::application("the shard thread ended")))
+}
+
+fn interrupted(message: impl Into<String>) -> Failure {
+    Failure {
+        kind: v1::FailureKind::Interrupted,
+        message: message.into(),
+    }
+}
+
+/// The evaluator and the pixels of the current evaluation, on the shard thread.
+struct Session {
+    objective: TileObjective,
+    width: u32,
+    height: u32,
+    channels: Vec<usize>,
+    evaluation: u64,
+    /// The tiles' contexts of the current evaluation.
+    pixels: HashMap<u32, (JointTile, Tensor)>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Session {
+    fn open(
+        engine: &dyn Engine,
+        input: &ShardInput,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Self, Failure> {
+        let (w, h) = (input.shard.full_width, input.shard.full_height);
+        let limits = DecodeLimits::default();
+        let content = decode_image(&input.content, "content image", &limits)
+            .map_err(|e| Failure::from_engine(&e))?;
+        let content = resize_exact(&content, w, h);
+        let mut objective = engine
+            .tile_objective(&input.settings, &content)
+            .map_err(|e| Failure::from_engine(&e))?;
+        objective.set_cancel(cancel.clone());
+        Ok(Self {
+            channels: objective.style_channels(),
+            objective,
+            width: w,
+            height: h,
+            evaluation: 0,
+            pixels: HashMap::new(),
+            cancel,
+        })
+    }
+
+    fn hello(&self, lease_id: String) -> v1::ShardHello {
+        v1::ShardHello {
+            lease_id,
+            preprocess: match self.objective.preprocess() {
+                Preprocess::Caffe => "caffe",
+                Preprocess::Torchvision => "torchvision",
+            }
+            .into(),
+            channels: self.channels.iter().map(|&c| c as u32).collect(),
+        }
+    }
+
+    fn handle(
+        &mut self,
+        command: Command,
+        replies: &tokio::sync::mpsc::Sender<v1::ShardReply>,
+    ) -> Result<(), Failure> {
+        let send = |reply: Reply| {
+            replies
+                .blocking_send(v1::ShardReply { reply: Some(reply) })
+                .map_err(|_| interrupted("the shard's stream closed"))
+        };
+        let engine = |e: EngineError| Failure::from_engine(&e);
+        match command {
+            Command::Tile(t) => {
+                let tile = self.check(&t)?;
+                if t.evaluation != self.evaluation {
+                    self.pixels.clear();
+                    self.evaluation = t.evaluation;
+                }
+                let (w, h) = (tile.context.width as usize, tile.context.height as usize);
+                let x = Tensor::from_vec(f32_values(&t.values), (1, 3, h, w), &Device::Cpu)
+                    .map_err(|e| engine(e.into()))?;
+                self.pixels.insert(t.tile, (tile, x));
+            }
+            Command::Sum(s) => {
+                let mut sums = GramSums::default();
+                for t in &s.tiles {
+                    let (tile, x) = self.held(s.evaluation, *t)?;
+                    let g = self.objective.grams(&tile, &x).map_err(engine)?;
+                    sums.add(&g).map_err(engine)?;
+                }
+                send(Reply::Grams(v1::ShardGrams {
+                    evaluation: s.evaluation,
+                    grams: sums.grams.iter().map(|g| f32_bytes(g)).collect(),
+                    counts: sums.counts,
+                    content: sums.content,
+                }))?;
+            }
+            Command::Residuals(r) => {
+                let residuals = self.residuals(&r.residuals)?;
+                for t in &r.tiles {
+                    let (tile, x) = self.held(r.evaluation, *t)?;
+                    let g = self
+                        .objective
+                        .gradient(&tile, &x, &residuals)
+                        .and_then(|g| Ok(g.flatten_all()?.to_vec1::<f32>()?))
+                        .map_err(engine)?;
+                    send(Reply::Gradient(v1::ShardGradient {
+                        evaluation: r.evaluation,
+                        tile: *t,
+                        values: f32_bytes(&g),
+                    }))?;
+                }
+            }
+            Command::Done(_) => {}
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Failure::from_engine(&EngineError::Cancelled));
+        }
+        Ok(())
+    }
+
+    /// The pixels of `tile` for `evaluation`, which the coordinator must have sent.
+    fn held(&self, evaluation: u64, tile: u32) -> Result<(JointTile, Tensor), Failure> {
+        match self.pixels.get(&tile) {
+            Some(held) if evaluation == self.evaluation => Ok(held.clone()),
+            _ => Err(Failure::application(format!(
+                "the coordinator asked about tile {tile} of evaluation {evaluation} without its pixels"
+            ))),
+        }
+    }
+
+    /// A tile's core must lie in its context, the context in the image, and its pixels fill
+    /// the context.
+    fn check(&self, t: &v1::ShardTile) -> Result<JointTile, Failure> {
+        let rect = |r: Option<&v1::ShardRect>| {
+            r.map(|r| Rect {
+                x: r.x,
+                y: r.y,
+                width: r.width,
+                height: r.height,
+            })
+        };
+        let (Some(core), Some(context)) = (rect(t.core.as_ref()), rect(t.context.as_ref())) else {
+            return Err(Failure::application("a shard tile without its rectangles"));
+        };
+        let inside = |a: &Rect, w: u32, h: u32| {
+            a.width > 0
+                && a.height > 0
+                && a.x.checked_add(a.width).is_some_and(|r| r <= w)
+                && a.y.checked_add(a.height).is_some_and(|b| b <= h)
+        };
+        let holds = core.x >= context.x
+            && core.y >= context.y
+            && core.right() <= context.right()
+            && core.bottom() <= context.bottom();
+        let pixels = 12 * u64::from(context.width) * u64::from(context.height);
+        if !inside(&context, self.width, self.height)
+            || !inside(&core, self.width, self.height)
+            || !holds
+        {
+            return Err(Failure::application(format!(
+                "tile {} ({core:?} in {context:?}) does not fit the {}x{} image",
+                t.tile, self.width, self.height
+            )));
+        }
+        if t.values.len() as u64 != pixels {
+            return Err(Failure::application(format!(
+                "tile {} came with {} bytes of pixels, not {pixels}",
+                t.tile,
+                t.values.len()
+            )));
+        }
+        Ok(JointTile { core, context })
+    }
+
+    /// The style residuals as (C, C) tensors.
+    fn residuals(&self, bytes: &[Vec<u8>]) -> Result<Vec<Tensor>, Failure> {
+        if bytes.len() != self.channels.len() {
+            return Err(Failure::application(format!(
+                "{} style residuals came for {} style layers",
+                bytes.len(),
+                self.channels.len()
+            )));
+        }
+        bytes
+            .iter()
+            .zip(&self.channels)
+            .map(|(b, &c)| {
+                if b.len() != 4 * c * c {
+                    return Err(Failure::application(format!(
+                        "a style residual of {} bytes for a layer of {c} channels",
+                        b.len()
+                    )));
+                }
+                Tensor::from_vec(f32_values(b), (c, c), &Device::Cpu)
+                    .map_err(|e| Failure::from_engine(&e.into()))
+            })
+            .collect()
+    }
+}
