@@ -177,6 +177,8 @@ struct PlanJson {
     tile_passes: u32,
     tiles: Vec<TileJson>,
     peak_memory_bytes: u64,
+    /// The coordinator's lock-step driver: the image and the optimiser's history.
+    coordinator_memory_bytes: u64,
     estimated_seconds: f64,
 }
 
@@ -254,6 +256,7 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
             .max()
             .unwrap_or(0),
         estimated_seconds: tasks.iter().map(|t| t.estimated_seconds).sum(),
+        coordinator_memory_bytes: plan.coordinator_memory_bytes,
         tasks,
         tile_size: options.tile_size,
         tile_overlap: options.tile_overlap,
@@ -337,14 +340,12 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
         let (size, memory, time) = if t.kind == "assemble" || t.kind == "contact-sheet" {
             ("-".to_string(), "-".to_string(), "-".to_string())
         } else if t.kind == "lockstep" {
-            // The coordinator's own memory: the image and the optimiser's history.
+            // The coordinator's own: its memory is on the line below the table.
             (
                 format!("{}x{}", t.width, t.height),
-                gib(t.estimated_memory_bytes),
+                "-".to_string(),
                 "-".to_string(),
             )
-        } else if false {
-            ("-".to_string(), "-".to_string(), "-".to_string())
         } else {
             (
                 format!("{}x{}", t.width, t.height),
@@ -369,6 +370,12 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
         gib(p.peak_memory_bytes),
         p.estimated_seconds
     ));
+    if p.coordinator_memory_bytes > 0 {
+        out.push_str(&format!(
+            "the coordinator holds {} for the lock-step optimiser (the image and its history)\n",
+            gib(p.coordinator_memory_bytes)
+        ));
+    }
     out
 }
 
@@ -488,6 +495,7 @@ mod tests {
             tile_columns: 2,
             tile_rows: 1,
             lockstep_tiles: Vec::new(),
+            coordinator_memory_bytes: 0,
         };
         let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
         assert_eq!(json["tiles"][1]["x"], 56);
@@ -524,6 +532,7 @@ mod tests {
                 task(driver, 120, 64),
             ],
             lockstep_tiles: vec![rect(0, 96), rect(32, 88)],
+            coordinator_memory_bytes: 3 << 30,
             ..plan
         };
         let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
@@ -535,5 +544,6 @@ mod tests {
         let text = plan_text(&plan);
         assert!(text.contains("in lock step"), "{text}");
         assert!(text.contains("on 1 shard "), "{text}");
+        assert!(text.contains("coordinator holds 3.00 GiB"), "{text}");
     }
 }

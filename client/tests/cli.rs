@@ -415,16 +415,43 @@ async fn render_dry_run_prints_the_embedded_farms_plan_and_renders_nothing() {
     let out = stylefarm(&[&args[..], &["--json"]].concat(), &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    // 200x150 in 96 px tiles: 3x2 tiles from the content (no coarse pass); in each of two
-    // passes the statistics, the tiles and their assembly.
-    assert_eq!(plan["tasks"].as_array().unwrap().len(), 2 * (1 + 6 + 1));
+    // 200x150 in 96 px tiles, in lock step (the default): the style targets, the embedded
+    // worker's shard and the coordinator's driver; the plan lists the 3x2 tiles' contexts.
+    let kinds: Vec<_> = plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("statistics"));
+    assert_eq!(kinds.last().map(String::as_str), Some("lockstep"));
+    assert!(
+        kinds[1..kinds.len() - 1].iter().all(|k| k == "shard"),
+        "{kinds:?}"
+    );
+    assert_eq!(plan["tile_mode"], "lockstep");
     assert_eq!(plan["tiles"].as_array().unwrap().len(), 6);
-    assert_eq!(plan["tile_passes"], 2);
-    assert_eq!(plan["tasks"][0]["kind"], "statistics");
-    assert_eq!(plan["tasks"][1]["kind"], "tile");
     assert!(!output.exists(), "a dry run writes no image");
     let out = stylefarm(&args, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("tile grid 3x2") && out.stdout.contains("in lock step"),
+        "{}",
+        out.stdout
+    );
+    // In passes: 3x2 tiles from the content (no coarse pass); in each of two passes the
+    // statistics, the tiles and their assembly.
+    let passes = [&args[..], &["--tile-mode", "passes", "--json"]].concat();
+    let out = stylefarm(&passes, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["tasks"].as_array().unwrap().len(), 2 * (1 + 6 + 1));
+    assert_eq!(plan["tiles"].as_array().unwrap().len(), 6);
+    assert_eq!(plan["tile_passes"], 2);
+    assert_eq!(plan["tile_mode"], "passes");
+    assert_eq!(plan["tasks"][0]["kind"], "statistics");
+    assert_eq!(plan["tasks"][1]["kind"], "tile");
+    let out = stylefarm(&passes[..passes.len() - 1], &[]).await;
     assert!(
         out.stdout.contains("tile grid 3x2")
             && !out.stdout.contains("coarse")
@@ -487,7 +514,7 @@ async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
     let args: Vec<&str> = base
         .iter()
         .copied()
-        .chain(["--tile-size", "96", "--dry-run"])
+        .chain(["--tile-size", "96", "--tile-mode", "passes", "--dry-run"])
         .collect();
     let out = stylefarm(&args, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -505,8 +532,19 @@ async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
             "invalid spec.tiles.tile_overlap: 96 px is not smaller than the tile size of 96 px",
         ),
         (
-            &["--tile-size", "96", "--tile-passes", "9"][..],
+            &[
+                "--tile-size",
+                "96",
+                "--tile-mode",
+                "passes",
+                "--tile-passes",
+                "9",
+            ][..],
             "invalid spec.tiles.passes: 9 passes over the tiles: at most 8",
+        ),
+        (
+            &["--tile-size", "96", "--tile-passes", "2"][..],
+            "invalid spec.tiles.passes: tiles in lock step are optimised together in one pass",
         ),
         (
             &["--sweep", "colour=1,2"][..],

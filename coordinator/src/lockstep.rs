@@ -232,6 +232,13 @@ pub(crate) async fn run(
             () = signals.shutdown_requested() => cancel.store(true, Ordering::Relaxed),
         }
     };
+    // The last step's progress, which the gap may have held back.
+    let last = progress_rx.borrow().clone();
+    if let Some(p) = last {
+        let _ = core
+            .call(move |c| c.apply(|s, now| s.own_progress(task, p, now)))
+            .await;
+    }
     let (png, members) = match outcome {
         Ok(done) => done,
         Err((e, members)) => {

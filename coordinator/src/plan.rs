@@ -37,8 +37,10 @@ fn context_margin(overlap: u32) -> u32 {
 /// Passes over the tiles when the job does not say.
 pub(crate) const DEFAULT_TILE_PASSES: u32 = 2;
 
-/// Whether tiles whose job does not say are rendered in lock step (else in passes).
-const DEFAULT_LOCKSTEP: bool = false;
+/// Whether tiles whose job does not say are rendered in lock step (else in passes): on the
+/// 1024x768 acceptance render in 256 px tiles, lock step came within 1.01x of the untiled
+/// render's objective, passes 1.28x.
+const DEFAULT_LOCKSTEP: bool = true;
 /// The most passes over the tiles a job may ask for.
 pub(crate) const MAX_TILE_PASSES: u32 = 8;
 
@@ -291,6 +293,24 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
             job.tiles = Some(t);
         }
     }
+    // The drivers of lock-step frames run one after another or together: the largest, which
+    // the first frame's is.
+    response.coordinator_memory_bytes = drafts
+        .iter()
+        .filter(|d| {
+            matches!(&d.spec.part, Some(Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32)
+        })
+        .map(|d| {
+            let iterations = d
+                .spec
+                .settings
+                .as_ref()
+                .and_then(|s| s.num_iterations)
+                .unwrap_or(settings.num_iterations);
+            driver_memory_bytes(d.width, d.height, settings, iterations)
+        })
+        .max()
+        .unwrap_or(0);
     response.tasks = drafts
         .iter()
         .map(|d| {
@@ -307,9 +327,6 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 width: d.width,
                 height: d.height,
                 estimated_memory_bytes: match &d.spec.part {
-                    Some(Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32 => {
-                        driver_memory_bytes(d.width, d.height, settings, iterations)
-                    }
                     Some(Part::Assemble(_)) => 0,
                     Some(Part::Statistics(st)) => {
                         let (w, h) = gram_piece(st.full_width, st.full_height, st.piece_size);
@@ -364,13 +381,24 @@ fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::T
     if max_worker_memory == 0 || fits_one_worker((w, h), max_worker_memory) {
         return Ok(None);
     }
-    let size = tile_size_for_memory(max_worker_memory, |t| context_margin(default_overlap(t)))
-        .ok_or_else(|| {
-            CoordinatorError::LimitExceeded(format!(
+    let margin = |t| {
+        let options = v1::TileOptions {
+            tile_size: t,
+            tile_overlap: default_overlap(t),
+            ..Default::default()
+        };
+        if lockstep(&options) {
+            lockstep_margin(&options)
+        } else {
+            context_margin(options.tile_overlap)
+        }
+    };
+    let size = tile_size_for_memory(max_worker_memory, margin).ok_or_else(|| {
+        CoordinatorError::LimitExceeded(format!(
             "no worker has the memory for even a {MIN_TILE_SIZE} px tile of the {w}x{h} output \
              (the largest reports {max_worker_memory} bytes)"
         ))
-        })?;
+    })?;
     Ok(Some(v1::TileOptions {
         tile_size: size,
         tile_overlap: default_overlap(size),
@@ -470,6 +498,7 @@ fn plan_tiles(
                 full_height: h,
                 piece_size,
                 pass,
+                style_only: false,
             }),
             suffixed(&name, &label("_statistics")),
             (w, h),
@@ -598,6 +627,7 @@ fn plan_lockstep(
             full_height: h,
             piece_size,
             pass: 0,
+            style_only: true,
         }),
         suffixed(&name, "_statistics"),
         (w, h),
@@ -948,6 +978,78 @@ mod tests {
     }
 
     #[test]
+    fn tiles_in_lock_step_are_statistics_a_shard_per_worker_and_the_driver() {
+        let mut j = job(1);
+        j.tiles = Some(v1::TileOptions {
+            tile_size: 96,
+            tile_overlap: 24,
+            passes: 0,
+            mode: v1::TileMode::Lockstep as i32,
+        });
+        // 200x150 in cores of at most 96 px spread evenly and aligned to relu5_1's 16 px
+        // (columns at 0, 64, 128; rows at 0, 64), each seen with 24 px of context rounded up to
+        // 32.
+        let p = plan(&mut j, &[(400, 300)], 0).unwrap();
+        assert_eq!((p.response.tile_columns, p.response.tile_rows), (3, 2));
+        let contexts: Vec<_> = p
+            .response
+            .lockstep_tiles
+            .iter()
+            .map(|r| (r.x, r.y, r.width, r.height))
+            .collect();
+        assert_eq!(
+            contexts,
+            [
+                (0, 0, 96, 96),
+                (32, 0, 128, 96),
+                (96, 0, 104, 96),
+                (0, 32, 96, 118),
+                (32, 32, 128, 118),
+                (96, 32, 104, 118)
+            ]
+        );
+        assert_eq!(p.tasks.len(), 1 + 2 + 1);
+        let Some(Part::Statistics(st)) = &p.tasks[0].part else {
+            panic!("not the statistics")
+        };
+        assert!(st.style_only && p.tasks[0].intermediate);
+        for (i, shard) in p.tasks[1..3].iter().enumerate() {
+            assert_eq!(
+                shard.part,
+                Some(Part::Shard(v1::Shard {
+                    index: i as u32,
+                    count: 2,
+                    full_width: 200,
+                    full_height: 150,
+                }))
+            );
+            assert!(shard.intermediate && shard.depends_on == vec![0]);
+        }
+        let driver = &p.tasks[3];
+        assert_eq!(
+            driver.part,
+            Some(Part::Assemble(v1::Assemble {
+                kind: v1::AssembleKind::Lockstep as i32,
+                full_width: 200,
+                full_height: 150,
+                tile_size: 96,
+                margin: 24,
+            }))
+        );
+        assert!(driver.job_result && !driver.intermediate && driver.depends_on == vec![0]);
+        // The coordinator's memory: the image and L-BFGS's pairs for the 10 iterations.
+        assert_eq!(p.response.tasks[3].estimated_memory_bytes, 0);
+        assert_eq!(
+            p.response.coordinator_memory_bytes,
+            (2 * 10 + 6) * 12 * 200 * 150
+        );
+        // Passes are the other mode's.
+        j.tiles.as_mut().unwrap().passes = 2;
+        let e = message(plan(&mut j, &[(400, 300)], 0).unwrap_err());
+        assert!(e.contains("spec.tiles.passes"), "{e}");
+    }
+
+    #[test]
     fn a_tiled_frame_is_a_coarse_pass_then_statistics_tiles_and_an_assembly_per_pass() {
         let mut j = job(1);
         j.tiles = Some(v1::TileOptions {
@@ -974,6 +1076,7 @@ mod tests {
                     // 96 px tiles with 16 px of context around them, less 64 px of margin a side.
                     piece_size: 64,
                     pass,
+                    style_only: false,
                 }))
             );
             // Each pass starts from the coarse pass or from the previous pass's assembly.

@@ -160,11 +160,26 @@ impl TileObjective {
 
     /// Step one for `tile` at `x` (its context's network-input pixels, (1, 3, h, w)).
     pub fn grams(&mut self, tile: &JointTile, x: &Tensor) -> Result<GramSums> {
-        let targets = self.content_targets(tile)?;
         let acts = self.forward(x, false)?;
+        self.sums(tile, &acts)
+    }
+
+    /// [`Self::grams`], keeping what step two needs, so that [`Self::gradient_from`] saves the
+    /// forward pass [`Self::gradient`] makes: the memory of a render of the context.
+    pub fn grams_for_backward(
+        &mut self,
+        tile: &JointTile,
+        x: &Tensor,
+    ) -> Result<(GramSums, Activations)> {
+        let acts = self.forward(x, true)?;
+        Ok((self.sums(tile, &acts)?, acts))
+    }
+
+    fn sums(&mut self, tile: &JointTile, acts: &Activations) -> Result<GramSums> {
+        let targets = self.content_targets(tile)?;
         let mut content = 0.0;
         for (l, p) in self.content_layers.iter().zip(&targets) {
-            let a = kept(&acts, l.position)?;
+            let a = kept(acts, l.position)?;
             let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
             content += 0.5 * sum_sq(&(own(a, r0, r1, c0, c1)? - own(p, r0, r1, c0, c1)?)?)?;
         }
@@ -173,7 +188,7 @@ impl TileObjective {
             ..GramSums::default()
         };
         for l in &self.style_layers {
-            let a = kept(&acts, l.position)?;
+            let a = kept(acts, l.position)?;
             let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
             let c = a.dims4()?.1;
             let n = (r1 - r0) * (c1 - c0);
@@ -197,12 +212,22 @@ impl TileObjective {
         x: &Tensor,
         residuals: &[Tensor],
     ) -> Result<Tensor> {
-        let targets = self.content_targets(tile)?;
         let acts = self.forward(x, true)?;
+        self.gradient_from(tile, &acts, residuals)
+    }
+
+    /// [`Self::gradient`] from the activations [`Self::grams_for_backward`] kept.
+    pub fn gradient_from(
+        &mut self,
+        tile: &JointTile,
+        acts: &Activations,
+        residuals: &[Tensor],
+    ) -> Result<Tensor> {
+        let targets = self.content_targets(tile)?;
         let mut grads = Vec::with_capacity(self.content_layers.len() + residuals.len());
         if self.alpha > 0.0 {
             for (l, p) in self.content_layers.iter().zip(&targets) {
-                let a = kept(&acts, l.position)?;
+                let a = kept(acts, l.position)?;
                 let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
                 let d =
                     ((own(a, r0, r1, c0, c1)? - own(p, r0, r1, c0, c1)?)? * f64::from(self.alpha))?;
@@ -210,7 +235,7 @@ impl TileObjective {
             }
         }
         for (l, r) in self.style_layers.iter().zip(residuals) {
-            let a = kept(&acts, l.position)?;
+            let a = kept(acts, l.position)?;
             let (r0, r1, c0, c1) = self.owned(tile, *l, a)?;
             let (c, n) = (a.dims4()?.1, (r1 - r0) * (c1 - c0));
             if n == 0 {
@@ -227,7 +252,7 @@ impl TileObjective {
         }
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
-        self.vgg.backward(&acts, grads, &cancelled)
+        self.vgg.backward(acts, grads, &cancelled)
     }
 }
 
@@ -269,6 +294,9 @@ pub struct LocalTiles {
     height: usize,
     /// The image of the last step one.
     x: Vec<f32>,
+    /// What step one kept for step two, per tile (when `keep`).
+    kept: Vec<Activations>,
+    keep: bool,
 }
 
 impl LocalTiles {
@@ -281,7 +309,16 @@ impl LocalTiles {
             width: w as usize,
             height: h as usize,
             x: Vec::new(),
+            kept: Vec::new(),
+            keep: false,
         })
+    }
+
+    /// Keeps each tile's activations from step one to step two: one forward pass fewer per
+    /// tile and evaluation, for the memory of every tile's backward pass at once.
+    pub fn keeping_activations(mut self) -> Self {
+        self.keep = true;
+        self
     }
 
     fn context(&self, tile: &JointTile) -> Result<Tensor> {
@@ -298,10 +335,17 @@ impl TileBackend for LocalTiles {
     fn grams(&mut self, x: &[f32]) -> Result<GramSums> {
         self.x.clear();
         self.x.extend_from_slice(x);
+        self.kept.clear();
         let mut sums = GramSums::default();
         for tile in self.tiles.clone() {
             let t = self.context(&tile)?;
-            sums.add(&self.objective.grams(&tile, &t)?)?;
+            if self.keep {
+                let (g, acts) = self.objective.grams_for_backward(&tile, &t)?;
+                sums.add(&g)?;
+                self.kept.push(acts);
+            } else {
+                sums.add(&self.objective.grams(&tile, &t)?)?;
+            }
         }
         Ok(sums)
     }
@@ -313,9 +357,15 @@ impl TileBackend for LocalTiles {
             .zip(self.objective.style_channels())
             .map(|(r, c)| Ok(Tensor::from_slice(r, (c, c), &device)?))
             .collect::<Result<Vec<_>>>()?;
-        for tile in self.tiles.clone() {
-            let t = self.context(&tile)?;
-            let g = self.objective.gradient(&tile, &t, &residuals)?;
+        let kept = std::mem::take(&mut self.kept);
+        for (i, tile) in self.tiles.clone().into_iter().enumerate() {
+            let g = match kept.get(i) {
+                Some(acts) => self.objective.gradient_from(&tile, acts, &residuals)?,
+                None => {
+                    let t = self.context(&tile)?;
+                    self.objective.gradient(&tile, &t, &residuals)?
+                }
+            };
             let g = g.flatten_all()?.to_vec1::<f32>()?;
             add_crop(grad, self.width, self.height, tile.context, &g);
         }
@@ -416,10 +466,13 @@ mod tests {
             crate::objective::Pieces::WHOLE,
         )
         .unwrap();
-        let read = style_targets_of_statistics(&stats.encode().unwrap(), &layers).unwrap();
-        for ((l, t), (m, v)) in style.layers.iter().zip(&read) {
-            assert_eq!(l, m);
-            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), *v);
+        let alone = crate::statistics::ImageStatistics::encode_style(&style).unwrap();
+        for blob in [stats.encode().unwrap(), alone] {
+            let read = style_targets_of_statistics(&blob, &layers).unwrap();
+            for ((l, t), (m, v)) in style.layers.iter().zip(&read) {
+                assert_eq!(l, m);
+                assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), *v);
+            }
         }
         let e = style_targets_of_statistics(b"nope", &layers).unwrap_err();
         assert!(e.to_string().contains("not a safetensors file"), "{e}");

@@ -74,26 +74,13 @@ impl ImageStatistics {
     /// The blob: a safetensors file with one float32 (C, C) matrix per layer and kind, named
     /// `style.relu1_1`, `start.relu1_1`, ...
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (kind, targets) in [("style", &self.style), ("start", &self.start)] {
-            for (layer, gram) in &targets.layers {
-                named.push((format!("{kind}.{layer}"), gram.contiguous()?));
-            }
-        }
-        let meta = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            (
-                "layers".to_string(),
-                self.style
-                    .layers
-                    .iter()
-                    .map(|(l, _)| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ]);
-        safetensors::tensor::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(|e| bad(format!("could not write the image statistics: {e}")))
+        encode(&[("style", &self.style), ("start", &self.start)])
+    }
+
+    /// A blob of the style targets alone (`style.relu1_1`, ...), for tiles in lock step
+    /// (`crate::joint::style_targets_of_statistics` reads it; [`Self::decode`] does not).
+    pub fn encode_style(style: &StyleTargets) -> Result<Vec<u8>> {
+        encode(&[("style", style)])
     }
 
     /// Reads a blob written by [`Self::encode`], checking that it holds `layers` (in order)
@@ -140,6 +127,29 @@ impl ImageStatistics {
             start: take("start")?,
         })
     }
+}
+
+/// A statistics blob of the named sets of Gram matrices (`kind.layer`), in order.
+fn encode(sets: &[(&str, &StyleTargets)]) -> Result<Vec<u8>> {
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (kind, targets) in sets {
+        for (layer, gram) in &targets.layers {
+            named.push((format!("{kind}.{layer}"), gram.contiguous()?));
+        }
+    }
+    let layers = sets.first().map_or_else(String::new, |(_, t)| {
+        t.layers
+            .iter()
+            .map(|(l, _)| l.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("layers".to_string(), layers),
+    ]);
+    safetensors::tensor::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| bad(format!("could not write the image statistics: {e}")))
 }
 
 /// The Gram matrices per position of `image` at the layers of `like`.

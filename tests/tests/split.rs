@@ -469,3 +469,65 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
     }
     coordinator.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockstep_render_carries_on_when_a_shard_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stylefarm_coordinator::Config::new(dir.path());
+    // The lost worker's lease lapses soon, so that its shard task is taken again.
+    config.lease_duration = Duration::from_secs(2);
+    config.heartbeat_interval = Duration::from_millis(500);
+    let coordinator =
+        Coordinator::start_with(config, Arc::new(stylefarm_coordinator::SystemClock), None)
+            .await
+            .unwrap();
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let kept = Worker::start(coordinator.url(), "kept", engine.clone());
+    let lost = Worker::start(coordinator.url(), "lost", engine);
+    let client = coordinator.client().await.unwrap();
+    wait_for_workers(&client, 2).await;
+
+    let mut settings = settings(128, 300);
+    settings.init = Init::Content;
+    let spec = spec_of(
+        &client,
+        &[&noise(128, 96, 1)],
+        &pattern(64, 64, 3),
+        &settings,
+    )
+    .await;
+    let id = client
+        .submit(tiles_in(&spec, 64, 32, v1::TileMode::Lockstep))
+        .await
+        .unwrap();
+    // Once both shards take part and the driver is a few steps in, one worker dies.
+    within("the render to get going", async {
+        loop {
+            let job = client.job(&id).await.unwrap();
+            let running = job.tasks[1..3].iter().all(|t| {
+                t.state == v1::TaskState::Running as i32 || t.state == v1::TaskState::Leased as i32
+            });
+            let step = job.tasks[3].progress.as_ref().map_or(0, |p| p.iteration);
+            if running && step >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    lost.kill();
+
+    let job = await_job(&client, &id).await.unwrap();
+    assert_eq!(job.state, JobState::Completed as i32, "{}", job.error);
+    let driver = &job.tasks[3];
+    assert_eq!(driver.progress.as_ref().unwrap().iteration, 300);
+    assert_eq!(result_of(&client, &job).await.dimensions(), (128, 96));
+    // The lost shard's task was taken again once its lease lapsed, and completed at once.
+    for shard in &job.tasks[1..3] {
+        assert_eq!(shard.state, v1::TaskState::Succeeded as i32);
+        assert_eq!(shard.result, job.result);
+    }
+    kept.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}

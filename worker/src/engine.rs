@@ -60,8 +60,9 @@ pub struct StatisticsInput {
     pub styles: Vec<RgbImage>,
     /// Checked settings, `image_size` the full output's longer side.
     pub settings: RenderSettings,
-    /// The image the tiles start from, at the full output size.
-    pub start: RgbImage,
+    /// The image the tiles start from, at the full output size; `None`: the style targets
+    /// alone (tiles in lock step need no start's statistics).
+    pub start: Option<RgbImage>,
     /// Side of the square pieces, in pixels, that larger images are taken in (0: none).
     pub piece: u32,
     /// Once set, the computation stops with `EngineError::Cancelled` within about a second.
@@ -250,8 +251,11 @@ impl Engine for CandleEngine {
             cancelled: &cancelled,
         };
         let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, pieces)?;
+        let Some(start) = &input.start else {
+            return ImageStatistics::encode_style(&style);
+        };
         let vgg = self.vgg.with_pooling(input.settings.pooling);
-        let start = image_to_tensor(&input.start, vgg.preprocess(), vgg.device())?;
+        let start = image_to_tensor(start, vgg.preprocess(), vgg.device())?;
         ImageStatistics::compute(&vgg, style, &start, pieces)?.encode()
     }
 }

@@ -122,8 +122,14 @@ impl Engine for FakeEngine {
                 "fake engine failure: {message}"
             ))));
         }
-        let (w, h) = input.start.dimensions();
-        Ok(format!("fake statistics of a {w}x{h} start").into_bytes())
+        Ok(match &input.start {
+            Some(start) => {
+                let (w, h) = start.dimensions();
+                format!("fake statistics of a {w}x{h} start")
+            }
+            None => "fake style targets".to_string(),
+        }
+        .into_bytes())
     }
 }
 

@@ -5,7 +5,8 @@
 //! `ShardDone` names the job's result, which completes the task.
 //!
 //! The evaluations run on a dedicated thread; the async side only moves messages. A tile's
-//! content features are computed once, on its first evaluation.
+//! content features are computed once, on its first evaluation, and its activations are kept
+//! from step one to step two while half the worker's memory holds them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,8 @@ use candle_core::{Device, Tensor};
 use stylefarm_engine::image_io::{decode_image, resize_exact, DecodeLimits};
 use stylefarm_engine::joint::{GramSums, JointTile};
 use stylefarm_engine::settings::RenderSettings;
-use stylefarm_engine::tiles::Rect;
+use stylefarm_engine::tiles::{estimated_memory_bytes, Rect};
+use stylefarm_engine::vgg::Activations;
 use stylefarm_engine::{EngineError, Preprocess};
 use stylefarm_proto::convert::{f32_bytes, f32_values};
 use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
@@ -36,7 +38,14 @@ pub(crate) struct ShardInput {
     pub(crate) settings: RenderSettings,
     /// The content image, still encoded.
     pub(crate) content: Vec<u8>,
+    /// The memory the worker offers (0: unknown): half of it may hold the activations of the
+    /// tiles between the two steps of an evaluation, which saves each a forward pass.
+    pub(crate) memory_bytes: u64,
 }
+
+/// What the activations kept between the steps may take when the worker does not say how much
+/// memory it has.
+const DEFAULT_KEEP_BYTES: u64 = 2 << 30;
 
 /// Serves the coordinator's driver until it names the job's result.
 pub(crate) async fn serve(
@@ -135,6 +144,10 @@ struct Session {
     evaluation: u64,
     /// The tiles' contexts of the current evaluation.
     pixels: HashMap<u32, (JointTile, Tensor)>,
+    /// What step one kept for step two, by tile, and its estimated size.
+    kept: HashMap<u32, Activations>,
+    kept_bytes: u64,
+    keep_budget: u64,
     cancel: Arc<AtomicBool>,
 }
 
@@ -160,6 +173,12 @@ impl Session {
             height: h,
             evaluation: 0,
             pixels: HashMap::new(),
+            kept: HashMap::new(),
+            kept_bytes: 0,
+            keep_budget: match input.memory_bytes {
+                0 => DEFAULT_KEEP_BYTES,
+                m => m / 2,
+            },
             cancel,
         })
     }
@@ -192,6 +211,8 @@ impl Session {
                 let tile = self.check(&t)?;
                 if t.evaluation != self.evaluation {
                     self.pixels.clear();
+                    self.kept.clear();
+                    self.kept_bytes = 0;
                     self.evaluation = t.evaluation;
                 }
                 let (w, h) = (tile.context.width as usize, tile.context.height as usize);
@@ -203,7 +224,20 @@ impl Session {
                 let mut sums = GramSums::default();
                 for t in &s.tiles {
                     let (tile, x) = self.held(s.evaluation, *t)?;
-                    let g = self.objective.grams(&tile, &x).map_err(engine)?;
+                    let c = tile.context;
+                    let bytes =
+                        estimated_memory_bytes(c.width, c.height) - estimated_memory_bytes(0, 0);
+                    let g = if self.kept_bytes + bytes <= self.keep_budget {
+                        let (g, acts) = self
+                            .objective
+                            .grams_for_backward(&tile, &x)
+                            .map_err(engine)?;
+                        self.kept.insert(*t, acts);
+                        self.kept_bytes += bytes;
+                        g
+                    } else {
+                        self.objective.grams(&tile, &x).map_err(engine)?
+                    };
                     sums.add(&g).map_err(engine)?;
                 }
                 send(Reply::Grams(v1::ShardGrams {
@@ -217,9 +251,11 @@ impl Session {
                 let residuals = self.residuals(&r.residuals)?;
                 for t in &r.tiles {
                     let (tile, x) = self.held(r.evaluation, *t)?;
-                    let g = self
-                        .objective
-                        .gradient(&tile, &x, &residuals)
+                    let g = match self.kept.remove(t) {
+                        Some(acts) => self.objective.gradient_from(&tile, &acts, &residuals),
+                        None => self.objective.gradient(&tile, &x, &residuals),
+                    };
+                    let g = g
                         .and_then(|g| Ok(g.flatten_all()?.to_vec1::<f32>()?))
                         .map_err(engine)?;
                     send(Reply::Gradient(v1::ShardGradient {

@@ -53,6 +53,8 @@ pub(crate) struct TaskContext {
     pub(crate) heartbeat: Duration,
     pub(crate) preview_every: u32,
     pub(crate) grace: Duration,
+    /// The memory the worker offers (0: unknown).
+    pub(crate) memory_bytes: u64,
 }
 
 /// Why the worker stopped a render before it finished.
@@ -385,7 +387,7 @@ fn render_blocking(
         let input = StatisticsInput {
             styles,
             settings,
-            start,
+            start: (!st.style_only).then_some(start),
             piece: st.piece_size,
             cancel: observer.cancel_flag(),
         };
@@ -499,6 +501,7 @@ async fn work(
             shard,
             settings: plan.settings,
             content,
+            memory_bytes: ctx.memory_bytes,
         };
         let result = serve(ctx.rpc.workers.clone(), ctx.engine.clone(), input, cancel).await?;
         return Ok(Finished {
@@ -883,6 +886,7 @@ mod tests {
             full_height: 200,
             piece_size: 128,
             pass: 1,
+            style_only: false,
         };
         s.part = Some(Part::Statistics(st));
         let p = plan(Some(&s), 0).unwrap();

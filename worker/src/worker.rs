@@ -92,6 +92,7 @@ pub async fn run(
         heartbeat: registration.heartbeat,
         preview_every: config.preview_every,
         grace: config.grace,
+        memory_bytes: config.memory_bytes,
     };
     let mut backoff = Backoff::new();
     loop {

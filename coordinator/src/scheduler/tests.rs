@@ -519,6 +519,7 @@ fn statistics_task(depends_on: &[u32]) -> v1::TaskSpec {
             full_height: 48,
             piece_size: 64,
             pass: 0,
+            style_only: false,
         })),
         ..task("statistics", depends_on)
     }
