@@ -130,7 +130,8 @@ def main():
     untiled, tiled = out / f"{stem}_untiled.png", out / f"{stem}_tiled.png"
 
     report = {"image_size": args.image_size, "tile_size": args.tile_size, "line_search": args.line_search,
-              "tile_passes": args.tile_passes or 2, "tile_mode": args.tile_mode,
+              "tile_passes": None if args.tile_mode == "lockstep" else args.tile_passes or 2,
+              "tile_mode": args.tile_mode,
               "tile_overlap": args.tile_overlap, "num_iterations": args.num_iterations,
               "content": args.content, "style": args.style}
     if args.untiled:

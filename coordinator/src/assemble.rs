@@ -73,12 +73,16 @@ async fn run(
 ) {
     let (task, job) = (assembly.task, assembly.job);
     let outcome = if is_lockstep(&assembly.spec) {
-        crate::lockstep::run(core, blobs, lockstep, signals, assembly).await
+        crate::lockstep::run(core, blobs, lockstep, signals, assembly)
+            .await
+            .map(|(result, losses)| (result, Some(losses)))
     } else {
-        assemble(blobs, assembly).await
+        assemble(blobs, assembly).await.map(|result| (result, None))
     };
     match &outcome {
-        Ok(b) => tracing::info!(job_id = %job, task_id = %task, sha256 = %b.sha256, "assembled"),
+        Ok((b, _)) => {
+            tracing::info!(job_id = %job, task_id = %task, sha256 = %b.sha256, "assembled")
+        }
         Err(e) => tracing::warn!(job_id = %job, task_id = %task, error = %e, "assembly failed"),
     }
     let outcome = outcome.map_err(|e| format!("assembling the result failed: {e}"));

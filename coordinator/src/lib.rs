@@ -1,7 +1,8 @@
 //! stylefarm's coordinator: takes style-transfer jobs over gRPC, splits them into tasks (one
 //! per content frame, tile, sweep point or coarse-to-fine stage, some depending on others),
 //! leases the tasks to workers, assembles results made of several tasks (tiles, contact
-//! sheets), and keeps jobs, tasks, progress and results
+//! sheets), drives the optimisation of tiles in lock step with its workers' shards, and keeps
+//! jobs, tasks, progress and results
 //! in SQLite and a content-addressed blob store under its data directory, so that they survive
 //! a restart.
 //!

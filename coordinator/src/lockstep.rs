@@ -26,7 +26,7 @@ use stylefarm_engine::joint::{
     add_crop, crop, image_to_network, joint_tiles, network_to_image, optimize,
     style_targets_of_statistics, GramSums, JointObjective, JointTile, TileBackend,
 };
-use stylefarm_engine::settings::{Init, TermWeights};
+use stylefarm_engine::settings::{Init, Losses, TermWeights};
 use stylefarm_engine::{EngineError, Preprocess};
 use stylefarm_proto::convert::{f32_bytes, f32_values, settings_from_proto};
 use stylefarm_proto::ids::{JobId, TaskId};
@@ -126,14 +126,15 @@ struct DriverInput {
     margin: u32,
 }
 
-/// Runs a lock-step assemble task to its result: the optimised image, stored as a blob.
+/// Runs a lock-step assemble task to its result: the optimised image, stored as a blob, and
+/// the objective of its 8-bit pixels.
 pub(crate) async fn run(
     core: &CoreHandle,
     blobs: &BlobStore,
     lockstep: &Lockstep,
     signals: &Signals,
     assembly: Assembly,
-) -> Result<v1::BlobRef> {
+) -> Result<(v1::BlobRef, v1::Losses)> {
     let internal = |m: &str| CoordinatorError::Internal(m.to_string());
     let Some(Part::Assemble(a)) = &assembly.spec.part else {
         return Err(internal("a lock-step render without its geometry"));
@@ -239,7 +240,7 @@ pub(crate) async fn run(
             .call(move |c| c.apply(|s, now| s.own_progress(task, p, now)))
             .await;
     }
-    let (png, members) = match outcome {
+    let ((png, losses), members) = match outcome {
         Ok(done) => done,
         Err((e, members)) => {
             let reason = e.to_string();
@@ -261,10 +262,12 @@ pub(crate) async fn run(
             }))
             .await;
     }
-    Ok(result)
+    Ok((result, (&losses).into()))
 }
 
-type DriverOutcome = std::result::Result<(Vec<u8>, Vec<Member>), (CoordinatorError, Vec<Member>)>;
+/// The PNG and the objective of its pixels, with the shards to tell; or why not, with them.
+type DriverOutcome =
+    std::result::Result<((Vec<u8>, Losses), Vec<Member>), (CoordinatorError, Vec<Member>)>;
 
 /// The driver's thread: the optimisation from start to PNG.
 fn drive(
@@ -300,7 +303,7 @@ fn drive(
         hello: None,
     };
     match optimise(&input, &mut pool, progress) {
-        Ok(png) => Ok((png, pool.members)),
+        Ok(done) => Ok((done, pool.members)),
         Err(e) => Err((engine_error(e), pool.members)),
     }
 }
@@ -309,7 +312,7 @@ fn optimise(
     input: &DriverInput,
     pool: &mut ShardPool<'_>,
     progress: &watch::Sender<Option<v1::Progress>>,
-) -> stylefarm_engine::Result<Vec<u8>> {
+) -> stylefarm_engine::Result<(Vec<u8>, Losses)> {
     let (w, h) = (input.width, input.height);
     let s = &input.settings;
     let limits = DecodeLimits::default();
@@ -367,7 +370,9 @@ fn optimise(
     if s.original_colors {
         image = keep_original_colors(&image, &content);
     }
-    encode_png(&image)
+    // What gets judged: the objective of the pixels written, one more first step.
+    let losses = objective.losses(pool, &image_to_network(&image, pre))?;
+    Ok((encode_png(&image)?, losses))
 }
 
 fn engine_error(e: EngineError) -> CoordinatorError {

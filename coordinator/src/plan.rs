@@ -1,6 +1,7 @@
 //! How a checked job becomes tasks: one per frame; a chain per frame for coarse-to-fine
-//! stages; a coarse pass, the whole image's statistics, overlapping tiles and an assemble step
-//! per frame for big prints; one
+//! stages; for big prints, the whole image's style targets, a shard per worker and the
+//! coordinator's driver per frame (tiles in lock step), or a coarse pass, the whole image's
+//! statistics, overlapping tiles and an assemble step per pass (tiles in passes); one
 //! task per point of a parameter sweep plus a contact sheet; a chain of frames for temporal
 //! video. Dependencies are indices of earlier tasks of the job (see [`crate::scheduler`]).
 //!

@@ -20,6 +20,10 @@
 //! measures it; the README has the figures). Letting each tile move the image's residual by
 //! only its share in a later pass, `S_t + (A - S) / share`, overshot by far: what the first
 //! pass leaves of the residual is not small, and every tile set out to close it alone.
+//!
+//! Tiles in lock step ([`crate::joint`]) spread it as the untiled render does, because they
+//! are the untiled optimisation: they need only `A`, which [`ImageStatistics::encode_style`]
+//! ships alone.
 
 use std::collections::HashMap;
 

@@ -456,6 +456,13 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
     .unwrap();
     let objective = |img| objective_of(&vgg, img, &content, &style, &settings);
     let ratio = objective(&tiled) / objective(&untiled);
+    // The driver reports the objective of the written pixels, as its tiles see them.
+    let reported = tiled_job.tasks[3].final_losses.as_ref().unwrap().total;
+    let whole = objective(&tiled);
+    assert!(
+        (reported / whole - 1.0).abs() < 0.05,
+        "{reported} vs {whole}"
+    );
     let grid = TileGrid::new(128, 96, 64, 0).unwrap();
     let score = seam_score(&grid, &tiled, &untiled).unwrap();
     eprintln!("tiny VGG, 128x96 in 64 px tiles in lock step: objective ratio {ratio:.4}, seam score {score:.3}");

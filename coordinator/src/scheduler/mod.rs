@@ -788,12 +788,12 @@ impl Scheduler {
     }
 
     /// The coordinator finished assembling `task` (an assemble task that was ready): with its
-    /// result, or failed for good with a reason. A task that is no longer ready (its job was
-    /// canceled meanwhile) is left as it is.
+    /// result (and the objective of a lock-step render's pixels), or failed for good with a
+    /// reason. A task that is no longer ready (its job was canceled meanwhile) is left as it is.
     pub(crate) fn assembled(
         &mut self,
         task_id: TaskId,
-        outcome: std::result::Result<v1::BlobRef, String>,
+        outcome: std::result::Result<(v1::BlobRef, Option<v1::Losses>), String>,
         now: i64,
     ) -> Result<()> {
         let task = self
@@ -806,8 +806,9 @@ impl Scheduler {
         let job = task.job;
         task.attempts += 1;
         let state = match outcome {
-            Ok(result) => {
+            Ok((result, losses)) => {
                 task.result = Some(result);
+                task.final_losses = losses;
                 task.error.clear();
                 TaskState::Succeeded
             }

@@ -668,7 +668,7 @@ fn assemble_tasks_are_the_coordinators_and_make_the_job_result() {
         size: 9,
     };
     let now = f.now();
-    f.s.assembled(ready[0].task, Ok(sheet.clone()), now)
+    f.s.assembled(ready[0].task, Ok((sheet.clone(), None)), now)
         .unwrap();
     let j = f.s.job_proto(job, Detail::Full).unwrap();
     assert_eq!(j.state, v1::JobState::Completed as i32);
