@@ -531,6 +531,31 @@ impl ShardPool<'_> {
         }
     }
 
+    /// Spreads `pending` over the members and sends each its share: the pixels it lacks, then
+    /// `command` for its tiles. Returns who was asked for which tiles; a member that cannot be
+    /// reached goes into `lost` and its tiles back into `pending`.
+    fn ask(
+        &mut self,
+        pending: &mut Vec<usize>,
+        lost: &mut Vec<(u64, String)>,
+        command: impl Fn(Vec<u32>) -> Command,
+    ) -> stylefarm_engine::Result<Vec<(usize, Vec<usize>)>> {
+        self.wait_for_member()?;
+        let share = self.spread(pending);
+        pending.clear();
+        let mut asked = Vec::new();
+        for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let c = command(tiles.iter().map(|&t| t as u32).collect());
+            if self.send_pixels(i, &tiles) && self.send(i, c) {
+                asked.push((i, tiles));
+            } else {
+                lost.push((self.members[i].id, "its stream is closed".to_string()));
+                pending.extend(tiles);
+            }
+        }
+        Ok(asked)
+    }
+
     /// `pending` spread over the members: each tile to a member that holds its pixels, the
     /// others round the members with the fewest.
     fn spread(&self, pending: &[usize]) -> Vec<Vec<usize>> {
@@ -562,24 +587,12 @@ impl TileBackend for ShardPool<'_> {
         }
         let mut total = GramSums::default();
         let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
+        let evaluation = self.evaluation;
         while !pending.is_empty() {
-            self.wait_for_member()?;
-            let share = self.spread(&pending);
-            pending.clear();
             let mut lost = Vec::new();
-            let mut asked = Vec::new();
-            for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-                let sum = Command::Sum(v1::ShardSum {
-                    evaluation: self.evaluation,
-                    tiles: tiles.iter().map(|&t| t as u32).collect(),
-                });
-                if self.send_pixels(i, &tiles) && self.send(i, sum) {
-                    asked.push((i, tiles));
-                } else {
-                    lost.push((self.members[i].id, "its stream is closed".to_string()));
-                    pending.extend(tiles);
-                }
-            }
+            let asked = self.ask(&mut pending, &mut lost, |tiles| {
+                Command::Sum(v1::ShardSum { evaluation, tiles })
+            })?;
             for (i, tiles) in asked {
                 match self.recv(i)? {
                     Some(Reply::Grams(g)) if g.evaluation == self.evaluation => {
@@ -611,25 +624,16 @@ impl TileBackend for ShardPool<'_> {
     ) -> stylefarm_engine::Result<()> {
         let residuals: Vec<Vec<u8>> = residuals.iter().map(|r| f32_bytes(r)).collect();
         let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
+        let evaluation = self.evaluation;
         while !pending.is_empty() {
-            self.wait_for_member()?;
-            let share = self.spread(&pending);
-            pending.clear();
             let mut lost = Vec::new();
-            let mut asked = Vec::new();
-            for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-                let command = Command::Residuals(v1::ShardResiduals {
-                    evaluation: self.evaluation,
-                    tiles: tiles.iter().map(|&t| t as u32).collect(),
+            let asked = self.ask(&mut pending, &mut lost, |tiles| {
+                Command::Residuals(v1::ShardResiduals {
+                    evaluation,
+                    tiles,
                     residuals: residuals.clone(),
-                });
-                if self.send_pixels(i, &tiles) && self.send(i, command) {
-                    asked.push((i, tiles));
-                } else {
-                    lost.push((self.members[i].id, "its stream is closed".to_string()));
-                    pending.extend(tiles);
-                }
-            }
+                })
+            })?;
             for (i, tiles) in asked {
                 let mut waiting: HashSet<usize> = tiles.iter().copied().collect();
                 while !waiting.is_empty() {

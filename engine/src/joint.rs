@@ -226,18 +226,7 @@ impl JointObjective {
         width: usize,
         height: usize,
     ) -> Result<Self> {
-        for (option, w) in [
-            ("content-weight", weights.content),
-            ("style-weight", weights.style),
-            ("tv-weight", weights.tv),
-        ] {
-            if !w.is_finite() || w < 0.0 {
-                return Err(EngineError::InvalidOption {
-                    option,
-                    reason: format!("{w} is not a finite, non-negative number"),
-                });
-            }
-        }
+        weights.validate()?;
         let layers = style
             .into_iter()
             .map(|(name, target)| {

@@ -269,18 +269,7 @@ impl<'a> Objective<'a> {
         style: &StyleTargets,
         weights: TermWeights,
     ) -> Result<Self> {
-        for (option, w) in [
-            ("content-weight", weights.content),
-            ("style-weight", weights.style),
-            ("tv-weight", weights.tv),
-        ] {
-            if !w.is_finite() || w < 0.0 {
-                return Err(EngineError::InvalidOption {
-                    option,
-                    reason: format!("{w} is not a finite, non-negative number"),
-                });
-            }
-        }
+        weights.validate()?;
         let (_, _, height, width) = content.dims4()?;
         let content_pos = content_layers
             .iter()

@@ -181,6 +181,25 @@ pub struct TermWeights {
     pub tv: f32,
 }
 
+impl TermWeights {
+    /// Refuses a weight that is negative or not finite, naming its option.
+    pub fn validate(&self) -> Result<()> {
+        for (option, w) in [
+            ("content-weight", self.content),
+            ("style-weight", self.style),
+            ("tv-weight", self.tv),
+        ] {
+            if !w.is_finite() || w < 0.0 {
+                return Err(EngineError::InvalidOption {
+                    option,
+                    reason: format!("{w} is not a finite, non-negative number"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The objective's value, term by term (each term unweighted; `total` is weighted).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Losses {

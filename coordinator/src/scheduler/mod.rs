@@ -796,13 +796,9 @@ impl Scheduler {
         outcome: std::result::Result<(v1::BlobRef, Option<v1::Losses>), String>,
         now: i64,
     ) -> Result<()> {
-        let task = self
-            .tasks
-            .get_mut(&task_id)
-            .ok_or_else(|| not_found("task", task_id))?;
-        if !task.state.is_ready() || !is_assemble(&task.spec) {
+        let Some(task) = self.own_ready_task(task_id)? else {
             return Ok(());
-        }
+        };
         let job = task.job;
         task.attempts += 1;
         let state = match outcome {
@@ -829,18 +825,24 @@ impl Scheduler {
         progress: v1::Progress,
         now: i64,
     ) -> Result<()> {
-        let task = self
-            .tasks
-            .get_mut(&task_id)
-            .ok_or_else(|| not_found("task", task_id))?;
-        if !task.state.is_ready() || !is_assemble(&task.spec) {
+        let Some(task) = self.own_ready_task(task_id)? else {
             return Ok(());
-        }
+        };
         task.progress = Some(progress);
         let job = task.job;
         self.effects.push(Effect::TaskChanged(task_id));
         self.refresh_job(job, now);
         Ok(())
+    }
+
+    /// A task the coordinator runs itself, while it is ready (`None` once it is not: its job
+    /// was canceled meanwhile).
+    fn own_ready_task(&mut self, task_id: TaskId) -> Result<Option<&mut TaskRecord>> {
+        let task = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| not_found("task", task_id))?;
+        Ok((task.state.is_ready() && is_assemble(&task.spec)).then_some(task))
     }
 
     /// For a shard's stream: the shard task and job behind `lease`, and the job's lock-step
