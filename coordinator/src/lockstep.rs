@@ -23,7 +23,7 @@ use stylefarm_engine::image_io::{
     decode_image, encode_png, random_image, resize_exact, DecodeLimits, RgbImage,
 };
 use stylefarm_engine::joint::{
-    add_crop, crop, image_to_network, joint_tiles, network_to_image, optimize,
+    add_crop, crop, driver_optimizer, image_to_network, joint_tiles, network_to_image, optimize,
     style_targets_of_statistics, GramSums, JointObjective, JointTile, TileBackend,
 };
 use stylefarm_engine::settings::{Init, Losses, TermWeights};
@@ -342,12 +342,17 @@ fn optimise(
         }
     };
     let mut x = image_to_network(&start, pre);
+    let (optimizer, bytes) =
+        driver_optimizer(s.optimizer, u64::from(w) * u64::from(h), s.num_iterations);
+    if optimizer != s.optimizer {
+        tracing::info!(job_id = %input.job, ?optimizer, bytes, "L-BFGS's history cut to fit the driver's memory");
+    }
     let started = Instant::now();
     let done = optimize(
         &objective,
         pool,
         &mut x,
-        s.optimizer,
+        optimizer,
         s.num_iterations,
         pre,
         &mut |iteration, total, losses| {

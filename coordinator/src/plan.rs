@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use stylefarm_engine::image_io::fit_max_side;
-use stylefarm_engine::joint::joint_tiles;
+use stylefarm_engine::joint::{driver_optimizer, joint_tiles};
 use stylefarm_engine::settings::{RenderSettings, MAX_IMAGE_SIZE};
 use stylefarm_engine::tiles::{
     estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, TileGrid,
@@ -358,16 +358,10 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
     })
 }
 
-/// The coordinator's memory for a lock-step render of `w` x `h`: the image, the gradient and
-/// the optimiser's state (L-BFGS keeps two vectors per iteration of its history) in float32.
+/// The coordinator's memory for a lock-step render of `w` x `h` (`joint::driver_optimizer`).
 fn driver_memory_bytes(w: u32, h: u32, settings: &RenderSettings, iterations: u32) -> u64 {
-    let vectors = match settings.optimizer {
-        stylefarm_engine::optim::Optimizer::Lbfgs { history, .. } => {
-            2 * (history as u64).min(u64::from(iterations)) + 6
-        }
-        stylefarm_engine::optim::Optimizer::Adam { .. } => 5,
-    };
-    vectors * 12 * u64::from(w) * u64::from(h)
+    let pixels = u64::from(w) * u64::from(h);
+    driver_optimizer(settings.optimizer, pixels, iterations).1
 }
 
 /// Whether the largest worker (`max_worker_memory` bytes, 0: none says) has the memory for

@@ -337,6 +337,34 @@ impl JointObjective {
     }
 }
 
+/// The most memory a driver's optimiser may hold: past it, L-BFGS keeps fewer curvature
+/// pairs than asked for.
+pub const DRIVER_MEMORY_BUDGET: u64 = 8 << 30;
+
+/// What a driver runs for an image of `pixels` pixels and `iterations` evaluations:
+/// `optimizer`, L-BFGS's history cut (to no fewer than 5 pairs) so that the driver's state
+/// fits [`DRIVER_MEMORY_BUDGET`], and the bytes that state takes (the image, the gradient and
+/// the optimiser's vectors, float32).
+pub fn driver_optimizer(optimizer: Optimizer, pixels: u64, iterations: u32) -> (Optimizer, u64) {
+    let vector = 12 * pixels.max(1);
+    match optimizer {
+        Optimizer::Lbfgs {
+            history,
+            strong_wolfe,
+        } => {
+            let fits = (DRIVER_MEMORY_BUDGET / vector).saturating_sub(6) / 2;
+            let history = history.min(fits.max(5) as usize);
+            let pairs = (history as u64).min(u64::from(iterations));
+            let optimizer = Optimizer::Lbfgs {
+                history,
+                strong_wolfe,
+            };
+            (optimizer, (2 * pairs + 6) * vector)
+        }
+        Optimizer::Adam { .. } => (optimizer, 5 * vector),
+    }
+}
+
 /// How a lock-step optimisation went.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Optimized {
@@ -530,6 +558,38 @@ mod tests {
         );
         assert!(joint_tiles(100, 100, 8, 0, 16).is_err());
         assert!(joint_tiles(0, 100, 64, 0, 16).is_err());
+    }
+
+    #[test]
+    fn a_drivers_lbfgs_history_fits_its_memory() {
+        let lbfgs = Optimizer::Lbfgs {
+            history: 100,
+            strong_wolfe: true,
+        };
+        // 1024x768 and 40 iterations: as asked, 40 pairs held.
+        let (o, bytes) = driver_optimizer(lbfgs, 1024 * 768, 40);
+        assert_eq!(o, lbfgs);
+        assert_eq!(bytes, 86 * 12 * 1024 * 768);
+        // 4096x4096: 18 pairs fit in 8 GiB.
+        let (o, bytes) = driver_optimizer(lbfgs, 4096 * 4096, 100);
+        assert!(
+            matches!(
+                o,
+                Optimizer::Lbfgs {
+                    history: 18,
+                    strong_wolfe: true
+                }
+            ),
+            "{o:?}"
+        );
+        assert!(bytes <= DRIVER_MEMORY_BUDGET);
+        // Never fewer than 5; Adam holds 5 vectors.
+        let (o, _) = driver_optimizer(lbfgs, 1 << 30, 100);
+        assert!(matches!(o, Optimizer::Lbfgs { history: 5, .. }), "{o:?}");
+        let adam = Optimizer::Adam {
+            learning_rate: 10.0,
+        };
+        assert_eq!(driver_optimizer(adam, 100, 7), (adam, 5 * 1200));
     }
 
     #[test]
