@@ -60,9 +60,6 @@ use crate::scheduler::SchedulerConfig;
 use crate::service::{Api, Auth, Limits};
 use crate::validate::{ImageChecker, JobLimits};
 
-/// The largest message of a lock-step shard's stream (a tile's pixels or gradient).
-pub const MAX_SHARD_MESSAGE_BYTES: usize = 256 << 20;
-
 /// How the coordinator runs.
 #[derive(Clone)]
 pub struct Config {
@@ -238,10 +235,9 @@ pub async fn serve_with_clock(
                 auth.clone(),
             ))
             .add_service(tonic::service::interceptor::InterceptedService::new(
-                // A shard's reply carries a tile's gradient: more than gRPC's default 4 MiB
-                // for tiles over ~580 px with their margins.
+                // A shard's reply carries a tile's gradient.
                 WorkerServiceServer::new(api.clone())
-                    .max_decoding_message_size(MAX_SHARD_MESSAGE_BYTES),
+                    .max_decoding_message_size(stylefarm_proto::MAX_SHARD_MESSAGE_BYTES),
                 auth.clone(),
             ))
             .add_service(AdminServiceServer::with_interceptor(api, auth));

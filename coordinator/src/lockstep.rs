@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use stylefarm_engine::color::keep_original_colors;
 use stylefarm_engine::image_io::{
-    decode_image, encode_png, random_image, resize_exact, DecodeLimits, RgbImage,
+    decode_image, encode_png, image_to_network, network_to_image, random_image, resize_exact,
+    DecodeLimits, RgbImage,
 };
 use stylefarm_engine::joint::{
-    add_crop, crop, driver_optimizer, image_to_network, joint_tiles, network_to_image, optimize,
-    style_targets_of_statistics, GramSums, JointObjective, JointTile, TileBackend,
+    add_crop, crop, driver_optimizer, joint_tiles, optimize, style_targets_of_statistics, GramSums,
+    JointObjective, JointTile, TileBackend,
 };
 use stylefarm_engine::settings::{Init, Losses, TermWeights};
 use stylefarm_engine::{EngineError, Preprocess};
@@ -277,14 +278,7 @@ fn drive(
     progress: &watch::Sender<Option<v1::Progress>>,
 ) -> DriverOutcome {
     let (w, h) = (input.width, input.height);
-    let align = input
-        .settings
-        .content_layers
-        .iter()
-        .chain(&input.settings.style_layers)
-        .map(|l| l.stride())
-        .max()
-        .unwrap_or(1);
+    let align = input.settings.deepest_stride();
     let tiles = match joint_tiles(w, h, input.tile_size, input.margin, align) {
         Ok(t) => t,
         Err(e) => return Err((engine_error(e), Vec::new())),
@@ -371,7 +365,10 @@ fn optimise(
         seconds = started.elapsed().as_secs_f64(),
         "lock-step render optimised"
     );
-    let mut image = network_to_image(&x, w, h, pre);
+    let mut image = network_to_image(&x, w, h, pre).ok_or(EngineError::InvalidOption {
+        option: "image-size",
+        reason: format!("a {w}x{h} image is too large"),
+    })?;
     if s.original_colors {
         image = keep_original_colors(&image, &content);
     }
@@ -504,8 +501,8 @@ impl ShardPool<'_> {
             let command = Command::Tile(v1::ShardTile {
                 evaluation: self.evaluation,
                 tile: t as u32,
-                core: Some(rect(tile.core)),
-                context: Some(rect(tile.context)),
+                core: Some(tile.core.into()),
+                context: Some(tile.context.into()),
                 values: f32_bytes(&values),
             });
             if !self.send(member, command) {
@@ -669,15 +666,6 @@ impl TileBackend for ShardPool<'_> {
             }
         }
         Ok(())
-    }
-}
-
-fn rect(r: stylefarm_engine::tiles::Rect) -> v1::ShardRect {
-    v1::ShardRect {
-        x: r.x,
-        y: r.y,
-        width: r.width,
-        height: r.height,
     }
 }
 

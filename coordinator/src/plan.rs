@@ -339,7 +339,8 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                     0.0
                 } else if let Some(Part::Shard(sh)) = &d.spec.part {
                     // Its share of every tile's context, each evaluated forward twice and
-                    // backward once (a third more than a render's forward and backward).
+                    // backward once: the most it takes, when the worker lacks the memory to
+                    // keep the activations between the steps (a third more than a render).
                     let contexts: f64 = response
                         .lockstep_tiles
                         .iter()
@@ -460,16 +461,7 @@ fn plan_tiles(
     };
     let (columns, rows) = grid.shape();
     let margin = context_margin(t.tile_overlap);
-    // The statistics take the whole image in one pass where a worker has the memory for it
-    // (as estimated for a render, which needs more than their forward passes); else pieces
-    // that with their margins are no larger than a tile's context.
-    let piece_size = if fits_one_worker((w, h), b.inputs.max_worker_memory) {
-        0
-    } else {
-        (t.tile_size + 2 * margin)
-            .saturating_sub(2 * GRAM_MARGIN as u32)
-            .max(MIN_TILE_SIZE)
-    };
+    let piece_size = statistics_piece(b, (w, h), t.tile_size, margin);
     for pass in 0..passes {
         // The iterations split as evenly as they go, the first passes taking the remainder.
         let pass_iterations = iterations / passes + u32::from(pass < iterations % passes);
@@ -480,27 +472,16 @@ fn plan_tiles(
         };
         // The whole image's style targets and the Gram matrices of this pass's start, once
         // for every tile (engine::statistics).
-        // Forward passes only: one step on a progress bar.
-        let statistics = b.push(
-            frame,
-            v1::RenderSettings {
-                image_size: Some(w.max(h)),
-                num_iterations: Some(1),
-                ..wire.clone()
-            },
-            Part::Statistics(v1::Statistics {
-                full_width: w,
-                full_height: h,
-                piece_size,
-                pass,
-                style_only: false,
-            }),
-            suffixed(&name, &label("_statistics")),
-            (w, h),
-        );
-        let spec = b.last();
-        spec.depends_on = start.into_iter().collect();
-        spec.intermediate = true;
+        let part = v1::Statistics {
+            full_width: w,
+            full_height: h,
+            piece_size,
+            pass,
+            style_only: false,
+        };
+        let output = suffixed(&name, &label("_statistics"));
+        let statistics = push_statistics(b, wire, frame, part, output);
+        b.last().depends_on = start.into_iter().collect();
         let mut tiles = Vec::new();
         for (i, r) in grid.tiles().into_iter().enumerate() {
             let c = r.grown(margin, w, h);
@@ -557,6 +538,40 @@ fn plan_tiles(
     Ok((columns, rows))
 }
 
+/// The side of the pieces a statistics task takes the whole `w` x `h` image in: the whole
+/// image at once (0) where a worker has the memory for it (as estimated for a render, which
+/// needs more than its forward passes); else pieces that with their margins are no larger
+/// than a tile's context (`tile_size` and `margin` on each side).
+fn statistics_piece(b: &Builder<'_>, (w, h): (u32, u32), tile_size: u32, margin: u32) -> u32 {
+    if fits_one_worker((w, h), b.inputs.max_worker_memory) {
+        0
+    } else {
+        (tile_size + 2 * margin)
+            .saturating_sub(2 * GRAM_MARGIN as u32)
+            .max(MIN_TILE_SIZE)
+    }
+}
+
+/// Pushes a statistics task of the whole image `part` describes (an intermediate result):
+/// forward passes only, one step on a progress bar.
+fn push_statistics(
+    b: &mut Builder<'_>,
+    wire: &v1::RenderSettings,
+    frame: usize,
+    part: v1::Statistics,
+    output_name: String,
+) -> u32 {
+    let (w, h) = (part.full_width, part.full_height);
+    let settings = v1::RenderSettings {
+        image_size: Some(w.max(h)),
+        num_iterations: Some(1),
+        ..wire.clone()
+    };
+    let index = b.push(frame, settings, Part::Statistics(part), output_name, (w, h));
+    b.last().intermediate = true;
+    index
+}
+
 /// Whether tiles of `t` are rendered in lock step.
 fn lockstep(t: &v1::TileOptions) -> bool {
     match v1::TileMode::try_from(t.mode) {
@@ -591,43 +606,20 @@ fn plan_lockstep(
         ));
     }
     let settings = b.inputs.settings;
-    let align = settings
-        .content_layers
-        .iter()
-        .chain(&settings.style_layers)
-        .map(|l| l.stride())
-        .max()
-        .unwrap_or(1);
+    let align = settings.deepest_stride();
     let margin = lockstep_margin(&t);
     let tiles = joint_tiles(w, h, t.tile_size, margin, align)
         .map_err(|e| invalid("spec.tiles", e.to_string()))?;
     let columns = tiles.iter().filter(|r| r.core.y == 0).count();
     let rows = tiles.len() / columns.max(1);
-    let piece_size = if fits_one_worker((w, h), b.inputs.max_worker_memory) {
-        0
-    } else {
-        (t.tile_size + 2 * margin)
-            .saturating_sub(2 * GRAM_MARGIN as u32)
-            .max(MIN_TILE_SIZE)
+    let part = v1::Statistics {
+        full_width: w,
+        full_height: h,
+        piece_size: statistics_piece(b, (w, h), t.tile_size, margin),
+        pass: 0,
+        style_only: true,
     };
-    let statistics = b.push(
-        frame,
-        v1::RenderSettings {
-            image_size: Some(w.max(h)),
-            num_iterations: Some(1),
-            ..wire.clone()
-        },
-        Part::Statistics(v1::Statistics {
-            full_width: w,
-            full_height: h,
-            piece_size,
-            pass: 0,
-            style_only: true,
-        }),
-        suffixed(&name, "_statistics"),
-        (w, h),
-    );
-    b.last().intermediate = true;
+    let statistics = push_statistics(b, wire, frame, part, suffixed(&name, "_statistics"));
     let largest = tiles
         .iter()
         .map(|r| (r.context.width, r.context.height))
@@ -662,15 +654,7 @@ fn plan_lockstep(
     });
     b.push(frame, wire.clone(), part, name, (w, h));
     b.last().depends_on = vec![statistics];
-    let contexts = tiles
-        .iter()
-        .map(|r| v1::ShardRect {
-            x: r.context.x,
-            y: r.context.y,
-            width: r.context.width,
-            height: r.context.height,
-        })
-        .collect();
+    let contexts = tiles.iter().map(|r| r.context.into()).collect();
     Ok(((columns, rows), contexts))
 }
 

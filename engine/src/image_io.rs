@@ -26,7 +26,6 @@ use image::{
 pub use image::RgbImage;
 
 use crate::error::{EngineError, Result};
-#[cfg(feature = "compute")]
 use crate::preprocess::Preprocess;
 
 /// JPEG quality used by [`save_image`] for `.jpg`/`.jpeg` outputs.
@@ -285,8 +284,18 @@ pub fn resize_exact(img: &RgbImage, width: u32, height: u32) -> RgbImage {
 /// [`EngineError::Candle`] if the tensor cannot be made on `device`.
 pub fn image_to_tensor(img: &RgbImage, pre: Preprocess, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
-    let (w, h) = (w as usize, h as usize);
-    let plane = w * h;
+    let data = image_to_network(img, pre);
+    Ok(Tensor::from_vec(
+        data,
+        (1, 3, h as usize, w as usize),
+        device,
+    )?)
+}
+
+/// The network-input values of an image, (3, H, W) flattened: what [`image_to_tensor`] holds,
+/// without candle (the coordinator's lock-step driver).
+pub fn image_to_network(img: &RgbImage, pre: Preprocess) -> Vec<f32> {
+    let plane = (img.width() * img.height()) as usize;
     let mut data = vec![0f32; 3 * plane];
     for (c, dst) in data.chunks_exact_mut(plane.max(1)).enumerate().take(3) {
         let src = pre.rgb_channel(c);
@@ -294,7 +303,7 @@ pub fn image_to_tensor(img: &RgbImage, pre: Preprocess, device: &Device) -> Resu
             *d = pre.to_network(c, f32::from(px[src]));
         }
     }
-    Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
+    data
 }
 
 #[cfg(feature = "compute")]
@@ -324,15 +333,25 @@ pub fn tensor_to_image(t: &Tensor, pre: Preprocess) -> Result<RgbImage> {
         u32::try_from(h).map_err(|_| too_big())?,
     );
     let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let plane = w * h;
+    network_to_image(&data, w32, h32, pre).ok_or_else(too_big)
+}
+
+/// The image of network-input values `x`, (3, H, W) flattened, the inverse of
+/// [`image_to_network`]: values mapped back to pixels, clamped to `[0, 255]` and rounded to
+/// nearest. `None` when `x` is not `width` x `height` or the image would be too large.
+pub fn network_to_image(x: &[f32], width: u32, height: u32, pre: Preprocess) -> Option<RgbImage> {
+    let plane = (width as usize).checked_mul(height as usize)?;
+    if x.len() != 3 * plane {
+        return None;
+    }
     let mut raw = vec![0u8; 3 * plane];
-    for (c, src) in data.chunks_exact(plane.max(1)).enumerate().take(3) {
+    for (c, src) in x.chunks_exact(plane.max(1)).enumerate().take(3) {
         let rgb = pre.rgb_channel(c);
         for (px, &v) in raw.chunks_exact_mut(3).zip(src) {
             px[rgb] = to_u8(pre.to_pixel(c, v));
         }
     }
-    RgbImage::from_raw(w32, h32, raw).ok_or_else(too_big)
+    RgbImage::from_raw(width, height, raw)
 }
 
 fn encode_error(format: &str, img: &RgbImage, err: ImageError) -> EngineError {
@@ -472,6 +491,16 @@ pub fn random_image(width: u32, height: u32, seed: u64) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pixels_round_trip_through_network_values() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 70, 200]));
+        for pre in [Preprocess::Caffe, Preprocess::Torchvision] {
+            let x = image_to_network(&img, pre);
+            assert_eq!(network_to_image(&x, 5, 3, pre), Some(img.clone()));
+            assert_eq!(network_to_image(&x, 4, 3, pre), None);
+        }
+    }
     use image::{GrayImage, ImageFormat, Luma, Rgb};
 
     fn limits() -> DecodeLimits {

@@ -23,8 +23,6 @@
 //! Tensor-free, so the coordinator drives it without candle; the per-tile work is
 //! `crate::shard`'s.
 
-use image::RgbImage;
-
 use crate::error::{EngineError, Result};
 use crate::layers::LayerName;
 use crate::optim::{minimize, Bounds, Optimizer, Stop};
@@ -406,33 +404,6 @@ pub fn optimize(
     })
 }
 
-/// The network-input values of an image, (3, H, W) flattened.
-pub fn image_to_network(img: &RgbImage, pre: Preprocess) -> Vec<f32> {
-    let plane = (img.width() * img.height()) as usize;
-    let mut data = vec![0f32; 3 * plane];
-    for (c, dst) in data.chunks_exact_mut(plane.max(1)).enumerate().take(3) {
-        let src = pre.rgb_channel(c);
-        for (d, px) in dst.iter_mut().zip(img.as_raw().chunks_exact(3)) {
-            *d = pre.to_network(c, f32::from(px[src]));
-        }
-    }
-    data
-}
-
-/// The image of network-input values, (3, H, W) flattened: clamped and rounded to nearest.
-pub fn network_to_image(x: &[f32], width: u32, height: u32, pre: Preprocess) -> RgbImage {
-    let plane = (width * height) as usize;
-    RgbImage::from_fn(width, height, |i, j| {
-        let at = (j * width + i) as usize;
-        let mut px = [0u8; 3];
-        for c in 0..3 {
-            let v = pre.to_pixel(c, x[c * plane + at]);
-            px[pre.rgb_channel(c)] = v.round().clamp(0.0, 255.0) as u8;
-        }
-        image::Rgb(px)
-    })
-}
-
 /// The values of `r` in a (3, H, W) image `x` of `width` columns, (3, h, w) flattened.
 pub fn crop(x: &[f32], width: usize, height: usize, r: Rect) -> Vec<f32> {
     let (x0, y0, w, h) = (
@@ -633,15 +604,6 @@ mod tests {
                 if inside { 2.0 * v } else { 0.0 },
                 "plane {p} ({xx}, {y})"
             );
-        }
-    }
-
-    #[test]
-    fn pixels_round_trip_through_network_values() {
-        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 70, 200]));
-        for pre in [Preprocess::Caffe, Preprocess::Torchvision] {
-            let x = image_to_network(&img, pre);
-            assert_eq!(network_to_image(&x, 5, 3, pre), img);
         }
     }
 }

@@ -212,8 +212,12 @@ fn grams_in_pieces(
                 let s = vgg.min_input_side(p);
                 // The piece's own positions at this layer; the last piece on an axis takes
                 // what the floor of the pools leaves.
-                let (r0, r1) = ((y0 - top) / s, if y1 == h { fh } else { (y1 - top) / s });
-                let (c0, c1) = ((x0 - left) / s, if x1 == w { fw } else { (x1 - left) / s });
+                let span = |a, b, from, full, len| {
+                    let [a, b, from, full] = [a, b, from, full].map(|v: usize| v as u32);
+                    crate::joint::owned_span(a, b, from, full, s as u32, len)
+                };
+                let (r0, r1) = span(y0, y1, top, h, fh);
+                let (c0, c1) = span(x0, x1, left, w, fw);
                 if r1 <= r0 || c1 <= c0 {
                     continue;
                 }
@@ -458,7 +462,7 @@ impl<'a> Objective<'a> {
 }
 
 /// Sum of squares, accumulated in f64.
-fn sum_sq(t: &Tensor) -> Result<f64> {
+pub(crate) fn sum_sq(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?
         .sqr()?
         .sum_all()?

@@ -98,6 +98,18 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> EngineError {
 }
 
 impl RenderSettings {
+    /// Input pixels per feature position of the deepest content or style layer: tiles in
+    /// lock step start at multiples of it, so that their feature positions line up with the
+    /// whole image's.
+    pub fn deepest_stride(&self) -> u32 {
+        self.content_layers
+            .iter()
+            .chain(&self.style_layers)
+            .map(|l| l.stride())
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Checks every value against its range, naming the first bad option.
     pub fn validate(&self, num_styles: usize) -> Result<()> {
         if !(1..=MAX_IMAGE_SIZE).contains(&self.image_size) {

@@ -13,6 +13,7 @@ use candle_core::Tensor;
 use crate::error::{EngineError, Result};
 use crate::joint::{add_crop, crop, owned_span, GramSums, JointTile, TileBackend};
 use crate::layers::LayerName;
+use crate::objective::sum_sq;
 use crate::vgg::{Activations, Vgg};
 
 /// A layer the objective reads, with where it is and how its positions map to pixels.
@@ -276,13 +277,6 @@ fn pad(g: &Tensor, like: &Tensor, r0: usize, r1: usize, c0: usize, c1: usize) ->
     let (_, _, h, w) = like.dims4()?;
     Ok(g.pad_with_zeros(2, r0, h - r1)?
         .pad_with_zeros(3, c0, w - c1)?)
-}
-
-fn sum_sq(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?)
 }
 
 /// Every tile of an image evaluated in this process, one after another: a piece's memory, the

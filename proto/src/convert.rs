@@ -205,6 +205,28 @@ impl From<&engine::Losses> for v1::Losses {
     }
 }
 
+impl From<stylefarm_engine::tiles::Rect> for v1::ShardRect {
+    fn from(r: stylefarm_engine::tiles::Rect) -> Self {
+        Self {
+            x: r.x,
+            y: r.y,
+            width: r.width,
+            height: r.height,
+        }
+    }
+}
+
+impl From<v1::ShardRect> for stylefarm_engine::tiles::Rect {
+    fn from(r: v1::ShardRect) -> Self {
+        Self {
+            x: r.x,
+            y: r.y,
+            width: r.width,
+            height: r.height,
+        }
+    }
+}
+
 /// Little-endian float32 bytes, as lock-step tiles carry pixels, Gram matrices and gradients.
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

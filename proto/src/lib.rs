@@ -17,3 +17,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Largest chunk of a blob in one message (well under gRPC's 4 MiB default limit).
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The largest message of a lock-step shard's stream (`WorkerService.Shard`: a tile's pixels
+/// or gradient), which both ends allow: more than gRPC's default 4 MiB, which tiles over
+/// ~580 px with their margins pass.
+pub const MAX_SHARD_MESSAGE_BYTES: usize = 256 << 20;

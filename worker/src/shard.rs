@@ -21,15 +21,13 @@ use stylefarm_engine::vgg::Activations;
 use stylefarm_engine::{EngineError, Preprocess};
 use stylefarm_proto::convert::{f32_bytes, f32_values};
 use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
+use stylefarm_proto::MAX_SHARD_MESSAGE_BYTES;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 
 use crate::engine::{Engine, TileObjective};
 use crate::rpc::describe;
 use crate::task::Failure;
-
-/// The largest message of a shard's stream (a tile's pixels or gradient).
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// What a shard task needs, fetched and checked.
 pub(crate) struct ShardInput {
@@ -90,8 +88,8 @@ pub(crate) async fn serve(
     let outbound =
         tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(replies_rx));
     let mut client = workers
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_SHARD_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_SHARD_MESSAGE_BYTES);
     let mut inbound = client
         .shard(outbound)
         .await
@@ -286,15 +284,8 @@ impl Session {
     /// A tile's core must lie in its context, the context in the image, and its pixels fill
     /// the context.
     fn check(&self, t: &v1::ShardTile) -> Result<JointTile, Failure> {
-        let rect = |r: Option<&v1::ShardRect>| {
-            r.map(|r| Rect {
-                x: r.x,
-                y: r.y,
-                width: r.width,
-                height: r.height,
-            })
-        };
-        let (Some(core), Some(context)) = (rect(t.core.as_ref()), rect(t.context.as_ref())) else {
+        let (Some(core), Some(context)) = (t.core.map(Rect::from), t.context.map(Rect::from))
+        else {
             return Err(Failure::application("a shard tile without its rectangles"));
         };
         let inside = |a: &Rect, w: u32, h: u32| {
