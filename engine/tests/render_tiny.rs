@@ -258,3 +258,30 @@ fn bad_settings_and_images_get_one_clear_error() {
         (40, 40)
     );
 }
+
+/// The PNG bytes of one fixed render, made before the crates were reshaped (issue 15) and kept
+/// in `tests/data/pinned_render.png`: any change to what a render computes shows here. On a
+/// two-thread pool, so the split of the float sums is the same on every machine.
+#[test]
+fn a_fixed_render_gives_the_pinned_bytes() {
+    let vgg = load_vgg(&data("tiny_vgg16.safetensors"));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let settings = RenderSettings {
+        init: Init::Content,
+        ..settings()
+    };
+    let out = pool.install(|| render(&vgg, &inputs(), &settings, &mut ()).unwrap());
+    let png = stylefarm_engine::image_io::encode_png(&out.image).unwrap();
+    let pinned = data("pinned_render.png");
+    if std::env::var_os("STYLEFARM_BLESS").is_some() {
+        std::fs::write(&pinned, &png).unwrap();
+    }
+    assert!(
+        png == std::fs::read(&pinned).unwrap(),
+        "the render's bytes changed (STYLEFARM_BLESS=1 rewrites {}, only for a deliberate change)",
+        pinned.display()
+    );
+}
