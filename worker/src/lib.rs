@@ -35,7 +35,6 @@ mod observer;
 mod rpc;
 mod shard;
 mod task;
-pub mod weights;
 mod worker;
 
 use std::path::PathBuf;
@@ -110,19 +109,6 @@ pub fn total_memory_bytes() -> Option<u64> {
 /// task).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// No weights file was given and none is in the cache.
-    #[error("{}", weights::NO_WEIGHTS_MESSAGE)]
-    NoWeights,
-    /// A weights path that was given but cannot be used.
-    #[error("{what} {path} {reason}")]
-    WeightsPath {
-        /// Where the path came from (`the --weights file`, ...).
-        what: String,
-        /// The path.
-        path: PathBuf,
-        /// What is wrong with it, and what to do.
-        reason: String,
-    },
     /// The coordinator address is not a URL tonic can connect to.
     #[error(
         "invalid coordinator address `{url}`: {reason} (expected e.g. http://127.0.0.1:50051)"

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use stylefarm_worker::{weights, CandleEngine, Config};
+use stylefarm_core::cache;
+use stylefarm_worker::{CandleEngine, Config};
 
 /// A stylefarm render node: leases style-transfer tasks from a coordinator and renders them.
 #[derive(Parser)]
@@ -66,7 +67,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     if !(args.grace.is_finite() && args.grace >= 0.0) {
         anyhow::bail!("invalid --grace: {} is not a number of seconds", args.grace);
     }
-    let weights_path = weights::find_weights(args.weights.as_deref())?;
+    let weights_path = cache::find_weights(args.weights.as_deref())?;
     let engine = CandleEngine::load(&weights_path)
         .with_context(|| format!("could not load the weights {}", weights_path.display()))?;
     tracing::info!(weights = %weights_path.display(), models = ?stylefarm_worker::Engine::models(&engine), "engine ready");
@@ -86,7 +87,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     config.token = args.token.filter(|t| !t.is_empty());
     config.cache_dir = args
         .cache_dir
-        .or_else(|| weights::cache_dir().map(|d| d.join("blobs")));
+        .or_else(|| cache::cache_dir().ok().map(|d| d.join("blobs")));
     config.preview_every = args.preview_every;
     config.grace = Duration::from_secs_f64(args.grace);
 
