@@ -6,16 +6,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_proto::blob::{
-    announced_size, append_read, sha256_hex, verify_download, write_requests, Auth,
-};
+use stylefarm_proto::blob::{read_blob, sha256_hex, write_requests, Auth, ReadError};
 use stylefarm_proto::v1::admin_service_client::AdminServiceClient;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;
 use stylefarm_proto::v1::{
     BlobRef, CancelJobRequest, FindMissingBlobsRequest, GetJobRequest, Job, JobEvent, JobSpec,
-    ListJobsRequest, ListWorkersRequest, PlanJobResponse, ReadBlobRequest, SubmitJobRequest,
-    WatchJobRequest, WorkerInfo,
+    ListJobsRequest, ListWorkersRequest, PlanJobResponse, SubmitJobRequest, WatchJobRequest,
+    WorkerInfo,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -294,41 +292,16 @@ impl FarmClient {
 
     /// Downloads a blob, resuming a read that breaks off, and checks its size and hash.
     pub async fn download(&self, blob: &BlobRef) -> Result<Vec<u8>, FarmError> {
-        let corrupt = |reason: String| FarmError::Corrupt {
-            sha256: blob.sha256.clone(),
-            reason,
-        };
-        let expected = announced_size(blob).map_err(corrupt)?;
-        let mut data = Vec::with_capacity(expected);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.read_into(blob, expected, &mut data).await {
-                Ok(()) => break,
-                Err(s) if s.code() == Code::Unavailable && tries < READ_ATTEMPTS => {}
-                Err(s) if s.code() == Code::DataLoss => return Err(corrupt(s.message().into())),
-                Err(s) => return Err(self.error(s)),
-            }
-        }
-        verify_download(blob, &data).map_err(corrupt)?;
-        Ok(data)
-    }
-
-    async fn read_into(
-        &self,
-        blob: &BlobRef,
-        expected: usize,
-        data: &mut Vec<u8>,
-    ) -> Result<(), Status> {
-        let request = ReadBlobRequest {
-            sha256: blob.sha256.clone(),
-            offset: data.len() as u64,
-        };
-        let mut stream = self.blobs.clone().read(request).await?.into_inner();
-        while let Some(msg) = stream.message().await? {
-            append_read(data, &msg.data, expected)?;
-        }
-        Ok(())
+        let unavailable = |s: &Status| s.code() == Code::Unavailable;
+        read_blob(self.blobs.clone(), blob, READ_ATTEMPTS, unavailable, None)
+            .await
+            .map_err(|e| match e {
+                ReadError::Rpc(s) => self.error(s),
+                ReadError::Corrupt(reason) => FarmError::Corrupt {
+                    sha256: blob.sha256.clone(),
+                    reason,
+                },
+            })
     }
 
     /// Submits a job; returns its id.

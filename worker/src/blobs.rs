@@ -8,15 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use stylefarm_proto::blob::{
-    announced_size, append_read, is_sha256, sha256_hex, verify_download, write_requests,
-};
+use stylefarm_proto::blob::{is_sha256, read_blob, sha256_hex, write_requests, ReadError};
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
-use stylefarm_proto::v1::{BlobRef, FindMissingBlobsRequest, ReadBlobRequest};
+use stylefarm_proto::v1::{BlobRef, FindMissingBlobsRequest};
 
 use tonic::Status;
 
-use crate::rpc::{describe, retry, transient, within, Transport, RPC_TIMEOUT};
+use crate::rpc::{retry, transient, within, Transport, RPC_TIMEOUT};
 
 /// Largest blob a task may ask this worker to fetch.
 pub(crate) const MAX_BLOB_BYTES: u64 = 512 * 1024 * 1024;
@@ -69,62 +67,20 @@ pub(crate) async fn upload(
     Ok(blob)
 }
 
-/// Why a blob could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum FetchError {
-    /// The coordinator said no, or could not be reached.
-    #[error("{}", describe(.0))]
-    Rpc(Status),
-    /// The bytes that came are not the blob that was asked for.
-    #[error("{0}")]
-    Corrupt(String),
-}
-
-/// Downloads `blob` with `Read`, resuming from the last byte received after a transient
-/// failure, and checks its size and sha256.
+/// Downloads `blob` with `Read`, each call and message within [`RPC_TIMEOUT`], resuming from
+/// the last byte received after a [`transient`] failure, and checks its size and sha256.
 pub(crate) async fn download(
     client: &BlobServiceClient<Transport>,
     blob: &BlobRef,
-) -> Result<Vec<u8>, FetchError> {
-    let expected = announced_size(blob).map_err(FetchError::Corrupt)?;
-    let mut data: Vec<u8> = Vec::with_capacity(expected);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match read_into(client, blob, expected, &mut data).await {
-            Ok(()) => break,
-            Err(s) if transient(&s) && tries < TRANSFER_ATTEMPTS => {
-                tracing::debug!(
-                    offset = data.len(),
-                    "blob read broke off ({}), resuming",
-                    describe(&s)
-                );
-            }
-            Err(s) => return Err(FetchError::Rpc(s)),
-        }
-    }
-    verify_download(blob, &data).map_err(FetchError::Corrupt)?;
-    Ok(data)
-}
-
-/// One `Read` from `data.len()` on, appending to `data` (never past `expected`).
-async fn read_into(
-    client: &BlobServiceClient<Transport>,
-    blob: &BlobRef,
-    expected: usize,
-    data: &mut Vec<u8>,
-) -> Result<(), Status> {
-    let request = ReadBlobRequest {
-        sha256: blob.sha256.clone(),
-        offset: data.len() as u64,
-    };
-    let mut stream = within(RPC_TIMEOUT, client.clone().read(request))
-        .await?
-        .into_inner();
-    while let Some(msg) = within(RPC_TIMEOUT, stream.message()).await? {
-        append_read(data, &msg.data, expected)?;
-    }
-    Ok(())
+) -> Result<Vec<u8>, ReadError> {
+    read_blob(
+        client.clone(),
+        blob,
+        TRANSFER_ATTEMPTS,
+        transient,
+        Some(RPC_TIMEOUT),
+    )
+    .await
 }
 
 /// Blobs kept on disk as `DIR/ab/abcdef...` (named by their sha256), verified on every read.

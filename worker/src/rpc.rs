@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub(crate) use stylefarm_proto::blob::within;
 use stylefarm_proto::blob::Auth;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
@@ -57,16 +58,6 @@ impl Rpc {
             blobs: BlobServiceClient::new(channel),
         })
     }
-}
-
-/// `fut` with a time limit; running out reads as DEADLINE_EXCEEDED.
-pub(crate) async fn within<T>(
-    limit: Duration,
-    fut: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")))
 }
 
 /// The coordinator no longer counts this lease: stop and drop the task.
