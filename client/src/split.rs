@@ -18,24 +18,15 @@ const MAX_STAGES: u32 = 8;
 /// Tiles, sweeps and stages.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SplitOptions {
-    /// Render in overlapping tiles of this many pixels, blended back into one image (tiles
-    /// start from their crop of the content with `--init content`, else from a coarse pass of
-    /// the whole image).
+    /// Render in tiles of this many pixels, optimised in lock step: the whole image as one,
+    /// every iteration computed tile by tile on the workers (the untiled render up to the
+    /// tiles' margins).
     #[arg(long, value_name = "PX")]
     pub tile_size: Option<u32>,
-    /// Overlap of neighbouring tiles, in pixels (default: an eighth of the tile size).
+    /// Each tile's margin of context, in pixels (default: an eighth of the tile size; at
+    /// least 16).
     #[arg(long, value_name = "PX", requires = "tile_size")]
     pub tile_overlap: Option<u32>,
-    /// Passes over the tiles, sharing `--num-iterations` (default 2): after the first, each
-    /// tile starts from the blended image and its margin holds what its neighbours made,
-    /// which takes the seams away. `--tile-mode passes` only.
-    #[arg(long, value_name = "N", requires = "tile_size")]
-    pub tile_passes: Option<u32>,
-    /// How the tiles are optimised: `lockstep` (the whole image as one, every iteration
-    /// computed tile by tile on the workers: the untiled render up to the tiles' margins) or
-    /// `passes` (each tile on its own, then blended). Default: the coordinator's.
-    #[arg(long, value_name = "MODE", requires = "tile_size", value_parser = ["lockstep", "passes"])]
-    pub tile_mode: Option<String>,
     /// Render one task per value, e.g. `style-weight=10,100,1000`; several make a grid. The
     /// result is a labelled contact sheet; every point is an output too.
     #[arg(long, value_name = "PARAMETER=V1,V2,...")]
@@ -84,12 +75,6 @@ impl SplitOptions {
             spec.tiles = Some(v1::TileOptions {
                 tile_size,
                 tile_overlap: self.tile_overlap.unwrap_or(tile_size / 8),
-                passes: self.tile_passes.unwrap_or(0),
-                mode: match self.tile_mode.as_deref() {
-                    Some("lockstep") => v1::TileMode::Lockstep,
-                    Some("passes") => v1::TileMode::Passes,
-                    _ => v1::TileMode::Unspecified,
-                } as i32,
             });
         }
         for sweep in &self.sweep {
@@ -153,7 +138,7 @@ struct TaskJson {
     estimated_seconds: f64,
 }
 
-/// A tile in output pixels, overlap included.
+/// A tile's context in output pixels, margins included.
 #[derive(Debug, Serialize)]
 struct TileJson {
     x: u32,
@@ -171,10 +156,8 @@ struct PlanJson {
     tile_overlap: u32,
     tile_columns: u32,
     tile_rows: u32,
-    /// `lockstep` or `passes` (empty when the job is not tiled).
+    /// `lockstep` (empty when the job is not tiled).
     tile_mode: &'static str,
-    /// Passes over the tiles (each with its statistics task).
-    tile_passes: u32,
     tiles: Vec<TileJson>,
     peak_memory_bytes: u64,
     /// The coordinator's lock-step driver: the image and the optimiser's history.
@@ -184,9 +167,7 @@ struct PlanJson {
 
 fn kind(spec: &v1::TaskSpec) -> &'static str {
     match &spec.part {
-        Some(Part::Frame(_)) if spec.intermediate => "coarse",
         Some(Part::Frame(_)) | None => "frame",
-        Some(Part::Tile(_)) => "tile",
         Some(Part::Statistics(_)) => "statistics",
         Some(Part::Shard(_)) => "shard",
         Some(Part::Sweep(_)) => "sweep-point",
@@ -219,33 +200,17 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
             }
         })
         .collect();
-    // The grid, once: every pass renders the same tiles. Tiles in lock step are no tasks of
-    // their own: the plan lists their contexts.
-    let lockstep = !plan.lockstep_tiles.is_empty();
-    let tiles = if lockstep {
-        plan.lockstep_tiles
-            .iter()
-            .map(|r| TileJson {
-                x: r.x,
-                y: r.y,
-                w: r.width,
-                h: r.height,
-            })
-            .collect()
-    } else {
-        plan.tasks
-            .iter()
-            .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
-                Part::Tile(tile) if tile.pass == 0 => Some(TileJson {
-                    x: tile.x,
-                    y: tile.y,
-                    w: tile.width,
-                    h: tile.height,
-                }),
-                _ => None,
-            })
-            .collect()
-    };
+    // Tiles in lock step are no tasks of their own: the plan lists their contexts.
+    let tiles: Vec<TileJson> = plan
+        .lockstep_tiles
+        .iter()
+        .map(|r| TileJson {
+            x: r.x,
+            y: r.y,
+            w: r.width,
+            h: r.height,
+        })
+        .collect();
     let options = plan.tiles.unwrap_or_default();
     PlanJson {
         width: plan.width,
@@ -262,21 +227,7 @@ fn to_json(plan: &PlanJobResponse) -> PlanJson {
         tile_overlap: options.tile_overlap,
         tile_columns: plan.tile_columns,
         tile_rows: plan.tile_rows,
-        tile_mode: match (lockstep, options.tile_size) {
-            (true, _) => "lockstep",
-            (false, 0) => "",
-            (false, _) => "passes",
-        },
-        tile_passes: plan
-            .tasks
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.spec.as_ref().and_then(|s| s.part.as_ref()),
-                    Some(Part::Statistics(_))
-                )
-            })
-            .count() as u32,
+        tile_mode: if tiles.is_empty() { "" } else { "lockstep" },
         tiles,
     }
 }
@@ -310,18 +261,6 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
             p.tile_size,
             p.tile_overlap.max(16),
             if shards == 1 { "" } else { "s" },
-        ));
-    } else if !p.tiles.is_empty() {
-        let coarse = p.tasks.iter().any(|t| t.kind == "coarse");
-        out.push_str(&format!(
-            "tile grid {}x{}: tiles of {} px overlapping by at least {} px, {} pass{}{}\n",
-            p.tile_columns,
-            p.tile_rows,
-            p.tile_size,
-            p.tile_overlap,
-            p.tile_passes,
-            if p.tile_passes == 1 { "" } else { "es" },
-            if coarse { ", after a coarse pass" } else { "" }
         ));
     }
     out.push_str("  #  KIND           SIZE        AFTER     MEMORY      TIME      OUTPUT\n");
@@ -403,8 +342,6 @@ mod tests {
             Some(v1::TileOptions {
                 tile_size: 256,
                 tile_overlap: 32,
-                passes: 0,
-                mode: v1::TileMode::Unspecified as i32,
             })
         );
         assert_eq!(spec.sweeps[0].values, ["10", "100"]);
@@ -464,47 +401,6 @@ mod tests {
 
     #[test]
     fn the_plan_lists_tiles_in_output_pixels() {
-        let tile = |x, y| v1::PlannedTask {
-            spec: Some(v1::TaskSpec {
-                part: Some(Part::Tile(v1::Tile {
-                    x,
-                    y,
-                    width: 64,
-                    height: 64,
-                    ..Default::default()
-                })),
-                depends_on: vec![0],
-                intermediate: true,
-                ..Default::default()
-            }),
-            width: 80,
-            height: 80,
-            estimated_memory_bytes: 1 << 30,
-            estimated_seconds: 2.0,
-        };
-        let plan = PlanJobResponse {
-            tasks: vec![tile(0, 0), tile(56, 0)],
-            width: 120,
-            height: 64,
-            tiles: Some(v1::TileOptions {
-                tile_size: 64,
-                tile_overlap: 8,
-                passes: 0,
-                mode: v1::TileMode::Passes as i32,
-            }),
-            tile_columns: 2,
-            tile_rows: 1,
-            lockstep_tiles: Vec::new(),
-            coordinator_memory_bytes: 0,
-        };
-        let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
-        assert_eq!(json["tiles"][1]["x"], 56);
-        assert_eq!(json["tiles"][1]["w"], 64);
-        assert_eq!(json["estimated_seconds"], 4.0);
-        let text = plan_text(&plan);
-        assert!(text.contains("tile grid 2x1"), "{text}");
-        assert!(text.contains("80x80"), "{text}");
-
         // In lock step the plan lists the tiles' contexts; the shards and the driver are tasks.
         let task = |part, w, h| v1::PlannedTask {
             spec: Some(v1::TaskSpec {
@@ -531,9 +427,16 @@ mod tests {
                 task(Part::Shard(v1::Shard::default()), 96, 64),
                 task(driver, 120, 64),
             ],
+            width: 120,
+            height: 64,
+            tiles: Some(v1::TileOptions {
+                tile_size: 64,
+                tile_overlap: 8,
+            }),
+            tile_columns: 2,
+            tile_rows: 1,
             lockstep_tiles: vec![rect(0, 96), rect(32, 88)],
             coordinator_memory_bytes: 3 << 30,
-            ..plan
         };
         let json: serde_json::Value = serde_json::from_str(&plan_json(&plan).unwrap()).unwrap();
         assert_eq!(json["tile_mode"], "lockstep");
@@ -541,7 +444,10 @@ mod tests {
         assert_eq!(json["tiles"][1]["w"], 88);
         assert_eq!(json["tasks"][0]["kind"], "shard");
         assert_eq!(json["tasks"][1]["kind"], "lockstep");
+        assert_eq!(json["estimated_seconds"], 6.0);
         let text = plan_text(&plan);
+        assert!(text.contains("tile grid 2x1"), "{text}");
+        assert!(text.contains("96x64"), "{text}");
         assert!(text.contains("in lock step"), "{text}");
         assert!(text.contains("on 1 shard "), "{text}");
         assert!(text.contains("coordinator holds 3.00 GiB"), "{text}");

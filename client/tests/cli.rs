@@ -73,9 +73,6 @@ fn fake_png(content: &RgbImage, image_size: u32) -> Vec<u8> {
             ..RenderSettings::default()
         },
         style_ids: vec![],
-        style_image_size: None,
-        image_statistics: None,
-        region: None,
     };
     encode_png(&FakeEngine::expected_output(&task)).unwrap()
 }
@@ -439,26 +436,6 @@ async fn render_dry_run_prints_the_embedded_farms_plan_and_renders_nothing() {
         "{}",
         out.stdout
     );
-    // In passes: 3x2 tiles from the content (no coarse pass); in each of two passes the
-    // statistics, the tiles and their assembly.
-    let passes = [&args[..], &["--tile-mode", "passes", "--json"]].concat();
-    let out = stylefarm(&passes, &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(plan["tasks"].as_array().unwrap().len(), 2 * (1 + 6 + 1));
-    assert_eq!(plan["tiles"].as_array().unwrap().len(), 6);
-    assert_eq!(plan["tile_passes"], 2);
-    assert_eq!(plan["tile_mode"], "passes");
-    assert_eq!(plan["tasks"][0]["kind"], "statistics");
-    assert_eq!(plan["tasks"][1]["kind"], "tile");
-    let out = stylefarm(&passes[..passes.len() - 1], &[]).await;
-    assert!(
-        out.stdout.contains("tile grid 3x2")
-            && !out.stdout.contains("coarse")
-            && out.stdout.contains("2 passes"),
-        "{}",
-        out.stdout
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,37 +491,20 @@ async fn submit_dry_run_prints_the_plan_and_bad_splits_are_one_sentence() {
     let args: Vec<&str> = base
         .iter()
         .copied()
-        .chain(["--tile-size", "96", "--tile-mode", "passes", "--dry-run"])
+        .chain(["--tile-size", "96", "--dry-run"])
         .collect();
     let out = stylefarm(&args, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        // The coarse pass, then two passes of statistics, 6 tiles and an assembly.
-        out.stdout.starts_with("17 tasks for a 200x150 output"),
+        out.stdout.contains("tile grid 3x2") && out.stdout.contains("in lock step"),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("tile grid 3x2"), "{}", out.stdout);
 
     for (extra, expected) in [
         (
             &["--tile-size", "96", "--tile-overlap", "96"][..],
             "invalid spec.tiles.tile_overlap: 96 px is not smaller than the tile size of 96 px",
-        ),
-        (
-            &[
-                "--tile-size",
-                "96",
-                "--tile-mode",
-                "passes",
-                "--tile-passes",
-                "9",
-            ][..],
-            "invalid spec.tiles.passes: 9 passes over the tiles: at most 8",
-        ),
-        (
-            &["--tile-size", "96", "--tile-passes", "2"][..],
-            "invalid spec.tiles.passes: tiles in lock step are optimised together in one pass",
         ),
         (
             &["--sweep", "colour=1,2"][..],

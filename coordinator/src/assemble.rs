@@ -1,10 +1,10 @@
 //! The coordinator's own tasks: putting a job's result together from the results of the
-//! tasks it depends on — feathered blending of tiles into the full image, or a labelled contact
-//! sheet of a sweep's points — and driving tiles in lock step ([`crate::lockstep`]).
+//! tasks it depends on — a labelled contact sheet of a sweep's points — and driving tiles in
+//! lock step ([`crate::lockstep`]).
 //!
 //! One loop waits for assemble tasks to become ready ([`Signals::assembly_ready`], and once at
 //! start for those a restart left behind), reads their inputs from the blob store, decodes,
-//! blends and encodes on a blocking thread (never on the async runtime), stores the PNG as a
+//! draws and encodes on a blocking thread (never on the async runtime), stores the PNG as a
 //! blob and finishes the task through the scheduler. An assembly that cannot be done fails its
 //! task, and with it the job, with the reason.
 
@@ -14,7 +14,6 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits, RgbImage};
 use stylefarm_engine::sheet::contact_sheet;
-use stylefarm_engine::tiles::TileGrid;
 use stylefarm_proto::ids::TaskId;
 use stylefarm_proto::v1::{self, task_spec::Part};
 use tokio::sync::Mutex;
@@ -114,7 +113,6 @@ async fn assemble(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> 
     let job_spec = assembly.job_spec;
     let specs: Vec<v1::TaskSpec> = assembly.inputs.into_iter().map(|(s, _)| s).collect();
     let png = tokio::task::spawn_blocking(move || match kind {
-        Some(v1::AssembleKind::Tiles) => blend_tiles(&job_spec, &specs, &encoded),
         Some(v1::AssembleKind::ContactSheet) => sheet(&job_spec, &specs, &encoded),
         Some(v1::AssembleKind::Unspecified | v1::AssembleKind::Lockstep) | None => Err(
             CoordinatorError::Internal("an assemble task of no known kind".into()),
@@ -139,48 +137,6 @@ fn decode_all(encoded: &[Vec<u8>], specs: &[v1::TaskSpec]) -> Result<Vec<RgbImag
             .map_err(|e| CoordinatorError::Internal(e.to_string()))
         })
         .collect()
-}
-
-/// The tiles' results blended into the full image; the grid is rebuilt from the job's tile
-/// options and must be the one the tiles were cut from.
-fn blend_tiles(job: &v1::JobSpec, specs: &[v1::TaskSpec], encoded: &[Vec<u8>]) -> Result<Vec<u8>> {
-    let tiles: Vec<v1::Tile> = specs
-        .iter()
-        .filter_map(|s| match &s.part {
-            Some(Part::Tile(t)) => Some(*t),
-            _ => None,
-        })
-        .collect();
-    let Some(first) = tiles.first() else {
-        return Err(CoordinatorError::Internal("no tiles to blend".into()));
-    };
-    let options = job.tiles.unwrap_or_default();
-    let grid = TileGrid::new(
-        first.full_width,
-        first.full_height,
-        options.tile_size,
-        options.tile_overlap,
-    )
-    .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-    let planned: Vec<_> = grid
-        .tiles()
-        .iter()
-        .map(|r| (r.x, r.y, r.width, r.height))
-        .collect();
-    let given: Vec<_> = tiles
-        .iter()
-        .map(|t| (t.x, t.y, t.width, t.height))
-        .collect();
-    if planned != given {
-        return Err(CoordinatorError::Internal(
-            "the tiles do not form the job's tile grid".into(),
-        ));
-    }
-    let images = decode_all(encoded, specs)?;
-    let full = grid
-        .blend(&images)
-        .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-    encode_png(&full).map_err(|e| CoordinatorError::Internal(e.to_string()))
 }
 
 /// A contact sheet of the sweep points' results, each labelled with its values in the order

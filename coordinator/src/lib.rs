@@ -1,10 +1,9 @@
 //! stylefarm's coordinator: takes style-transfer jobs over gRPC, splits them into tasks (one
-//! per content frame, tile, sweep point or coarse-to-fine stage, some depending on others),
-//! leases the tasks to workers, assembles results made of several tasks (tiles, contact
-//! sheets), drives the optimisation of tiles in lock step with its workers' shards, and keeps
-//! jobs, tasks, progress and results
-//! in SQLite and a content-addressed blob store under its data directory, so that they survive
-//! a restart.
+//! per content frame, sweep point or coarse-to-fine stage, or the statistics and shards of
+//! tiles, some depending on others), leases the tasks to workers, assembles contact sheets,
+//! drives the optimisation of tiles in lock step with its workers' shards, and keeps jobs,
+//! tasks, progress and results in SQLite and a content-addressed blob store under its data
+//! directory, so that they survive a restart.
 //!
 //! [`serve`] runs the whole coordinator on an already-bound listener until a shutdown future
 //! completes: tests and the client's embedded mode start exactly what the binary starts.

@@ -1,9 +1,8 @@
 //! How a checked job becomes tasks: one per frame; a chain per frame for coarse-to-fine
 //! stages; for big prints, the whole image's style targets, a shard per worker and the
-//! coordinator's driver per frame (tiles in lock step), or a coarse pass, the whole image's
-//! statistics, overlapping tiles and an assemble step per pass (tiles in passes); one
-//! task per point of a parameter sweep plus a contact sheet; a chain of frames for temporal
-//! video. Dependencies are indices of earlier tasks of the job (see [`crate::scheduler`]).
+//! coordinator's driver per frame (tiles in lock step); one task per point of a parameter
+//! sweep plus a contact sheet; a chain of frames for temporal video. Dependencies are indices
+//! of earlier tasks of the job (see [`crate::scheduler`]).
 //!
 //! The plan is also what `PlanJob` answers (`stylefarm submit --dry-run`): each task with the
 //! pixels it optimises and rough estimates of its peak memory and time.
@@ -14,8 +13,7 @@ use stylefarm_engine::image_io::fit_max_side;
 use stylefarm_engine::joint::{driver_optimizer, joint_tiles};
 use stylefarm_engine::settings::{RenderSettings, MAX_IMAGE_SIZE};
 use stylefarm_engine::tiles::{
-    estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, TileGrid,
-    GRAM_MARGIN,
+    estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, GRAM_MARGIN,
 };
 use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{self, task_spec::Part};
@@ -25,25 +23,6 @@ use crate::error::{CoordinatorError, Result};
 /// Smallest tile side: VGG's fifth block needs 16 px, and a tile much smaller than the
 /// network's receptive field has little room for style.
 pub(crate) const MIN_TILE_SIZE: u32 = 64;
-
-/// Margin of image around a tile that its task renders too (and throws away), so that the
-/// content features near the tile's border see their real neighbourhood. Wider did worse: 40
-/// px in the first pass (rendered freely, it drifts) took the objective of a 512x384 render
-/// in 128 px tiles from 2.00x the untiled one's to 2.16x, and 40 px in the second pass (held
-/// as the first pass left it, while the neighbours move on) from 1.31x to 1.39x.
-fn context_margin(overlap: u32) -> u32 {
-    (overlap / 2).max(16)
-}
-
-/// Passes over the tiles when the job does not say.
-pub(crate) const DEFAULT_TILE_PASSES: u32 = 2;
-
-/// Whether tiles whose job does not say are rendered in lock step (else in passes): on the
-/// 1024x768 acceptance render in 256 px tiles, lock step came within 1.01x of the untiled
-/// render's objective, passes 1.28x.
-const DEFAULT_LOCKSTEP: bool = true;
-/// The most passes over the tiles a job may ask for.
-pub(crate) const MAX_TILE_PASSES: u32 = 8;
 
 /// The overlap used when the coordinator picks the tile size itself.
 fn default_overlap(tile_size: u32) -> u32 {
@@ -135,7 +114,6 @@ impl Builder<'_> {
                 depends_on: Vec::new(),
                 intermediate: false,
                 job_result: false,
-                image_statistics: None,
             },
             width,
             height,
@@ -208,12 +186,6 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
                 ),
             ));
         }
-        if v1::TileMode::try_from(tiles.mode).is_err() {
-            return Err(invalid(
-                "spec.tiles.mode",
-                format!("{} is not a tile mode", tiles.mode),
-            ));
-        }
         if tiles.tile_overlap >= tiles.tile_size {
             return Err(invalid(
                 "spec.tiles.tile_overlap",
@@ -252,15 +224,10 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
             };
             match options.filter(|t| out.0.max(out.1) > t.tile_size) {
                 Some(t) => {
-                    let grid = if lockstep(&t) {
-                        let (grid, tiles) = plan_lockstep(&mut b, &wire, frame, out, t, name)?;
-                        if response.lockstep_tiles.is_empty() {
-                            response.lockstep_tiles = tiles;
-                        }
-                        grid
-                    } else {
-                        plan_tiles(&mut b, &wire, frame, out, t, name)?
-                    };
+                    let (grid, tiles) = plan_lockstep(&mut b, &wire, frame, out, t, name)?;
+                    if response.lockstep_tiles.is_empty() {
+                        response.lockstep_tiles = tiles;
+                    }
                     if chosen_tiles.is_none() {
                         chosen_tiles = Some((t, grid));
                     }
@@ -290,7 +257,7 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
         response.tiles = Some(t);
         (response.tile_columns, response.tile_rows) = (grid.0 as u32, grid.1 as u32);
         if tiles.tile_size == 0 {
-            // Assembly rebuilds the grid from the job's spec.
+            // The job's spec shows the tiles it got.
             job.tiles = Some(t);
         }
     }
@@ -378,16 +345,10 @@ fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::T
         return Ok(None);
     }
     let margin = |t| {
-        let options = v1::TileOptions {
+        lockstep_margin(&v1::TileOptions {
             tile_size: t,
             tile_overlap: default_overlap(t),
-            ..Default::default()
-        };
-        if lockstep(&options) {
-            lockstep_margin(&options)
-        } else {
-            context_margin(options.tile_overlap)
-        }
+        })
     };
     let size = tile_size_for_memory(max_worker_memory, margin).ok_or_else(|| {
         CoordinatorError::LimitExceeded(format!(
@@ -398,144 +359,7 @@ fn auto_tiles((w, h): (u32, u32), max_worker_memory: u64) -> Result<Option<v1::T
     Ok(Some(v1::TileOptions {
         tile_size: size,
         tile_overlap: default_overlap(size),
-        passes: 0,
-        mode: v1::TileMode::Unspecified as i32,
     }))
-}
-
-/// A coarse pass of the whole frame at about the tile size (unless the render starts from the
-/// content), then per pass over the tiles: the whole image's statistics, the tiles (starting
-/// from the coarse pass, or from the previous pass's result) optimised against them, and their
-/// assembly into one image, the last pass's being the frame's output. Returns the grid's
-/// `(columns, rows)`.
-fn plan_tiles(
-    b: &mut Builder<'_>,
-    wire: &v1::RenderSettings,
-    frame: usize,
-    (w, h): (u32, u32),
-    t: v1::TileOptions,
-    name: String,
-) -> Result<(usize, usize)> {
-    let grid = TileGrid::new(w, h, t.tile_size, t.tile_overlap)
-        .map_err(|e| invalid("spec.tiles", e.to_string()))?;
-    let iterations = wire
-        .num_iterations
-        .unwrap_or(b.inputs.settings.num_iterations);
-    let passes = match t.passes {
-        0 => DEFAULT_TILE_PASSES.min(iterations).max(1),
-        p => p,
-    };
-    if passes > MAX_TILE_PASSES || passes > iterations {
-        return Err(invalid(
-            "spec.tiles.passes",
-            format!(
-                "{passes} passes over the tiles: at most {MAX_TILE_PASSES}, and no more than the \
-                 {iterations} iterations they share"
-            ),
-        ));
-    }
-    // A render that starts from the content starts each tile from its own crop of it: no
-    // coarse pass, whose upsampled result (even with the content's detail put back) left the
-    // whole image's content term ~5x the untiled render's after as many iterations.
-    let mut start = if wire.init == v1::Init::Content as i32 {
-        None
-    } else {
-        let coarse_size = t.tile_size.min(w.max(h));
-        let coarse_settings = v1::RenderSettings {
-            image_size: Some(coarse_size),
-            ..wire.clone()
-        };
-        let (cw, ch) = b.inputs.content_dims[frame];
-        let part = Part::Frame(v1::Frame {
-            index: frame as u32,
-        });
-        let coarse = b.push(
-            frame,
-            coarse_settings,
-            part,
-            suffixed(&name, "_coarse"),
-            fit_max_side(cw, ch, coarse_size),
-        );
-        b.last().intermediate = true;
-        Some(coarse)
-    };
-    let (columns, rows) = grid.shape();
-    let margin = context_margin(t.tile_overlap);
-    let piece_size = statistics_piece(b, (w, h), t.tile_size, margin);
-    for pass in 0..passes {
-        // The iterations split as evenly as they go, the first passes taking the remainder.
-        let pass_iterations = iterations / passes + u32::from(pass < iterations % passes);
-        let last = pass + 1 == passes;
-        let label = |what: &str| match passes {
-            1 => what.to_string(),
-            _ => format!("_pass{}{what}", pass + 1),
-        };
-        // The whole image's style targets and the Gram matrices of this pass's start, once
-        // for every tile (engine::statistics).
-        let part = v1::Statistics {
-            full_width: w,
-            full_height: h,
-            piece_size,
-            pass,
-            style_only: false,
-        };
-        let output = suffixed(&name, &label("_statistics"));
-        let statistics = push_statistics(b, wire, frame, part, output);
-        b.last().depends_on = start.into_iter().collect();
-        let mut tiles = Vec::new();
-        for (i, r) in grid.tiles().into_iter().enumerate() {
-            let c = r.grown(margin, w, h);
-            let tile = v1::Tile {
-                x: r.x,
-                y: r.y,
-                width: r.width,
-                height: r.height,
-                full_width: w,
-                full_height: h,
-                context_x: c.x,
-                context_y: c.y,
-                context_width: c.width,
-                context_height: c.height,
-                index: i as u32,
-                columns: columns as u32,
-                rows: rows as u32,
-                pass,
-            };
-            let settings = v1::RenderSettings {
-                image_size: Some(c.width.max(c.height)),
-                num_iterations: Some(pass_iterations),
-                ..wire.clone()
-            };
-            let (row, col) = (i / columns, i % columns);
-            let index = b.push(
-                frame,
-                settings,
-                Part::Tile(tile),
-                suffixed(&name, &label(&format!("_tile_{row:02}_{col:02}"))),
-                (c.width, c.height),
-            );
-            let spec = b.last();
-            spec.depends_on = start.into_iter().chain([statistics]).collect();
-            spec.intermediate = true;
-            tiles.push(index);
-            b.check_count()?;
-        }
-        let part = Part::Assemble(v1::Assemble {
-            kind: v1::AssembleKind::Tiles as i32,
-            ..Default::default()
-        });
-        let output = if last {
-            name.clone()
-        } else {
-            suffixed(&name, &label(""))
-        };
-        let assembled = b.push(frame, wire.clone(), part, output, (w, h));
-        let spec = b.last();
-        spec.depends_on = tiles;
-        spec.intermediate = !last;
-        start = Some(assembled);
-    }
-    Ok((columns, rows))
 }
 
 /// The side of the pieces a statistics task takes the whole `w` x `h` image in: the whole
@@ -572,15 +396,6 @@ fn push_statistics(
     index
 }
 
-/// Whether tiles of `t` are rendered in lock step.
-fn lockstep(t: &v1::TileOptions) -> bool {
-    match v1::TileMode::try_from(t.mode) {
-        Ok(v1::TileMode::Lockstep) => true,
-        Ok(v1::TileMode::Passes) => false,
-        _ => DEFAULT_LOCKSTEP,
-    }
-}
-
 /// The margin of context around a tile in lock step: its features near the edge see that
 /// much of their neighbourhood (the rest is zero padding).
 fn lockstep_margin(t: &v1::TileOptions) -> u32 {
@@ -599,12 +414,6 @@ fn plan_lockstep(
     t: v1::TileOptions,
     name: String,
 ) -> Result<((usize, usize), Vec<v1::ShardRect>)> {
-    if t.passes > 1 {
-        return Err(invalid(
-            "spec.tiles.passes",
-            "tiles in lock step are optimised together in one pass; passes are for the passes mode",
-        ));
-    }
     let settings = b.inputs.settings;
     let align = settings.deepest_stride();
     let margin = lockstep_margin(&t);
@@ -616,7 +425,6 @@ fn plan_lockstep(
         full_width: w,
         full_height: h,
         piece_size: statistics_piece(b, (w, h), t.tile_size, margin),
-        pass: 0,
         style_only: true,
     };
     let statistics = push_statistics(b, wire, frame, part, suffixed(&name, "_statistics"));
@@ -962,8 +770,6 @@ mod tests {
         j.tiles = Some(v1::TileOptions {
             tile_size: 96,
             tile_overlap: 24,
-            passes: 0,
-            mode: v1::TileMode::Lockstep as i32,
         });
         // 200x150 in cores of at most 96 px spread evenly and aligned to relu5_1's 16 px
         // (columns at 0, 64, 128; rows at 0, 64), each seen with 24 px of context rounded up to
@@ -1022,122 +828,19 @@ mod tests {
             p.response.coordinator_memory_bytes,
             (2 * 10 + 6) * 12 * 200 * 150
         );
-        // Passes are the other mode's.
-        j.tiles.as_mut().unwrap().passes = 2;
-        let e = message(plan(&mut j, &[(400, 300)], 0).unwrap_err());
-        assert!(e.contains("spec.tiles.passes"), "{e}");
-    }
-
-    #[test]
-    fn a_tiled_frame_is_a_coarse_pass_then_statistics_tiles_and_an_assembly_per_pass() {
-        let mut j = job(1);
-        j.tiles = Some(v1::TileOptions {
-            tile_size: 96,
-            tile_overlap: 16,
-            passes: 0,
-            mode: v1::TileMode::Passes as i32,
-        });
-        let p = plan(&mut j, &[(400, 300)], 0).unwrap();
-        // 200x150 output: 3 columns (96 - 16 = 80 stride: ceil(184 / 80)) x 2 rows.
-        assert_eq!((p.response.tile_columns, p.response.tile_rows), (3, 2));
-        // The coarse pass, then two passes of statistics, 6 tiles and an assembly.
-        assert_eq!(p.tasks.len(), 1 + 2 * (1 + 6 + 1));
-        let coarse = &p.tasks[0];
-        assert!(coarse.intermediate && coarse.depends_on.is_empty());
-        assert_eq!(coarse.settings.as_ref().unwrap().image_size, Some(96));
-        for (pass, first) in [(0u32, 1usize), (1, 9)] {
-            let statistics = &p.tasks[first];
-            assert_eq!(
-                statistics.part,
-                Some(Part::Statistics(v1::Statistics {
-                    full_width: 200,
-                    full_height: 150,
-                    // 96 px tiles with 16 px of context around them, less 64 px of margin a side.
-                    piece_size: 64,
-                    pass,
-                    style_only: false,
-                }))
-            );
-            // Each pass starts from the coarse pass or from the previous pass's assembly.
-            let start = first as u32 - 1;
-            assert!(statistics.intermediate && statistics.depends_on == vec![start]);
-            assert_eq!(statistics.settings.as_ref().unwrap().image_size, Some(200));
-            for t in &p.tasks[first + 1..first + 7] {
-                assert_eq!(t.depends_on, vec![start, first as u32]);
-                let Some(Part::Tile(tile)) = &t.part else {
-                    panic!("not a tile")
-                };
-                assert_eq!(tile.pass, pass);
-                assert!(tile.context_x <= tile.x && tile.context_width >= tile.width);
-                assert_eq!((tile.full_width, tile.full_height), (200, 150));
-                // The 10 iterations are split between the passes.
-                assert_eq!(t.settings.as_ref().unwrap().num_iterations, Some(5));
-            }
-            let assemble = &p.tasks[first + 7];
-            let tiles: Vec<u32> = (first as u32 + 1..first as u32 + 7).collect();
-            assert_eq!(assemble.depends_on, tiles);
-            assert_eq!(assemble.intermediate, pass == 0);
-            assert_eq!(assemble.job_result, pass == 1);
-        }
-        assert_eq!(p.tasks[8].output_name, "f0_pass1.png");
-        assert_eq!(p.tasks[10].output_name, "f0_pass2_tile_00_00.png");
-        assert_eq!(p.tasks[16].output_name, "f0.png");
-        assert!(p.response.tasks[2].estimated_memory_bytes > 0);
         // The statistics are about one evaluation of the whole image.
         let one = estimated_seconds(200, 150, 1);
-        assert!((p.response.tasks[1].estimated_seconds - one).abs() < 1e-9);
+        assert!((p.response.tasks[0].estimated_seconds - one).abs() < 1e-9);
         // A worker with the memory for the whole image takes it in one piece.
         let roomy = plan(&mut j, &[(400, 300)], 1 << 40).unwrap();
-        let Some(Part::Statistics(st)) = &roomy.tasks[1].part else {
+        let Some(Part::Statistics(st)) = &roomy.tasks[0].part else {
             panic!("not the statistics")
         };
         assert_eq!(st.piece_size, 0);
         assert_eq!(
-            roomy.response.tasks[1].estimated_memory_bytes,
+            roomy.response.tasks[0].estimated_memory_bytes,
             estimated_memory_bytes(200, 150)
         );
-        // Both passes' tiles see the same 16 px margin.
-        let context = |i: usize| match &p.tasks[i].part {
-            Some(Part::Tile(t)) => (t.context_x, t.context_width),
-            _ => panic!("not a tile"),
-        };
-        // The middle tile of the top row: x 52, 96 px wide.
-        assert_eq!(context(3), (36, 128));
-        assert_eq!(context(11), (36, 128));
-        assert_eq!(p.response.tasks[8].estimated_memory_bytes, 0);
-
-        // Starting from the content, the tiles start from their crops of it: no coarse pass.
-        // One pass: statistics, tiles, assembly.
-        j.settings.as_mut().unwrap().init = v1::Init::Content as i32;
-        j.tiles.as_mut().unwrap().passes = 1;
-        let p = plan(&mut j, &[(400, 300)], 0).unwrap();
-        assert_eq!(p.tasks.len(), 1 + 6 + 1);
-        assert!(matches!(p.tasks[0].part, Some(Part::Statistics(_))));
-        assert!(p.tasks[0].depends_on.is_empty());
-        assert!(p.tasks[1..7].iter().all(|t| t.depends_on == vec![0]
-            && t.settings.as_ref().unwrap().num_iterations == Some(10)
-            && matches!(t.part, Some(Part::Tile(_)))));
-        assert_eq!(p.tasks[7].depends_on, (1..7).collect::<Vec<u32>>());
-        assert_eq!(p.tasks[7].output_name, "f0.png");
-
-        // Three passes share 10 iterations as 4, 3, 3; more passes than iterations is refused.
-        j.tiles.as_mut().unwrap().passes = 3;
-        let p = plan(&mut j, &[(400, 300)], 0).unwrap();
-        let per_pass: Vec<_> = p
-            .tasks
-            .iter()
-            .filter(|t| matches!(&t.part, Some(Part::Tile(t)) if t.index == 0))
-            .map(|t| t.settings.as_ref().unwrap().num_iterations.unwrap())
-            .collect();
-        assert_eq!(per_pass, vec![4, 3, 3]);
-        j.tiles.as_mut().unwrap().passes = 11;
-        let e = message(plan(&mut j, &[(400, 300)], 0).unwrap_err());
-        assert!(
-            e.contains("spec.tiles.passes") && e.contains("at most 8"),
-            "{e}"
-        );
-        j.tiles.as_mut().unwrap().passes = 0;
-        j.settings.as_mut().unwrap().init = v1::Init::Random as i32;
 
         // An output no larger than a tile is not tiled.
         j.settings.as_mut().unwrap().image_size = Some(90);
@@ -1243,8 +946,6 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 128,
                         tile_overlap: 128,
-                        passes: 0,
-                        mode: v1::TileMode::Passes as i32,
                     })
                 }),
                 "invalid spec.tiles.tile_overlap: 128 px is not smaller",
@@ -1254,8 +955,6 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 8,
                         tile_overlap: 0,
-                        passes: 0,
-                        mode: v1::TileMode::Passes as i32,
                     })
                 }),
                 "invalid spec.tiles.tile_size",
@@ -1311,8 +1010,6 @@ mod tests {
                     j.tiles = Some(v1::TileOptions {
                         tile_size: 128,
                         tile_overlap: 0,
-                        passes: 0,
-                        mode: v1::TileMode::Passes as i32,
                     });
                 }),
                 "invalid spec.temporal: temporal rendering cannot be combined with tiles",

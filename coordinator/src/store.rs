@@ -576,7 +576,7 @@ mod tests {
         let w = s.register_worker("w".into(), v1::Capabilities::default(), 1_000);
         let assemble = v1::TaskSpec {
             part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
-                kind: v1::AssembleKind::Tiles as i32,
+                kind: v1::AssembleKind::ContactSheet as i32,
                 ..Default::default()
             })),
             depends_on: vec![0],

@@ -357,24 +357,10 @@ async fn bad_job_specs_are_refused_by_field_and_disturb_nothing() {
                 s.tiles = Some(v1::TileOptions {
                     tile_size: 256,
                     tile_overlap: 256,
-                    passes: 0,
-                    mode: 0,
                 })
             }),
             Code::InvalidArgument,
             "invalid spec.tiles.tile_overlap: 256 px is not smaller than the tile size",
-        ),
-        (
-            with(&|s| {
-                s.tiles = Some(v1::TileOptions {
-                    tile_size: 256,
-                    tile_overlap: 32,
-                    passes: 0,
-                    mode: 7,
-                })
-            }),
-            Code::InvalidArgument,
-            "invalid spec.tiles.mode: 7 is not a tile mode",
         ),
         (
             with(&|s| {

@@ -4,9 +4,9 @@
 //! torchvision safetensors or Keras ONNX files ([`weights`]), the seed's objective with its
 //! exact gradient ([`objective`]), L-BFGS and Adam on the pixels ([`optim`]), images in and
 //! out ([`image_io`], [`color`]), the options of a render ([`settings`]) and one call that
-//! renders ([`render`]); tile grids, blending and seam scores for big prints ([`tiles`]) and
-//! the whole image's Gram matrices its tiles are optimised against ([`statistics`]); tiles
-//! optimised in lock step as one image ([`joint`], [`shard`]);
+//! renders ([`render`]); for big prints, tile geometry, seam scores and cost estimates
+//! ([`tiles`]), the whole image's style targets its tiles are optimised against
+//! ([`statistics`]) and tiles optimised in lock step as one image ([`joint`], [`shard`]);
 //! contact sheets of sweeps ([`sheet`]). The hot loops are the convolutions ([`conv`]) and
 //! the style term's matrix products ([`linalg`]).
 //!

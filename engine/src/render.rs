@@ -17,7 +17,6 @@ use crate::image_io::{image_to_tensor, resize_exact, resize_to_max_side, tensor_
 use crate::objective::{Objective, Pieces, StyleTargets};
 use crate::optim::{minimize, Bounds, Stop};
 use crate::settings::{style_side, Init, Losses, RenderSettings, TermWeights};
-use crate::tiles::Rect;
 use crate::vgg::Vgg;
 
 /// The images of a render, already decoded.
@@ -128,20 +127,6 @@ pub fn render_with_targets(
     targets: &StyleTargets,
     observer: &mut dyn Observer,
 ) -> Result<RenderOutput> {
-    render_with_targets_in(vgg, inputs, settings, targets, None, observer)
-}
-
-/// [`render_with_targets`] that changes only the pixels in `free` (all of them with `None`);
-/// the others keep their start values (a tile's margin in a later pass holds what its
-/// neighbours made).
-pub fn render_with_targets_in(
-    vgg: &Vgg,
-    inputs: &RenderInputs,
-    settings: &RenderSettings,
-    targets: &StyleTargets,
-    free: Option<Rect>,
-    observer: &mut dyn Observer,
-) -> Result<RenderOutput> {
     settings.validate(inputs.styles.len().max(1))?;
     let vgg = vgg.with_pooling(settings.pooling);
     let pre = vgg.preprocess();
@@ -195,9 +180,6 @@ pub fn render_with_targets_in(
     let stop = {
         let mut eval = |x: &[f32], grad: &mut [f32]| -> Result<f64> {
             let losses = objective.evaluate(x, grad)?;
-            if let Some(r) = free {
-                zero_outside(grad, h, w, r);
-            }
             iteration += 1;
             observer.iteration(iteration, total, &losses)?;
             if settings.save_iter > 0 && iteration % settings.save_iter == 0 {
@@ -234,22 +216,6 @@ pub fn render_with_targets_in(
         stop,
         optimize_seconds,
     })
-}
-
-/// Zeroes the gradient of a (3, H, W) image outside `r`.
-fn zero_outside(grad: &mut [f32], h: usize, w: usize, r: Rect) {
-    let (x0, y0) = (r.x as usize, r.y as usize);
-    let (x1, y1) = ((r.right() as usize).min(w), (r.bottom() as usize).min(h));
-    for plane in grad.chunks_exact_mut(h * w) {
-        for (i, row) in plane.chunks_exact_mut(w).enumerate() {
-            if i < y0 || i >= y1 {
-                row.fill(0.0);
-            } else {
-                row[..x0.min(w)].fill(0.0);
-                row[x1.max(x0.min(w))..].fill(0.0);
-            }
-        }
-    }
 }
 
 /// Network-input tensor to the image that gets written.

@@ -481,9 +481,6 @@ pub fn fake_result(content: &RgbImage, settings: &RenderSettings) -> Vec<u8> {
         },
         settings: settings.clone(),
         style_ids: vec![],
-        style_image_size: None,
-        image_statistics: None,
-        region: None,
     };
     png(&FakeEngine::expected_output(&task))
 }

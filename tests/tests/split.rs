@@ -1,18 +1,18 @@
-//! Jobs split beyond one task per frame, end to end: tiles (a coarse pass, then per pass the
-//! whole image's statistics, overlapping tiles and the coordinator's blend), temporal frame
-//! chains, parameter sweeps with a contact sheet, and coarse-to-fine stages — on the fake
-//! engine where the engine is not the subject, and one tiled render on the tiny VGG with its
-//! statistics, each pass's objective and its seam score.
+//! Jobs split beyond one task per frame, end to end: tiles in lock step (the whole image's
+//! statistics, a shard per worker and the coordinator's driver), temporal frame chains,
+//! parameter sweeps with a contact sheet, and coarse-to-fine stages — on the fake engine where
+//! the engine is not the subject, and tiled renders on the tiny VGG with their objective and
+//! seam score.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
+use stylefarm_engine::joint::{interior_edges, joint_tiles};
 use stylefarm_engine::layers::Pooling;
-use stylefarm_engine::render::{render, style_targets, RenderInputs};
+use stylefarm_engine::render::{render, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_engine::statistics::ImageStatistics;
-use stylefarm_engine::tiles::{seam_score, TileGrid};
+use stylefarm_engine::tiles::seam_score;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_proto::v1::{self, task_spec::Part, JobSpec, JobState};
@@ -58,92 +58,13 @@ async fn result_of(client: &stylefarm_client::farm::FarmClient, job: &v1::Job) -
 }
 
 fn tiles(spec: &JobSpec, size: u32, overlap: u32) -> JobSpec {
-    tiles_in(spec, size, overlap, v1::TileMode::Passes)
-}
-
-fn tiles_in(spec: &JobSpec, size: u32, overlap: u32, mode: v1::TileMode) -> JobSpec {
     JobSpec {
         tiles: Some(v1::TileOptions {
             tile_size: size,
             tile_overlap: overlap,
-            passes: 0,
-            mode: mode as i32,
         }),
         ..spec.clone()
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiled_job_is_planned_rendered_in_tiles_and_blended_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(dir.path()).await.unwrap();
-    let workers = [
-        Worker::start(coordinator.url(), "a", fake(Duration::from_millis(1))),
-        Worker::start(coordinator.url(), "b", fake(Duration::from_millis(1))),
-    ];
-    let client = coordinator.client().await.unwrap();
-    let content = pattern(97, 73, 1);
-    let settings = settings(97, 3);
-    let spec = tiles(
-        &spec_of(&client, &[&content], &pattern(30, 30, 2), &settings).await,
-        64,
-        16,
-    );
-
-    // The plan: a coarse pass, then twice the statistics, a 2x2 grid of tiles in output
-    // pixels and their assembly.
-    let plan = client.plan(spec.clone()).await.unwrap();
-    assert_eq!((plan.width, plan.height), (97, 73));
-    assert_eq!((plan.tile_columns, plan.tile_rows), (2, 2));
-    let rects: Vec<_> = plan
-        .tasks
-        .iter()
-        .filter_map(|t| match t.spec.as_ref()?.part.as_ref()? {
-            Part::Tile(t) if t.pass == 0 => Some((t.x, t.y, t.width, t.height)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        rects,
-        vec![
-            (0, 0, 64, 64),
-            (33, 0, 64, 64),
-            (0, 9, 64, 64),
-            (33, 9, 64, 64)
-        ]
-    );
-    assert!(plan.tasks[2].estimated_memory_bytes > 0);
-
-    let job = run(&client, spec).await;
-    assert_eq!(job.tasks.len(), 1 + 2 * (1 + 4 + 1));
-    // Pass 1 starts from the coarse pass, pass 2 from pass 1's blend; each pass's tiles get
-    // that pass's statistics.
-    for (first, start) in [(1, 0), (7, 6)] {
-        let start = job.tasks[start].result.as_ref();
-        let statistics = &job.tasks[first];
-        assert_eq!(statistics.spec.as_ref().unwrap().init_image.as_ref(), start);
-        let blob = client
-            .download(statistics.result.as_ref().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(blob, b"fake statistics of a 97x73 start");
-        for tile in &job.tasks[first + 1..first + 5] {
-            let spec = tile.spec.as_ref().unwrap();
-            assert_eq!(spec.init_image.as_ref(), start, "{}", spec.output_name);
-            assert_eq!(spec.image_statistics, statistics.result);
-        }
-    }
-    // The fake inverts what it is given: blending the inverted crops gives the inverted
-    // image, pixel for pixel.
-    let blended = result_of(&client, &job).await;
-    let expected = decode(&fake_result(&content, &settings)).unwrap();
-    assert_eq!(blended.dimensions(), (97, 73));
-    assert!(blended == expected, "the blend is not the whole image");
-
-    for w in workers {
-        w.stop().await.unwrap();
-    }
-    coordinator.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,75 +239,6 @@ fn objective_of(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_tiled_render_improves_with_each_pass_and_has_its_seams_measured() {
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(dir.path()).await.unwrap();
-    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
-    let worker = Worker::start(coordinator.url(), "real", engine);
-    let client = coordinator.client().await.unwrap();
-
-    let content = noise(128, 96, 1);
-    let style = pattern(64, 64, 3);
-    let mut settings = settings(128, 8);
-    settings.init = Init::Content;
-    let untiled_spec = spec_of(&client, &[&content], &style, &settings).await;
-    let tiled_spec = tiles(&untiled_spec, 80, 16);
-    let untiled = run(&client, untiled_spec).await;
-    let tiled_job = run(&client, tiled_spec).await;
-    // Two passes of the statistics, 2x2 tiles and the blend.
-    assert_eq!(tiled_job.tasks.len(), 2 * (1 + 4 + 1));
-    let download = |i: usize| {
-        let blob = tiled_job.tasks[i].result.clone().unwrap();
-        let client = client.clone();
-        async move { client.download(&blob).await.unwrap() }
-    };
-    let first_pass = decode(&download(5).await).unwrap();
-    let (untiled, tiled) = (
-        result_of(&client, &untiled).await,
-        result_of(&client, &tiled_job).await,
-    );
-    assert_eq!(tiled.dimensions(), (128, 96));
-
-    let grid = TileGrid::new(128, 96, 80, 16).unwrap();
-    assert_eq!(grid.shape(), (2, 2));
-    let score = seam_score(&grid, &tiled, &untiled).unwrap();
-    let vgg = Vgg::new(
-        VggWeights::load(&tiny_vgg16(), &Device::Cpu).unwrap(),
-        Pooling::Max,
-    )
-    .unwrap();
-    // The statistics blob holds the whole image's style targets.
-    let statistics =
-        ImageStatistics::decode(&download(0).await, &vgg, &settings.style_layers).unwrap();
-    let targets = style_targets(&vgg, std::slice::from_ref(&style), &settings).unwrap();
-    for ((_, shipped), (_, own)) in statistics.style.layers.iter().zip(&targets.layers) {
-        let d = (shipped - own).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-3);
-    }
-    // Each pass lowers the whole image's objective.
-    let objective = |img| objective_of(&vgg, img, &content, &style, &settings);
-    let (start, pass1, pass2) = (
-        objective(&content),
-        objective(&first_pass),
-        objective(&tiled),
-    );
-    assert!(
-        pass2 < pass1 && pass1 < start,
-        "start {start}, pass 1 {pass1}, pass 2 {pass2}"
-    );
-    let ratio = pass2 / objective(&untiled);
-    eprintln!("tiny VGG, 128x96 in 80 px tiles: seam score {score:.3}, objective ratio {ratio:.3}");
-    assert!(score.is_finite() && score > 0.0);
-    // Loose bounds for a network of made-up weights and a few iterations: the tiles leave no
-    // step that the untiled render does not have, and the objective stays of the same order.
-    assert!(score < 1.5, "seam score {score}");
-    assert!(ratio.is_finite() && ratio < 3.0, "objective ratio {ratio}");
-
-    worker.stop().await.unwrap();
-    coordinator.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_margins() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(dir.path()).await.unwrap();
@@ -403,7 +255,7 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
     let mut settings = settings(128, 8);
     settings.init = Init::Content;
     let untiled_spec = spec_of(&client, &[&content], &style, &settings).await;
-    let tiled_spec = tiles_in(&untiled_spec, 64, 32, v1::TileMode::Lockstep);
+    let tiled_spec = tiles(&untiled_spec, 64, 32);
 
     // The plan: the statistics, a shard per worker and the coordinator's driver; a 2x2 grid
     // of tiles whose contexts reach 32 px past them.
@@ -463,8 +315,10 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
         (reported / whole - 1.0).abs() < 0.05,
         "{reported} vs {whole}"
     );
-    let grid = TileGrid::new(128, 96, 64, 0).unwrap();
-    let score = seam_score(&grid, &tiled, &untiled).unwrap();
+    // At the edges between the tiles' cores.
+    let (xs, ys) =
+        interior_edges(&joint_tiles(128, 96, 64, 32, settings.deepest_stride()).unwrap());
+    let score = seam_score(&xs, &ys, &tiled, &untiled).unwrap();
     eprintln!("tiny VGG, 128x96 in 64 px tiles in lock step: objective ratio {ratio:.4}, seam score {score:.3}");
     // The same optimisation as the untiled render's but for features near a tile's edge,
     // which see 32 px of context instead of the whole image.
@@ -503,10 +357,7 @@ async fn a_lockstep_render_carries_on_when_a_shard_is_lost() {
         &settings,
     )
     .await;
-    let id = client
-        .submit(tiles_in(&spec, 64, 32, v1::TileMode::Lockstep))
-        .await
-        .unwrap();
+    let id = client.submit(tiles(&spec, 64, 32)).await.unwrap();
     // Once both shards take part and the driver is a few steps in, one worker dies.
     within("the render to get going", async {
         loop {

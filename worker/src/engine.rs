@@ -13,12 +13,11 @@ use stylefarm_engine::image_io::image_to_tensor;
 use stylefarm_engine::layers::{LayerName, Pooling, VggArch};
 use stylefarm_engine::objective::{Pieces, StyleTargets};
 use stylefarm_engine::render::{
-    render_with_targets_in, style_targets, style_targets_in_pieces, Observer, RenderInputs,
+    render_with_targets, style_targets, style_targets_in_pieces, Observer, RenderInputs,
 };
-use stylefarm_engine::settings::{Init, Losses, RenderSettings};
+use stylefarm_engine::settings::{Losses, RenderSettings};
 pub use stylefarm_engine::shard::TileObjective;
-use stylefarm_engine::statistics::ImageStatistics;
-use stylefarm_engine::tiles::Rect;
+use stylefarm_engine::statistics::encode_style;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::{Preprocess, Result};
@@ -35,7 +34,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Renders `task`, reporting to `observer`.
     fn run(&self, task: &TaskInput, observer: &mut dyn Observer) -> Result<TaskOutput>;
 
-    /// The whole image's statistics for its tiles, as the blob tile tasks get.
+    /// The whole image's style targets for its tiles in lock step, as the blob the
+    /// coordinator's driver reads.
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>>;
 
     /// The evaluator of an image's tiles in lock step (a shard task): `content` at the full
@@ -60,9 +60,6 @@ pub struct StatisticsInput {
     pub styles: Vec<RgbImage>,
     /// Checked settings, `image_size` the full output's longer side.
     pub settings: RenderSettings,
-    /// The image the tiles start from, at the full output size; `None`: the style targets
-    /// alone (tiles in lock step need no start's statistics).
-    pub start: Option<RgbImage>,
     /// Side of the square pieces, in pixels, that larger images are taken in (0: none).
     pub piece: u32,
     /// Once set, the computation stops with `EngineError::Cancelled` within about a second.
@@ -72,33 +69,13 @@ pub struct StatisticsInput {
 /// One task, decoded and ready to render.
 #[derive(Debug, Clone)]
 pub struct TaskInput {
-    /// The images. For a tile, `content` (and `init_image`) are already cropped to the tile,
-    /// at output scale.
+    /// The images.
     pub inputs: RenderInputs,
-    /// Checked settings; for a tile, `image_size` is the tile's longer side.
+    /// Checked settings.
     pub settings: RenderSettings,
     /// The style images' blob hashes, in order, so that style targets can be reused across
     /// tasks; empty: the engine hashes the pixels instead.
     pub style_ids: Vec<String>,
-    /// The `image_size` the style targets are computed for, when it differs from
-    /// `settings.image_size`: a tile is optimised against the style targets of the whole
-    /// image (its longer side).
-    pub style_image_size: Option<u32>,
-    /// For a tile: the whole image's statistics blob (`ImageStatistics`), whose style targets
-    /// and start Gram matrices replace the style targets computed from `inputs.styles`.
-    pub image_statistics: Option<Vec<u8>>,
-    /// The pixels the render may change (`None`: all); the others keep their start values.
-    pub region: Option<Rect>,
-}
-
-impl TaskInput {
-    /// The settings style targets are computed with.
-    fn target_settings(&self) -> RenderSettings {
-        RenderSettings {
-            image_size: self.style_image_size.unwrap_or(self.settings.image_size),
-            ..self.settings.clone()
-        }
-    }
 }
 
 /// A finished render.
@@ -165,24 +142,10 @@ impl CandleEngine {
         let computed = Arc::new(style_targets(
             &self.vgg,
             &task.inputs.styles,
-            &task.target_settings(),
+            &task.settings,
         )?);
         self.lock_targets().insert(key, computed.clone());
         Ok(computed)
-    }
-
-    /// A tile's style targets from the whole image's statistics: the style targets moved by
-    /// how the tile's start differs from the whole image's.
-    fn tile_targets(&self, task: &TaskInput, blob: &[u8]) -> Result<StyleTargets> {
-        let vgg = self.vgg.with_pooling(task.settings.pooling);
-        let statistics = ImageStatistics::decode(blob, &vgg, &task.settings.style_layers)?;
-        // What the render starts from (the images are already at the tile's context size).
-        let start = match (task.settings.init, &task.inputs.init_image) {
-            (Init::Image, Some(init)) => init,
-            _ => &task.inputs.content,
-        };
-        let start = image_to_tensor(start, vgg.preprocess(), vgg.device())?;
-        statistics.tile_targets(&vgg, &start)
     }
 
     fn lock_targets(&self) -> std::sync::MutexGuard<'_, TargetCache> {
@@ -200,18 +163,8 @@ impl Engine for CandleEngine {
 
     fn run(&self, task: &TaskInput, observer: &mut dyn Observer) -> Result<TaskOutput> {
         task.settings.validate(task.inputs.styles.len())?;
-        let targets = match &task.image_statistics {
-            Some(blob) => Arc::new(self.tile_targets(task, blob)?),
-            None => self.targets(task)?,
-        };
-        let out = render_with_targets_in(
-            &self.vgg,
-            &task.inputs,
-            &task.settings,
-            &targets,
-            task.region,
-            observer,
-        )?;
+        let targets = self.targets(task)?;
+        let out = render_with_targets(&self.vgg, &task.inputs, &task.settings, &targets, observer)?;
         Ok(TaskOutput {
             image: out.image,
             losses: out.losses,
@@ -251,12 +204,7 @@ impl Engine for CandleEngine {
             cancelled: &cancelled,
         };
         let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, pieces)?;
-        let Some(start) = &input.start else {
-            return ImageStatistics::encode_style(&style);
-        };
-        let vgg = self.vgg.with_pooling(input.settings.pooling);
-        let start = image_to_tensor(start, vgg.preprocess(), vgg.device())?;
-        ImageStatistics::compute(&vgg, style, &start, pieces)?.encode()
+        encode_style(&style)
     }
 }
 
@@ -275,7 +223,7 @@ struct TargetKey {
 
 impl TargetKey {
     fn of(task: &TaskInput) -> Self {
-        let s = task.target_settings();
+        let s = &task.settings;
         let styles = if task.style_ids.len() == task.inputs.styles.len() {
             task.style_ids.clone()
         } else {
@@ -370,9 +318,6 @@ mod tests {
                 ..RenderSettings::default()
             },
             style_ids: style_ids.iter().map(|s| s.to_string()).collect(),
-            style_image_size: None,
-            image_statistics: None,
-            region: None,
         }
     }
 
@@ -387,32 +332,6 @@ mod tests {
         assert_eq!(ours.image.as_raw(), theirs.image.as_raw());
         assert_eq!(ours.losses, theirs.losses);
         assert_eq!(ours.iterations, theirs.iterations);
-    }
-
-    #[test]
-    fn a_region_keeps_the_pixels_outside_it_at_their_start() {
-        let engine = tiny_engine();
-        let mut t = task(pattern(40, 32, 1), &["s1"]);
-        let start = pattern(40, 32, 7);
-        t.inputs.init_image = Some(start.clone());
-        t.settings.init = Init::Image;
-        t.region = Some(Rect {
-            x: 8,
-            y: 4,
-            width: 20,
-            height: 16,
-        });
-        let out = engine.run(&t, &mut ()).unwrap().image;
-        let inside = |x: u32, y: u32| (8..28).contains(&x) && (4..20).contains(&y);
-        let mut changed = 0;
-        for (x, y, p) in out.enumerate_pixels() {
-            if inside(x, y) {
-                changed += usize::from(p != start.get_pixel(x, y));
-            } else {
-                assert_eq!(p, start.get_pixel(x, y), "({x}, {y})");
-            }
-        }
-        assert!(changed > 100, "only {changed} pixels changed");
     }
 
     #[test]
@@ -450,13 +369,12 @@ mod tests {
         same.settings.style_blend_weights = Some(vec![3.0]);
         assert_eq!(TargetKey::of(&same), key);
 
-        let changes: [fn(&mut TaskInput); 6] = [
+        let changes: [fn(&mut TaskInput); 5] = [
             |t| t.style_ids = vec!["s2".into()],
             |t| t.settings.image_size = 41,
             |t| t.settings.style_scale = 0.5,
             |t| t.settings.pooling = Pooling::Avg,
             |t| t.settings.style_layers.truncate(1),
-            |t| t.style_image_size = Some(80),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut t = base.clone();

@@ -2,9 +2,10 @@
 //! is not the subject (scheduling, leases, retries, cancel, shutdown, blobs).
 //!
 //! [`FakeEngine`] returns the content image (resized to `image_size`, as the real engine does)
-//! with its colours inverted (and a line of text for a tiled image's statistics), after `num_iterations` steps of a configurable duration. It
-//! reports every step and a snapshot every `save_iter` steps like the real engine, and stops
-//! with [`EngineError::Cancelled`] within a few milliseconds of the cancel flag being set.
+//! with its colours inverted (and a line of text for a tiled image's style targets), after
+//! `num_iterations` steps of a configurable duration. It reports every step and a snapshot
+//! every `save_iter` steps like the real engine, and stops with [`EngineError::Cancelled`]
+//! within a few milliseconds of the cancel flag being set.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -114,7 +115,7 @@ impl Engine for FakeEngine {
         })
     }
 
-    /// Made-up statistics that name the start image's size.
+    /// Made-up style targets.
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {
         input.settings.validate(input.styles.len())?;
         if let Some(message) = &self.failure {
@@ -122,14 +123,7 @@ impl Engine for FakeEngine {
                 "fake engine failure: {message}"
             ))));
         }
-        Ok(match &input.start {
-            Some(start) => {
-                let (w, h) = start.dimensions();
-                format!("fake statistics of a {w}x{h} start")
-            }
-            None => "fake style targets".to_string(),
-        }
-        .into_bytes())
+        Ok(b"fake style targets".to_vec())
     }
 }
 
@@ -158,9 +152,6 @@ mod tests {
                 ..RenderSettings::default()
             },
             style_ids: vec![],
-            style_image_size: None,
-            image_statistics: None,
-            region: None,
         }
     }
 

@@ -178,9 +178,6 @@ mod tests {
                 ..RenderSettings::default()
             },
             style_ids: vec![],
-            style_image_size: None,
-            image_statistics: None,
-            region: None,
         };
         FakeEngine::new(Duration::ZERO)
             .run(&task, &mut obs)

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_engine::image_io::{decode_image, encode_png, resize_exact, DecodeLimits, RgbImage};
+use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
 use stylefarm_engine::render::{Observer, RenderInputs};
 use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_engine::tiles::{coarse_with_detail, Rect};
 use stylefarm_engine::EngineError;
 use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{
@@ -124,11 +123,8 @@ struct Plan {
     styles: Vec<BlobRef>,
     init: Option<BlobRef>,
     settings: RenderSettings,
-    tile: Option<v1::Tile>,
-    /// A statistics task: no render, the whole image's Gram matrices.
+    /// A statistics task: no render, the whole image's style targets.
     statistics: Option<v1::Statistics>,
-    /// For a tile: the whole image's statistics blob.
-    image_statistics: Option<BlobRef>,
     /// A shard of tiles in lock step: no render of its own, the coordinator's evaluations.
     shard: Option<v1::Shard>,
 }
@@ -177,9 +173,8 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         Init::Image => Some(blob(spec.init_image.as_ref(), "init_image")?),
         Init::Random | Init::Content => None,
     };
-    let (mut tile, mut statistics, mut shard) = (None, None, None);
+    let (mut statistics, mut shard) = (None, None);
     match &spec.part {
-        Some(Part::Tile(t)) => tile = Some(check_tile(t)?),
         Some(Part::Statistics(st)) => statistics = Some(check_statistics(st)?),
         Some(Part::Shard(sh)) => {
             check_full_size(sh.full_width, sh.full_height)
@@ -193,69 +188,14 @@ fn plan(spec: Option<&TaskSpec>, preview_every: u32) -> Result<Plan, Failure> {
         }
         Some(Part::Frame(_) | Part::Sweep(_) | Part::Stage(_)) | None => {}
     }
-    let image_statistics = match (&tile, &spec.image_statistics) {
-        (Some(_), Some(b)) => Some(blob(Some(b), "image_statistics")?),
-        _ => None,
-    };
     Ok(Plan {
         content,
         styles,
         init,
         settings,
-        tile,
         statistics,
-        image_statistics,
         shard,
     })
-}
-
-/// A tile must lie inside its context, the context inside the full image, which must be
-/// decodable-sized. A 0x0 context is the tile itself.
-fn check_tile(t: &v1::Tile) -> Result<v1::Tile, Failure> {
-    let bad = |reason: String| Err(Failure::application(format!("invalid spec.tile: {reason}")));
-    if t.width == 0 || t.height == 0 {
-        return bad(format!("a {}x{} tile has no pixels", t.width, t.height));
-    }
-    let mut t = *t;
-    if t.context_width == 0 && t.context_height == 0 {
-        (t.context_x, t.context_y) = (t.x, t.y);
-        (t.context_width, t.context_height) = (t.width, t.height);
-    }
-    let fits = |at: u32, len: u32, full: u32| at.checked_add(len).is_some_and(|end| end <= full);
-    if !fits(t.context_x, t.context_width, t.full_width)
-        || !fits(t.context_y, t.context_height, t.full_height)
-    {
-        return bad(format!(
-            "the context {}x{} at ({}, {}) does not fit in the {}x{} image",
-            t.context_width,
-            t.context_height,
-            t.context_x,
-            t.context_y,
-            t.full_width,
-            t.full_height
-        ));
-    }
-    if t.x < t.context_x
-        || t.y < t.context_y
-        || !fits(t.x - t.context_x, t.width, t.context_width)
-        || !fits(t.y - t.context_y, t.height, t.context_height)
-    {
-        return bad(format!(
-            "{}x{} at ({}, {}) does not lie inside its context {}x{} at ({}, {})",
-            t.width,
-            t.height,
-            t.x,
-            t.y,
-            t.context_width,
-            t.context_height,
-            t.context_x,
-            t.context_y
-        ));
-    }
-    if let Err(reason) = check_full_size(t.full_width, t.full_height) {
-        return bad(reason);
-    }
-    Ok(t)
 }
 
 /// The full image of a statistics task must be decodable-sized.
@@ -283,49 +223,11 @@ fn check_full_size(w: u32, h: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The factor on a tile's style weight that makes its objective the whole image's restricted
-/// to it. The style term is normalised per image (`1 / (2 n_h n_w n_c)^2` of Gram matrices
-/// that grow with `n_h n_w`), so it does not shrink with the image while the content and TV
-/// terms, sums over positions, do: a tile rendered alone weighs style `full / tile` times as
-/// much as the whole image does, and ended with 5x the untiled render's content term. Scaled
-/// by the tile's share of the pixels, the tile's gradient is the whole image's there (up to
-/// how far the tile's Gram matrices differ from their share of the whole image's).
-fn tile_style_share(t: &v1::Tile) -> f32 {
-    let tile = f64::from(t.context_width) * f64::from(t.context_height);
-    let full = f64::from(t.full_width) * f64::from(t.full_height);
-    (tile / full) as f32
-}
-
-/// The tile's context cut out of `full`, an image at the full output size.
-fn crop_context(full: &RgbImage, t: &v1::Tile) -> RgbImage {
-    image::imageops::crop_imm(
-        full,
-        t.context_x,
-        t.context_y,
-        t.context_width,
-        t.context_height,
-    )
-    .to_image()
-}
-
-/// The tile itself out of the render of its context.
-fn keep_tile(rendered: &RgbImage, t: &v1::Tile) -> RgbImage {
-    image::imageops::crop_imm(
-        rendered,
-        t.x - t.context_x,
-        t.y - t.context_y,
-        t.width,
-        t.height,
-    )
-    .to_image()
-}
-
 /// The fetched, still encoded images of a task.
 struct Blobs {
     content: Vec<u8>,
     styles: Vec<Vec<u8>>,
     init: Option<Vec<u8>>,
-    image_statistics: Option<Vec<u8>>,
 }
 
 /// A render's result, encoded.
@@ -358,9 +260,8 @@ fn render_blocking(
         content: content_bytes,
         styles: style_bytes,
         init: init_bytes,
-        image_statistics,
     } = blobs;
-    let mut content = decode(&content_bytes, "content image")?;
+    let content = decode(&content_bytes, "content image")?;
     drop(content_bytes);
     let n = style_bytes.len();
     let styles = style_bytes
@@ -372,22 +273,13 @@ fn render_blocking(
         })
         .collect::<Result<Vec<_>, _>>()?;
     drop(style_bytes);
-    let mut init = init_bytes.map(|b| decode(&b, "init image")).transpose()?;
+    let init = init_bytes.map(|b| decode(&b, "init image")).transpose()?;
     let mut settings = plan.settings;
     if let Some(st) = &plan.statistics {
-        // The tiles start from the content, from the coarse pass with its detail put back, or
-        // after the first pass from the previous pass's result.
-        let full = resize_exact(&content, st.full_width, st.full_height);
-        let start = match init {
-            Some(previous) if st.pass > 0 => resize_exact(&previous, st.full_width, st.full_height),
-            Some(coarse) => coarse_with_detail(&coarse, &full),
-            None => full,
-        };
         settings.image_size = st.full_width.max(st.full_height);
         let input = StatisticsInput {
             styles,
             settings,
-            start: (!st.style_only).then_some(start),
             piece: st.piece_size,
             cancel: observer.cancel_flag(),
         };
@@ -400,31 +292,6 @@ fn render_blocking(
             losses: Default::default(),
         });
     }
-    let mut style_image_size = None;
-    let mut region = None;
-    if let Some(t) = &plan.tile {
-        let full = resize_exact(&content, t.full_width, t.full_height);
-        init = init.map(|start| {
-            if t.pass == 0 {
-                // The coarse pass with the content's detail put back.
-                crop_context(&coarse_with_detail(&start, &full), t)
-            } else {
-                // The previous pass's result: only the tile changes, its margin holds what
-                // the neighbours made.
-                region = Some(Rect {
-                    x: t.x - t.context_x,
-                    y: t.y - t.context_y,
-                    width: t.width,
-                    height: t.height,
-                });
-                crop_context(&resize_exact(&start, t.full_width, t.full_height), t)
-            }
-        });
-        content = crop_context(&full, t);
-        settings.image_size = t.context_width.max(t.context_height);
-        style_image_size = Some(t.full_width.max(t.full_height));
-        settings.style_weight *= tile_style_share(t);
-    }
     let task = TaskInput {
         inputs: RenderInputs {
             content,
@@ -433,25 +300,10 @@ fn render_blocking(
         },
         settings,
         style_ids: plan.styles.iter().map(|b| b.sha256.clone()).collect(),
-        style_image_size,
-        image_statistics,
-        region,
     };
-    let mut out = engine
+    let out = engine
         .run(&task, &mut observer)
         .map_err(|e| Failure::from_engine(&e))?;
-    if let Some(t) = &plan.tile {
-        if out.image.dimensions() != (t.context_width, t.context_height) {
-            return Err(Failure::application(format!(
-                "the engine rendered the {}x{} tile context as {}x{}",
-                t.context_width,
-                t.context_height,
-                out.image.width(),
-                out.image.height()
-            )));
-        }
-        out.image = keep_tile(&out.image, t);
-    }
     let png = encode_png(&out.image).map_err(|e| Failure::from_engine(&e))?;
     Ok(Rendered {
         sha256: sha256_hex(&png),
@@ -517,10 +369,6 @@ async fn work(
         Some(b) => Some(fetch(ctx, b, "init image").await?),
         None => None,
     };
-    let image_statistics = match &plan.image_statistics {
-        Some(b) => Some(fetch(ctx, b, "image statistics").await?),
-        None => None,
-    };
     if cancel.load(Ordering::Relaxed) {
         return Err(Failure::from_engine(&EngineError::Cancelled));
     }
@@ -528,7 +376,6 @@ async fn work(
         content,
         styles,
         init,
-        image_statistics,
     };
     let observer = ProgressObserver::new(progress, cancel, ctx.preview_every);
     let engine = ctx.engine.clone();
@@ -769,8 +616,6 @@ async fn report_failure(ctx: &TaskContext, lease_id: &str, failure: Failure) {
 
 #[cfg(test)]
 mod tests {
-    use image::Rgb;
-
     use super::*;
 
     fn blob(b: u8) -> BlobRef {
@@ -798,7 +643,7 @@ mod tests {
         assert_eq!(p.settings.num_iterations, 7);
         assert_eq!(p.settings.save_iter, 3);
         assert_eq!(p.init, None);
-        assert!(p.tile.is_none());
+        assert!(p.statistics.is_none() && p.shard.is_none());
     }
 
     #[test]
@@ -825,20 +670,6 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    s.part = Some(Part::Tile(v1::Tile {
-                        x: 90,
-                        y: 0,
-                        width: 20,
-                        height: 20,
-                        full_width: 100,
-                        full_height: 100,
-                        ..Default::default()
-                    }))
-                }),
-                "spec.tile",
-            ),
-            (
-                Box::new(|s| {
                     s.part = Some(Part::Statistics(v1::Statistics {
                         full_width: 0,
                         full_height: 100,
@@ -846,22 +677,6 @@ mod tests {
                     }))
                 }),
                 "spec.statistics",
-            ),
-            (
-                Box::new(|s| {
-                    s.part = Some(Part::Tile(v1::Tile {
-                        width: 20,
-                        height: 20,
-                        full_width: 100,
-                        full_height: 100,
-                        ..Default::default()
-                    }));
-                    s.image_statistics = Some(BlobRef {
-                        sha256: "nope".into(),
-                        size: 1,
-                    });
-                }),
-                "spec.image_statistics",
             ),
         ];
         for (change, field) in cases {
@@ -879,81 +694,18 @@ mod tests {
     }
 
     #[test]
-    fn a_statistics_task_and_a_tiles_statistics_are_planned() {
+    fn a_statistics_task_is_planned() {
         let mut s = spec();
         let st = v1::Statistics {
             full_width: 300,
             full_height: 200,
             piece_size: 128,
-            pass: 1,
-            style_only: false,
+            style_only: true,
         };
         s.part = Some(Part::Statistics(st));
         let p = plan(Some(&s), 0).unwrap();
         assert_eq!(p.statistics, Some(st));
-        assert!(p.tile.is_none() && p.image_statistics.is_none());
-        s.part = Some(Part::Tile(v1::Tile {
-            width: 20,
-            height: 20,
-            full_width: 100,
-            full_height: 100,
-            ..Default::default()
-        }));
-        s.image_statistics = Some(blob(9));
-        let p = plan(Some(&s), 0).unwrap();
-        assert_eq!(p.image_statistics, Some(blob(9)));
-        // Only a tile uses them.
-        s.part = None;
-        assert!(plan(Some(&s), 0).unwrap().image_statistics.is_none());
-    }
-
-    #[test]
-    fn a_tile_is_cut_from_the_image_at_full_size_with_its_context() {
-        let img = RgbImage::from_fn(50, 25, |x, y| Rgb([x as u8 * 2, y as u8 * 4, 0]));
-        let t = check_tile(&v1::Tile {
-            x: 60,
-            y: 10,
-            width: 30,
-            height: 20,
-            full_width: 100,
-            full_height: 50,
-            context_x: 52,
-            context_y: 2,
-            context_width: 46,
-            context_height: 36,
-            ..Default::default()
-        })
-        .unwrap();
-        let full = resize_exact(&img, 100, 50);
-        let context = crop_context(&full, &t);
-        assert_eq!(context.dimensions(), (46, 36));
-        // Its style weight is scaled by the context's share of the image's pixels.
-        assert!((tile_style_share(&t) - 46.0 * 36.0 / 5000.0).abs() < 1e-6);
-        assert_eq!(context.get_pixel(0, 0), full.get_pixel(52, 2));
-        let tile = keep_tile(&context, &t);
-        assert_eq!(tile.dimensions(), (30, 20));
-        assert_eq!(tile.get_pixel(0, 0), full.get_pixel(60, 10));
-        assert_eq!(tile.get_pixel(29, 19), full.get_pixel(89, 29));
-        // Without a context the tile is its own.
-        let bare = v1::Tile {
-            context_width: 0,
-            context_height: 0,
-            ..t
-        };
-        let bare = check_tile(&bare).unwrap();
-        assert_eq!((bare.context_x, bare.context_width), (t.x, t.width));
-        // A tile outside its context is refused.
-        let outside = v1::Tile {
-            context_x: 62,
-            context_width: 30,
-            ..t
-        };
-        let f = check_tile(&outside).unwrap_err();
-        assert!(
-            f.message.contains("does not lie inside its context"),
-            "{}",
-            f.message
-        );
+        assert!(p.shard.is_none());
     }
 
     #[test]

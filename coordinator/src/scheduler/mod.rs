@@ -1181,9 +1181,9 @@ impl Scheduler {
         self.effects.push(Effect::TaskChanged(id));
     }
 
-    /// Moves a job's waiting tasks on: queued (with the first dependency's result as the init
-    /// image, a statistics task's as the image statistics) once every task they depend on has succeeded, failed or canceled once one of
-    /// them can no longer succeed. Repeats until nothing changes, so a failure travels down a
+    /// Moves a job's waiting tasks on: queued (with the result of the first dependency that is
+    /// not a statistics task as the init image) once every task they depend on has succeeded,
+    /// failed or canceled once one of them can no longer succeed. Repeats until nothing changes, so a failure travels down a
     /// chain in one event.
     fn settle_dependents(&mut self, job: JobId) {
         if self.counts.get(&job).is_none_or(|c| c.waiting == 0) {
@@ -1193,10 +1193,7 @@ impl Scheduler {
             let mut moves: Vec<(TaskId, Settled)> = Vec::new();
             let tasks: Vec<&TaskRecord> = self.job_tasks(job).collect();
             for task in tasks.iter().filter(|t| t.state == TaskState::Waiting) {
-                let mut settled = Settled::Ready {
-                    init: None,
-                    statistics: None,
-                };
+                let mut settled = Settled::Ready { init: None };
                 for &i in &task.spec.depends_on {
                     let Some(dep) = tasks.get(i as usize) else {
                         settled = Settled::Failed(format!(
@@ -1206,14 +1203,10 @@ impl Scheduler {
                     };
                     match &dep.state {
                         TaskState::Succeeded => {
-                            if let Settled::Ready { init, statistics } = &mut settled {
-                                let slot = if is_statistics(&dep.spec) {
-                                    statistics
-                                } else {
-                                    init
-                                };
-                                if slot.is_none() {
-                                    *slot = dep.result.clone();
+                            // A shard waits for the statistics, but does not start from them.
+                            if let Settled::Ready { init } = &mut settled {
+                                if init.is_none() && !is_statistics(&dep.spec) {
+                                    *init = dep.result.clone();
                                 }
                             }
                         }
@@ -1248,16 +1241,13 @@ impl Scheduler {
             }
             for (id, settled) in moves {
                 match settled {
-                    Settled::Ready { init, statistics } => {
+                    Settled::Ready { init } => {
                         if let Some(task) = self.tasks.get_mut(&id) {
                             if !is_assemble(&task.spec) {
                                 if let Some(init) = init {
                                     task.spec.init_image = Some(init);
                                     let settings = task.spec.settings.get_or_insert_default();
                                     settings.init = v1::Init::Image as i32;
-                                }
-                                if statistics.is_some() {
-                                    task.spec.image_statistics = statistics;
                                 }
                             }
                         }
@@ -1352,12 +1342,8 @@ impl Scheduler {
 /// Where a waiting task stands with its dependencies.
 #[derive(Debug, PartialEq)]
 enum Settled {
-    /// All succeeded: the result of the first that is not a statistics task, and a
-    /// statistics task's result.
-    Ready {
-        init: Option<v1::BlobRef>,
-        statistics: Option<v1::BlobRef>,
-    },
+    /// All succeeded: the result of the first that is not a statistics task.
+    Ready { init: Option<v1::BlobRef> },
     /// Some have not finished yet.
     Blocked,
     /// One failed for good.

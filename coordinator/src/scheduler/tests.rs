@@ -518,8 +518,7 @@ fn statistics_task(depends_on: &[u32]) -> v1::TaskSpec {
             full_width: 64,
             full_height: 48,
             piece_size: 64,
-            pass: 0,
-            style_only: false,
+            style_only: true,
         })),
         ..task("statistics", depends_on)
     }
@@ -528,7 +527,7 @@ fn statistics_task(depends_on: &[u32]) -> v1::TaskSpec {
 fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
     v1::TaskSpec {
         part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
-            kind: v1::AssembleKind::Tiles as i32,
+            kind: v1::AssembleKind::ContactSheet as i32,
             ..Default::default()
         })),
         job_result: true,
@@ -537,33 +536,21 @@ fn assemble_task(depends_on: &[u32]) -> v1::TaskSpec {
 }
 
 #[test]
-fn a_tile_gets_the_coarse_pass_as_start_and_the_statistics_as_statistics() {
+fn a_shard_waits_for_the_statistics_but_does_not_start_from_them() {
     let mut f = Farm::new();
     let w = f.worker(GIB);
-    let job = f.job_of(
-        vec![
-            task("coarse", &[]),
-            statistics_task(&[0]),
-            task("tile", &[1, 0]),
-        ],
-        0,
-    );
-    let coarse = f.lease(w).unwrap();
-    f.complete_with(coarse.lease, "c0").unwrap();
+    let job = f.job_of(vec![statistics_task(&[]), task("shard", &[0])], 0);
+    assert_eq!(f.state_of(job, 1), TaskState::Waiting);
     let statistics = f.lease(w).unwrap();
     assert_eq!(statistics.spec.output_name, "statistics");
-    assert_eq!(
-        statistics.spec.init_image.as_ref().unwrap().sha256,
-        "c0".repeat(32)
-    );
-    assert!(statistics.spec.image_statistics.is_none());
-    assert_eq!(f.state_of(job, 2), TaskState::Waiting);
     f.complete_with(statistics.lease, "5a").unwrap();
-    // The statistics come first in `depends_on`, yet the start is the coarse pass.
-    let tile = f.lease(w).unwrap();
-    assert_eq!(tile.spec.init_image.unwrap().sha256, "c0".repeat(32));
-    assert_eq!(tile.spec.image_statistics.unwrap().sha256, "5a".repeat(32));
-    assert_eq!(tile.spec.settings.unwrap().init, v1::Init::Image as i32);
+    let shard = f.lease(w).unwrap();
+    assert_eq!(shard.spec.output_name, "shard");
+    assert!(shard.spec.init_image.is_none());
+    assert_ne!(
+        shard.spec.settings.map(|s| s.init),
+        Some(v1::Init::Image as i32)
+    );
 }
 
 #[test]
