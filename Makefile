@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: weights example test lint quality
+.PHONY: weights example test lint graph quality
 
 weights:
 	$(CARGO) run --quiet --bin stylefarm -- fetch-weights
@@ -18,6 +18,11 @@ test: weights
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The crate graph of docs/ARCHITECTURE.md: each crate builds alone, the thin CLI builds, and
+# the coordinator and the wire format have no candle or engine in their trees.
+graph:
+	CARGO=$(CARGO) bash .ci/crate-graph
 
 # Side-by-side with the PyTorch baseline (needs `pip install torch onnx pillow`).
 quality:

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use image::RgbImage;
 use stylefarm_coordinator::Config;
-use stylefarm_engine::image_io::encode_png;
+use stylefarm_core::image_io::encode_png;
 use stylefarm_proto::blob::{sha256_hex, write_requests};
 use stylefarm_proto::v1::{
     self, blob_service_client::BlobServiceClient, job_service_client::JobServiceClient,

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use stylefarm_engine::image_io::{load_image, save_image, DecodeLimits};
+use stylefarm_core::image_io::{load_image, save_image, DecodeLimits};
+use stylefarm_core::settings::{Init, RenderSettings};
 use stylefarm_engine::render::{render, RenderInputs};
-use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 

@@ -1,13 +1,13 @@
 //! The seam score of a tiled render against an untiled one of the same image and size (the
-//! measure of `stylefarm_engine::tiles::seam_score`) at the edges between the cores of the
+//! measure of `stylefarm_core::tiles::seam_score`) at the edges between the cores of the
 //! tiles the coordinator plans in lock step for the tile size and margin.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use stylefarm_engine::image_io::{load_image, DecodeLimits};
-use stylefarm_engine::joint::{interior_edges, joint_tiles};
-use stylefarm_engine::tiles::edge_difference;
+use stylefarm_core::image_io::{load_image, DecodeLimits};
+use stylefarm_core::lockstep::{interior_edges, lockstep_tiles};
+use stylefarm_core::tiles::edge_difference;
 
 /// Options of `stylefarm-bench seams`.
 #[derive(clap::Args)]
@@ -42,7 +42,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         untiled.dimensions()
     );
     let (w, h) = tiled.dimensions();
-    let tiles = joint_tiles(w, h, args.tile_size, args.tile_overlap, args.align)?;
+    let tiles = lockstep_tiles(w, h, args.tile_size, args.tile_overlap, args.align)?;
     let (xs, ys) = interior_edges(&tiles);
     let (t, u) = (
         edge_difference(&tiled, &xs, &ys).context("the tiles have no interior edge")?,

@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use stylefarm_engine::image_io::{image_to_tensor, load_image, resize_to_max_side, DecodeLimits};
+use stylefarm_core::image_io::{load_image, resize_to_max_side, DecodeLimits};
+use stylefarm_core::settings::{RenderSettings, TermWeights};
 use stylefarm_engine::objective::{Objective, StyleTargets};
-use stylefarm_engine::settings::{RenderSettings, TermWeights};
+use stylefarm_engine::tensor::image_to_tensor;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::{self, CancelArgs, FetchArgs, JobsArgs, SubmitArgs, WatchArgs, WorkersArgs};
+#[cfg(feature = "embedded")]
 use crate::render::{self, RenderArgs};
 use crate::weights::{self, HubModel, WeightsSource};
 
@@ -24,7 +25,16 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Render CONTENT in the style of STYLE[,STYLE...] on this machine (an embedded farm).
+    #[cfg(feature = "embedded")]
     Render(Box<RenderArgs>),
+    /// Render on this machine: not in this build, which has no embedded farm.
+    #[cfg(not(feature = "embedded"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Render {
+        /// Whatever was given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Submit a job to a farm and print its id; several content images make one task each.
     Submit(Box<SubmitArgs>),
     /// Show a job's progress until it ends; fails unless the job completes.
@@ -55,7 +65,14 @@ pub enum Command {
 /// Whatever stopped the command, as one sentence (print it with `{:#}`).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "embedded")]
         Command::Render(args) => render::run(&args),
+        #[cfg(not(feature = "embedded"))]
+        Command::Render { .. } => anyhow::bail!(
+            "this stylefarm was built without its embedded farm (cargo feature `embedded`), so it \
+             cannot render on this machine: submit the job to a farm with `stylefarm submit`, or \
+             install stylefarm with its default features"
+        ),
         Command::Submit(args) => commands::submit(&args),
         Command::Watch(args) => commands::watch(&args),
         Command::Fetch(args) => commands::fetch(&args),
@@ -105,5 +122,16 @@ mod tests {
         assert_eq!(args.style, "s1.jpg,s2.jpg");
         assert_eq!(args.options.style_weight, 1e3);
         assert_eq!(args.farm.coordinator, "http://farm:1");
+    }
+
+    #[cfg(not(feature = "embedded"))]
+    #[test]
+    fn a_thin_client_says_why_it_cannot_render() {
+        let cli = Cli::parse_from(["stylefarm", "render", "a.png", "s.png", "-o", "out.png"]);
+        let err = run(cli).unwrap_err().to_string();
+        assert!(
+            err.contains("without its embedded farm") && err.contains("stylefarm submit"),
+            "{err}"
+        );
     }
 }

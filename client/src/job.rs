@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use stylefarm_engine::image_io::{decode_image, DecodeLimits};
-use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_proto::convert::settings_to_proto;
+use stylefarm_convert::settings_to_proto;
+use stylefarm_core::image_io::{decode_image, DecodeLimits};
+use stylefarm_core::settings::{Init, RenderSettings};
 use stylefarm_proto::v1::JobSpec;
 
 use crate::farm::{FarmClient, FarmError};

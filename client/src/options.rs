@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use stylefarm_engine::layers::{LayerName, Pooling, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS};
-use stylefarm_engine::optim::Optimizer;
-use stylefarm_engine::settings::{Init, RenderSettings};
+use stylefarm_core::layers::{LayerName, Pooling, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS};
+use stylefarm_core::optim::Optimizer;
+use stylefarm_core::settings::{Init, RenderSettings};
 
 /// neural-style's options: everything that shapes the output image.
 #[derive(Args, Debug, Clone)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use stylefarm_engine::image_io::{decode_image, save_image, DecodeLimits};
+use stylefarm_core::image_io::{decode_image, save_image, DecodeLimits};
 
 /// Image formats an output name may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn write_image(png: &[u8], path: &Path) -> Result<()> {
 
 /// Writes `bytes` to a temporary file next to `path` and renames it to `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(stylefarm_engine::image_io::write_atomically(path, bytes)?)
+    Ok(stylefarm_core::image_io::write_atomically(path, bytes)?)
 }
 
 /// Width and height of an encoded image, from its header.
@@ -67,7 +67,7 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stylefarm_engine::image_io::{encode_png, RgbImage};
+    use stylefarm_core::image_io::{encode_png, RgbImage};
 
     #[test]
     fn png_is_written_as_is_and_jpeg_converted() {

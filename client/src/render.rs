@@ -20,10 +20,10 @@ use clap::Args;
 use serde::Serialize;
 
 use stylefarm_core::cache::find_weights;
-use stylefarm_engine::image_io::{save_image, RgbImage};
-use stylefarm_engine::layers::Pooling;
+use stylefarm_core::image_io::{save_image, RgbImage};
+use stylefarm_core::layers::Pooling;
+use stylefarm_core::settings::{Losses, RenderSettings};
 use stylefarm_engine::render::Observer;
-use stylefarm_engine::settings::{Losses, RenderSettings};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::{describe, VggWeights};
 use stylefarm_proto::v1::{self, JobState, PlanJobResponse};
@@ -178,7 +178,7 @@ impl Engine for LocalEngine {
 
     fn tile_objective(
         &self,
-        settings: &stylefarm_engine::settings::RenderSettings,
+        settings: &stylefarm_core::settings::RenderSettings,
         content: &stylefarm_worker::engine::RgbImage,
     ) -> stylefarm_engine::Result<stylefarm_worker::engine::TileObjective> {
         self.inner.tile_objective(settings, content)

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use stylefarm_engine::settings::RenderSettings;
+use stylefarm_core::settings::RenderSettings;
 use stylefarm_proto::v1::{self, task_spec::Part, JobSpec, PlanJobResponse};
 
 /// Smallest stage of `--scales`, in pixels.
@@ -416,7 +416,7 @@ mod tests {
             kind: v1::AssembleKind::Lockstep as i32,
             ..Default::default()
         });
-        let rect = |x, w| v1::ShardRect {
+        let rect = |x, w| v1::Rect {
             x,
             y: 0,
             width: w,

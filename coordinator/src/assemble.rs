@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits, RgbImage};
-use stylefarm_engine::sheet::contact_sheet;
+use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits, RgbImage};
+use stylefarm_core::sheet::contact_sheet;
 use stylefarm_proto::ids::TaskId;
 use stylefarm_proto::v1::{self, task_spec::Part};
 use tokio::sync::Mutex;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use stylefarm_proto::convert::FieldError;
+use stylefarm_convert::FieldError;
 use stylefarm_proto::ids::{JobId, LeaseId};
 
 /// Everything a request to the coordinator can fail with.

@@ -1,4 +1,4 @@
-//! Tiles in lock step, the coordinator's half (`stylefarm_engine::joint`): a driver per image
+//! Tiles in lock step, the coordinator's half (`stylefarm_core::lockstep`): a driver per image
 //! that optimises the whole image, and the shards (workers holding a leased shard task) that
 //! evaluate its tiles.
 //!
@@ -18,18 +18,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stylefarm_engine::color::keep_original_colors;
-use stylefarm_engine::image_io::{
+use stylefarm_convert::{
+    f32_bytes, f32_values, losses_to_proto, rect_to_proto, settings_from_proto,
+};
+use stylefarm_core::color::keep_original_colors;
+use stylefarm_core::image_io::{
     decode_image, encode_png, image_to_network, network_to_image, random_image, resize_exact,
     DecodeLimits, RgbImage,
 };
-use stylefarm_engine::joint::{
-    add_crop, crop, driver_optimizer, joint_tiles, optimize, style_targets_of_statistics, GramSums,
-    JointObjective, JointTile, TileBackend,
+use stylefarm_core::lockstep::{
+    add_crop, crop, driver_optimizer, lockstep_tiles, optimize, style_targets_of_statistics,
+    GramSums, LockstepObjective, LockstepTile, TileBackend,
 };
-use stylefarm_engine::settings::{Init, Losses, TermWeights};
-use stylefarm_engine::{EngineError, Preprocess};
-use stylefarm_proto::convert::{f32_bytes, f32_values, settings_from_proto};
+use stylefarm_core::settings::{Init, Losses, TermWeights};
+use stylefarm_core::{CoreError, Preprocess};
 use stylefarm_proto::ids::{JobId, TaskId};
 use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply, task_spec::Part};
 use tokio::sync::{oneshot, watch};
@@ -120,7 +122,7 @@ struct DriverInput {
     content: Vec<u8>,
     init: Option<Vec<u8>>,
     statistics: Vec<u8>,
-    settings: stylefarm_engine::settings::RenderSettings,
+    settings: stylefarm_core::settings::RenderSettings,
     width: u32,
     height: u32,
     tile_size: u32,
@@ -263,7 +265,7 @@ pub(crate) async fn run(
             }))
             .await;
     }
-    Ok((result, (&losses).into()))
+    Ok((result, losses_to_proto(&losses)))
 }
 
 /// The PNG and the objective of its pixels, with the shards to tell; or why not, with them.
@@ -279,9 +281,9 @@ fn drive(
 ) -> DriverOutcome {
     let (w, h) = (input.width, input.height);
     let align = input.settings.deepest_stride();
-    let tiles = match joint_tiles(w, h, input.tile_size, input.margin, align) {
+    let tiles = match lockstep_tiles(w, h, input.tile_size, input.margin, align) {
         Ok(t) => t,
-        Err(e) => return Err((engine_error(e), Vec::new())),
+        Err(e) => return Err((driver_error(e), Vec::new())),
     };
     let mut pool = ShardPool {
         joins,
@@ -298,7 +300,7 @@ fn drive(
     };
     match optimise(&input, &mut pool, progress) {
         Ok(done) => Ok((done, pool.members)),
-        Err(e) => Err((engine_error(e), pool.members)),
+        Err(e) => Err((driver_error(e), pool.members)),
     }
 }
 
@@ -306,7 +308,7 @@ fn optimise(
     input: &DriverInput,
     pool: &mut ShardPool<'_>,
     progress: &watch::Sender<Option<v1::Progress>>,
-) -> stylefarm_engine::Result<(Vec<u8>, Losses)> {
+) -> stylefarm_core::Result<(Vec<u8>, Losses)> {
     let (w, h) = (input.width, input.height);
     let s = &input.settings;
     let limits = DecodeLimits::default();
@@ -323,12 +325,12 @@ fn optimise(
         style: s.style_weight,
         tv: s.tv_weight,
     };
-    let objective = JointObjective::new(targets, weights, w as usize, h as usize)?;
+    let objective = LockstepObjective::new(targets, weights, w as usize, h as usize)?;
     let start: RgbImage = match s.init {
         Init::Content => content.clone(),
         Init::Random => random_image(w, h, s.seed),
         Init::Image => {
-            let bytes = input.init.as_deref().ok_or(EngineError::InvalidOption {
+            let bytes = input.init.as_deref().ok_or(CoreError::InvalidOption {
                 option: "init",
                 reason: "an init image was asked for but none was given".into(),
             })?;
@@ -353,7 +355,7 @@ fn optimise(
             progress.send_replace(Some(v1::Progress {
                 iteration,
                 total_iterations: total,
-                losses: Some(losses.into()),
+                losses: Some(losses_to_proto(losses)),
                 preview: None,
             }));
             Ok(())
@@ -365,7 +367,7 @@ fn optimise(
         seconds = started.elapsed().as_secs_f64(),
         "lock-step render optimised"
     );
-    let mut image = network_to_image(&x, w, h, pre).ok_or(EngineError::InvalidOption {
+    let mut image = network_to_image(&x, w, h, pre).ok_or(CoreError::InvalidOption {
         option: "image-size",
         reason: format!("a {w}x{h} image is too large"),
     })?;
@@ -377,9 +379,9 @@ fn optimise(
     Ok((encode_png(&image)?, losses))
 }
 
-fn engine_error(e: EngineError) -> CoordinatorError {
+fn driver_error(e: CoreError) -> CoordinatorError {
     match e {
-        EngineError::Cancelled => CoordinatorError::Internal("the job was canceled".into()),
+        CoreError::Cancelled => CoordinatorError::Internal("the job was canceled".into()),
         e => CoordinatorError::Internal(e.to_string()),
     }
 }
@@ -399,7 +401,7 @@ struct ShardPool<'a> {
     joins: mpsc::Receiver<Joined>,
     members: Vec<Member>,
     next_id: u64,
-    tiles: Vec<JointTile>,
+    tiles: Vec<LockstepTile>,
     width: usize,
     height: usize,
     /// The image of the current evaluation.
@@ -412,9 +414,9 @@ struct ShardPool<'a> {
 }
 
 impl ShardPool<'_> {
-    fn cancelled(&self) -> stylefarm_engine::Result<()> {
+    fn cancelled(&self) -> stylefarm_core::Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(EngineError::Cancelled);
+            return Err(CoreError::Cancelled);
         }
         Ok(())
     }
@@ -447,24 +449,24 @@ impl ShardPool<'_> {
         }
     }
 
-    fn wait_for_member(&mut self) -> stylefarm_engine::Result<()> {
+    fn wait_for_member(&mut self) -> stylefarm_core::Result<()> {
         self.admit();
         while self.members.is_empty() {
             self.cancelled()?;
             match self.joins.recv_timeout(Duration::from_secs(1)) {
                 Ok(j) => self.add(j),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EngineError::Cancelled),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(CoreError::Cancelled),
             }
         }
         Ok(())
     }
 
-    fn preprocess(&self) -> stylefarm_engine::Result<Preprocess> {
+    fn preprocess(&self) -> stylefarm_core::Result<Preprocess> {
         match self.hello.as_ref().map(|h| h.preprocess.as_str()) {
             Some("caffe") => Ok(Preprocess::Caffe),
             Some("torchvision") => Ok(Preprocess::Torchvision),
-            other => Err(EngineError::InvalidOption {
+            other => Err(CoreError::InvalidOption {
                 option: "tiles",
                 reason: format!("a shard's network takes its input as {other:?}, which the driver does not know"),
             }),
@@ -501,8 +503,8 @@ impl ShardPool<'_> {
             let command = Command::Tile(v1::ShardTile {
                 evaluation: self.evaluation,
                 tile: t as u32,
-                core: Some(tile.core.into()),
-                context: Some(tile.context.into()),
+                core: Some(rect_to_proto(tile.core)),
+                context: Some(rect_to_proto(tile.context)),
                 values: f32_bytes(&values),
             });
             if !self.send(member, command) {
@@ -514,7 +516,7 @@ impl ShardPool<'_> {
     }
 
     /// The next reply of `member`; `Ok(None)` when it is gone.
-    fn recv(&self, member: usize) -> stylefarm_engine::Result<Option<Reply>> {
+    fn recv(&self, member: usize) -> stylefarm_core::Result<Option<Reply>> {
         let started = Instant::now();
         loop {
             self.cancelled()?;
@@ -541,7 +543,7 @@ impl ShardPool<'_> {
         pending: &mut Vec<usize>,
         lost: &mut Vec<(u64, String)>,
         command: impl Fn(Vec<u32>) -> Command,
-    ) -> stylefarm_engine::Result<Vec<(usize, Vec<usize>)>> {
+    ) -> stylefarm_core::Result<Vec<(usize, Vec<usize>)>> {
         self.wait_for_member()?;
         let share = self.spread(pending);
         pending.clear();
@@ -580,7 +582,9 @@ impl ShardPool<'_> {
 }
 
 impl TileBackend for ShardPool<'_> {
-    fn grams(&mut self, x: &[f32]) -> stylefarm_engine::Result<GramSums> {
+    type Error = CoreError;
+
+    fn grams(&mut self, x: &[f32]) -> stylefarm_core::Result<GramSums> {
         self.x.clear();
         self.x.extend_from_slice(x);
         self.evaluation += 1;
@@ -619,11 +623,7 @@ impl TileBackend for ShardPool<'_> {
         Ok(total)
     }
 
-    fn gradient(
-        &mut self,
-        residuals: &[Vec<f32>],
-        grad: &mut [f32],
-    ) -> stylefarm_engine::Result<()> {
+    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> stylefarm_core::Result<()> {
         let residuals: Vec<Vec<u8>> = residuals.iter().map(|r| f32_bytes(r)).collect();
         let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
         let evaluation = self.evaluation;

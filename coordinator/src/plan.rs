@@ -9,13 +9,13 @@
 
 use std::collections::HashSet;
 
-use stylefarm_engine::image_io::fit_max_side;
-use stylefarm_engine::joint::{driver_optimizer, joint_tiles};
-use stylefarm_engine::settings::{RenderSettings, MAX_IMAGE_SIZE};
-use stylefarm_engine::tiles::{
+use stylefarm_convert::{rect_to_proto, settings_from_proto};
+use stylefarm_core::image_io::fit_max_side;
+use stylefarm_core::lockstep::{driver_optimizer, lockstep_tiles};
+use stylefarm_core::settings::{RenderSettings, MAX_IMAGE_SIZE};
+use stylefarm_core::tiles::{
     estimated_memory_bytes, estimated_seconds, gram_piece, tile_size_for_memory, GRAM_MARGIN,
 };
-use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{self, task_spec::Part};
 
 use crate::error::{CoordinatorError, Result};
@@ -402,7 +402,7 @@ fn lockstep_margin(t: &v1::TileOptions) -> u32 {
     t.tile_overlap.max(16)
 }
 
-/// Tiles in lock step (`stylefarm_engine::joint`): the whole image's statistics (for its
+/// Tiles in lock step (`stylefarm_core::lockstep`): the whole image's statistics (for its
 /// style targets), one shard task per live worker (at most one per tile), and the
 /// coordinator's driver, which optimises the whole image with the shards and whose result is
 /// the frame's output. Returns the grid's `(columns, rows)` and the tiles' contexts.
@@ -413,11 +413,11 @@ fn plan_lockstep(
     (w, h): (u32, u32),
     t: v1::TileOptions,
     name: String,
-) -> Result<((usize, usize), Vec<v1::ShardRect>)> {
+) -> Result<((usize, usize), Vec<v1::Rect>)> {
     let settings = b.inputs.settings;
     let align = settings.deepest_stride();
     let margin = lockstep_margin(&t);
-    let tiles = joint_tiles(w, h, t.tile_size, margin, align)
+    let tiles = lockstep_tiles(w, h, t.tile_size, margin, align)
         .map_err(|e| invalid("spec.tiles", e.to_string()))?;
     let columns = tiles.iter().filter(|r| r.core.y == 0).count();
     let rows = tiles.len() / columns.max(1);
@@ -462,7 +462,7 @@ fn plan_lockstep(
     });
     b.push(frame, wire.clone(), part, name, (w, h));
     b.last().depends_on = vec![statistics];
-    let contexts = tiles.iter().map(|r| r.context.into()).collect();
+    let contexts = tiles.iter().map(|r| rect_to_proto(r.context)).collect();
     Ok(((columns, rows), contexts))
 }
 
@@ -644,13 +644,13 @@ fn plan_stages(b: &mut Builder<'_>, wire: &v1::RenderSettings, scales: &v1::Scal
     };
     if let Some(bad) = iterations
         .iter()
-        .find(|&&i| i > stylefarm_engine::settings::MAX_ITERATIONS)
+        .find(|&&i| i > stylefarm_core::settings::MAX_ITERATIONS)
     {
         return Err(invalid(
             "spec.scales.iterations",
             format!(
                 "{bad} is over the limit of {}",
-                stylefarm_engine::settings::MAX_ITERATIONS
+                stylefarm_core::settings::MAX_ITERATIONS
             ),
         ));
     }

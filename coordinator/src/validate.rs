@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use stylefarm_engine::image_io::{decode_image, DecodeLimits};
-use stylefarm_engine::settings::Init;
-use stylefarm_proto::convert::settings_from_proto;
+use stylefarm_convert::settings_from_proto;
+use stylefarm_core::image_io::{decode_image, DecodeLimits};
+use stylefarm_core::settings::Init;
 use stylefarm_proto::ids::JobId;
 use stylefarm_proto::v1;
 use tokio::sync::Semaphore;

@@ -1,39 +1,16 @@
-//! The engine's one error type: every failure names what it was about (a path, a layer, an
-//! option) in one sentence a user can act on.
+//! The engine's one error type: what the tensor-free code can say ([`CoreError`]: a path, a
+//! layer, an option, a cancel), a weights file that is not a VGG, or a failed tensor operation.
 
 use std::path::PathBuf;
+
+use stylefarm_core::CoreError;
 
 /// Everything that can go wrong inside the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A file could not be read or written.
-    #[error("cannot access {path}: {err}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said (in the message, not as a `source`, so it is printed once).
-        err: std::io::Error,
-    },
-    /// Bytes that are not a readable image (empty, truncated, corrupt, unknown format).
-    #[error("{what} is not an image stylefarm can read: {reason}")]
-    BadImage {
-        /// Which input (a path or a name such as "content image").
-        what: String,
-        /// Why decoding failed.
-        reason: String,
-    },
-    /// An image whose declared size is over the decoding limits (checked before decoding).
-    #[error("{what} is {width}x{height} pixels, over the limit of {limit}")]
-    ImageTooLarge {
-        /// Which input.
-        what: String,
-        /// Declared width.
-        width: u32,
-        /// Declared height.
-        height: u32,
-        /// The limit that was hit, in words.
-        limit: String,
-    },
+    /// Settings, images, layer names, cancel: as the tensor-free code says it.
+    #[error(transparent)]
+    Core(#[from] CoreError),
     /// A weights file that is missing pieces or is not a VGG.
     #[error("weights file {path}: {reason}")]
     BadWeights {
@@ -42,29 +19,16 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A layer name that does not exist (or not in this network).
-    #[error("unknown layer `{name}`: {reason}")]
-    UnknownLayer {
-        /// The name as given.
-        name: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// An option value out of its range.
-    #[error("invalid {option}: {reason}")]
-    InvalidOption {
-        /// The option's name, as on the command line (e.g. `style-weight`).
-        option: &'static str,
-        /// Why the value was refused.
-        reason: String,
-    },
-    /// The render was stopped by its caller (cancel).
-    #[error("the render was cancelled")]
-    Cancelled,
     /// A tensor operation failed.
-    #[cfg(feature = "compute")]
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl EngineError {
+    /// Whether the render was stopped by its caller (cancel), not by a failure.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Core(CoreError::Cancelled))
+    }
 }
 
 /// Result with [`EngineError`].

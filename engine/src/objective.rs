@@ -14,14 +14,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use stylefarm_core::CoreError;
 
 use crate::error::{EngineError, Result};
-use crate::layers::LayerName;
-use crate::settings::{Losses, TermWeights};
-pub use crate::variation::total_variation;
-use crate::variation::tv_gradient;
 use crate::vgg::Vgg;
 use candle_core::{DType, Tensor};
+use stylefarm_core::layers::LayerName;
+use stylefarm_core::settings::{Losses, TermWeights};
+pub use stylefarm_core::variation::total_variation;
+use stylefarm_core::variation::tv_gradient;
 
 /// The unnormalised Gram matrix `F F^T` of a (1, C, H, W) or (C, H, W) activation.
 pub fn gram(features: &Tensor) -> Result<Tensor> {
@@ -59,18 +60,20 @@ impl StyleTargets {
         pieces: Pieces<'_>,
     ) -> Result<Self> {
         if styles.is_empty() {
-            return Err(EngineError::InvalidOption {
+            return Err(CoreError::InvalidOption {
                 option: "style",
                 reason: "at least one style image is needed".into(),
-            });
+            }
+            .into());
         }
         let total: f32 = styles.iter().map(|(_, w)| *w).sum();
         if styles.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || total.is_nan() || total <= 0.0
         {
-            return Err(EngineError::InvalidOption {
+            return Err(CoreError::InvalidOption {
                 option: "style-blend-weights",
                 reason: "blend weights must be finite, not negative, and not all zero".into(),
-            });
+            }
+            .into());
         }
         let positions = layers
             .iter()
@@ -80,7 +83,7 @@ impl StyleTargets {
             .iter()
             .copied()
             .max()
-            .ok_or(EngineError::InvalidOption {
+            .ok_or(CoreError::InvalidOption {
                 option: "style-layers",
                 reason: "at least one style layer is needed".into(),
             })?;
@@ -102,18 +105,18 @@ impl StyleTargets {
             .iter()
             .zip(sums)
             .map(|(&l, g)| {
-                g.map(|g| (l, g)).ok_or(EngineError::InvalidOption {
+                g.map(|g| (l, g)).ok_or(CoreError::InvalidOption {
                     option: "style-blend-weights",
                     reason: "no style image has a positive weight".into(),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<stylefarm_core::Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
 }
 
 /// How an image's Gram matrices are taken: in square pieces of at most `side` pixels a side,
-/// stopping with [`EngineError::Cancelled`] at the next layer once `cancelled` says so.
+/// stopping with [`CoreError::Cancelled`] at the next layer once `cancelled` says so.
 #[derive(Clone, Copy)]
 pub struct Pieces<'a> {
     /// The longest side of a piece, its margins not counted.
@@ -136,7 +139,7 @@ fn never() -> bool {
 
 /// The Gram matrix per feature position (`F F^T / (n_h n_w)`) at each of `positions` of the
 /// network-input image `image`, (1, 3, H, W). An image larger than `pieces.side` pixels on a
-/// side (plus [`crate::tiles::GRAM_MARGIN`] on each side) is run in square pieces, each with
+/// side (plus [`stylefarm_core::tiles::GRAM_MARGIN`] on each side) is run in square pieces, each with
 /// that margin of context around it and its features counted only over its own pixels: the
 /// memory needed is a piece's, and the result differs from one pass's only in how features
 /// near a piece's edge see past its margin.
@@ -153,7 +156,7 @@ pub fn per_position_grams(
         positions,
         deepest,
         pieces,
-        crate::tiles::GRAM_MARGIN,
+        stylefarm_core::tiles::GRAM_MARGIN,
     )
 }
 
@@ -214,7 +217,7 @@ fn grams_in_pieces(
                 // what the floor of the pools leaves.
                 let span = |a, b, from, full, len| {
                     let [a, b, from, full] = [a, b, from, full].map(|v: usize| v as u32);
-                    crate::joint::owned_span(a, b, from, full, s as u32, len)
+                    stylefarm_core::lockstep::owned_span(a, b, from, full, s as u32, len)
                 };
                 let (r0, r1) = span(y0, y1, top, h, fh);
                 let (c0, c1) = span(x0, x1, left, w, fw);
@@ -285,7 +288,7 @@ impl<'a> Objective<'a> {
             .map(|(l, _)| vgg.position(*l))
             .collect::<Result<Vec<_>>>()?;
         let deepest = content_pos.iter().chain(&style_pos).copied().max().ok_or(
-            EngineError::InvalidOption {
+            CoreError::InvalidOption {
                 option: "content-layers",
                 reason: "no content or style layer given".into(),
             },
@@ -335,7 +338,7 @@ impl<'a> Objective<'a> {
         })
     }
 
-    /// Stops evaluations with [`EngineError::Cancelled`] at the next layer once `flag` is set.
+    /// Stops evaluations with [`CoreError::Cancelled`] at the next layer once `flag` is set.
     pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
         self.cancel = Some(flag);
     }
@@ -509,6 +512,6 @@ mod tests {
             cancelled: &|| true,
         };
         let e = grams_in_pieces(&vgg, &image, &positions, deepest, stop, 32).unwrap_err();
-        assert!(matches!(e, EngineError::Cancelled));
+        assert!(e.is_cancelled());
     }
 }

@@ -10,14 +10,16 @@ use std::time::Instant;
 use candle_core::Tensor;
 use image::RgbImage;
 
-use crate::color::keep_original_colors;
 use crate::error::{EngineError, Result};
-pub use crate::image_io::random_image;
-use crate::image_io::{image_to_tensor, resize_exact, resize_to_max_side, tensor_to_image};
 use crate::objective::{Objective, Pieces, StyleTargets};
-use crate::optim::{minimize, Bounds, Stop};
-use crate::settings::{style_side, Init, Losses, RenderSettings, TermWeights};
+use crate::tensor::{image_to_tensor, tensor_to_image};
 use crate::vgg::Vgg;
+use stylefarm_core::color::keep_original_colors;
+pub use stylefarm_core::image_io::random_image;
+use stylefarm_core::image_io::{resize_exact, resize_to_max_side};
+use stylefarm_core::optim::{minimize, Bounds, Stop};
+use stylefarm_core::settings::{style_side, Init, Losses, RenderSettings, TermWeights};
+use stylefarm_core::CoreError;
 
 /// The images of a render, already decoded.
 #[derive(Debug, Clone)]
@@ -30,7 +32,7 @@ pub struct RenderInputs {
     pub init_image: Option<RgbImage>,
 }
 
-/// What a render reports while it runs; returning an error (e.g. [`EngineError::Cancelled`])
+/// What a render reports while it runs; returning an error (e.g. [`CoreError::Cancelled`])
 /// stops it.
 pub trait Observer {
     /// After each evaluation `iteration` (1-based) of `total`, with the losses at the point
@@ -44,7 +46,7 @@ pub trait Observer {
         Ok(())
     }
 
-    /// A flag that, once set, stops the render with [`EngineError::Cancelled`] at the next
+    /// A flag that, once set, stops the render with [`CoreError::Cancelled`] at the next
     /// layer of the network (well within a second), not only between iterations.
     fn cancel_flag(&self) -> Option<Arc<AtomicBool>> {
         None
@@ -157,7 +159,7 @@ pub fn render_with_targets(
             let img = inputs
                 .init_image
                 .as_ref()
-                .ok_or_else(|| EngineError::InvalidOption {
+                .ok_or_else(|| CoreError::InvalidOption {
                     option: "init",
                     reason: "an init image was asked for but none was given".into(),
                 })?;
@@ -221,7 +223,7 @@ pub fn render_with_targets(
 /// Network-input tensor to the image that gets written.
 fn finish(
     x: &Tensor,
-    pre: crate::Preprocess,
+    pre: stylefarm_core::Preprocess,
     settings: &RenderSettings,
     content: &RgbImage,
 ) -> Result<RgbImage> {
@@ -236,13 +238,14 @@ fn finish(
 /// A too-small style image shows up as a layer-size error; name the option that causes it.
 fn with_option(e: EngineError, option: &'static str) -> EngineError {
     match e {
-        EngineError::InvalidOption {
+        EngineError::Core(CoreError::InvalidOption {
             option: "image-size",
             reason,
-        } => EngineError::InvalidOption {
+        }) => CoreError::InvalidOption {
             option,
             reason: format!("the style image is too small: {reason}"),
-        },
+        }
+        .into(),
         e => e,
     }
 }

@@ -2,11 +2,11 @@
 //! once per image by a statistics task and shipped to the coordinator's driver as one blob.
 //!
 //! The style term couples every pixel through the Gram matrices of the whole image, so tiles
-//! are optimised in lock step ([`crate::joint`]): the driver adds the tiles' Gram matrices up
+//! are optimised in lock step ([`stylefarm_core::lockstep`]): the driver adds the tiles' Gram matrices up
 //! into the whole image's and compares them with the style targets `A` (per feature position,
 //! at the full output size). A statistics task computes `A` (in pieces, when a worker lacks the
 //! memory for the whole style image at once) and [`encode_style`] writes it;
-//! [`crate::joint::style_targets_of_statistics`] reads it back.
+//! [`stylefarm_core::lockstep::style_targets_of_statistics`] reads it back.
 
 use std::collections::HashMap;
 

@@ -6,15 +6,16 @@
 //! PyTorch's.
 
 use std::sync::Arc;
+use stylefarm_core::CoreError;
 
 use candle_core::{Device, Tensor};
 
 use crate::conv::Conv3x3;
 use crate::error::{EngineError, Result};
-use crate::layers::{LayerKind, LayerName, Pooling, VggArch};
 use crate::ops;
-use crate::preprocess::Preprocess;
 use crate::weights::VggWeights;
+use stylefarm_core::layers::{LayerKind, LayerName, Pooling, VggArch};
+use stylefarm_core::preprocess::Preprocess;
 
 /// Convolutions before VGG's first pool (conv1_1, conv1_2).
 const FIRST_BLOCK_CONVS: usize = 2;
@@ -153,7 +154,7 @@ impl Vgg {
 
     /// Position of a named layer in this network.
     pub fn position(&self, layer: LayerName) -> Result<usize> {
-        self.arch.position(layer)
+        Ok(self.arch.position(layer)?)
     }
 
     /// Channels of the layer at `position` (3 before the first convolution).
@@ -191,14 +192,15 @@ impl Vgg {
     ) -> Result<Activations> {
         let (_, _, h, w) = x.dims4()?;
         if h < self.min_input_side(deepest) || w < self.min_input_side(deepest) {
-            return Err(EngineError::InvalidOption {
+            return Err(CoreError::InvalidOption {
                 option: "image-size",
                 reason: format!(
                     "a {w}x{h} image is too small for layer {}: it needs at least {} pixels on each side",
                     self.ops[deepest],
                     self.min_input_side(deepest)
                 ),
-            });
+            }
+            .into());
         }
         let mut outputs = vec![None; deepest + 1];
         let mut cur = x.clone();
@@ -206,7 +208,7 @@ impl Vgg {
         let mut pos = 0;
         while pos <= deepest {
             if cancelled() {
-                return Err(EngineError::Cancelled);
+                return Err(CoreError::Cancelled.into());
             }
             let layer = self.ops[pos];
             cur = match layer.kind {
@@ -276,7 +278,7 @@ impl Vgg {
             }
             let Some(g) = grad.take() else { continue };
             if cancelled() {
-                return Err(EngineError::Cancelled);
+                return Err(CoreError::Cancelled.into());
             }
             let kept = |p: usize| {
                 acts.get(p).ok_or_else(|| {

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use stylefarm_core::CoreError;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::layers::VggArch;
-use crate::preprocess::Preprocess;
+use stylefarm_core::layers::VggArch;
+use stylefarm_core::preprocess::Preprocess;
 
 /// One 3x3 convolution's parameters.
 #[derive(Debug, Clone)]
@@ -104,9 +105,12 @@ fn bad(path: &Path, reason: &str) -> EngineError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |err| EngineError::Io {
-        path: path.to_path_buf(),
-        err,
+    move |err| {
+        CoreError::Io {
+            path: path.to_path_buf(),
+            err,
+        }
+        .into()
     }
 }
 
@@ -137,7 +141,7 @@ fn convs_from_torchvision(
         .ops()
         .iter()
         .enumerate()
-        .filter(|(_, l)| l.kind == crate::layers::LayerKind::Conv)
+        .filter(|(_, l)| l.kind == stylefarm_core::layers::LayerKind::Conv)
         .map(|(i, _)| i)
         .collect();
     let found: Vec<usize> = kernels.keys().copied().collect();
@@ -410,7 +414,10 @@ mod tests {
         let err = VggWeights::load(Path::new("/nonexistent/vgg.bin"), &dev).unwrap_err();
         assert!(err.to_string().contains(".safetensors"), "{err}");
         let err = VggWeights::load(Path::new("/nonexistent/vgg.onnx"), &dev).unwrap_err();
-        assert!(matches!(err, EngineError::Io { .. }), "{err}");
+        assert!(
+            matches!(err, EngineError::Core(CoreError::Io { .. })),
+            "{err}"
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn gradient_matches_central_finite_differences() {
 #[test]
 fn fast_convolutions_match_the_reference_ones() {
     use candle_core::{Device, Tensor};
-    use stylefarm_engine::layers::Pooling;
+    use stylefarm_core::layers::Pooling;
 
     for (model, pooling, h, w) in [
         ("tiny_vgg16.safetensors", Pooling::Max, 37, 53),

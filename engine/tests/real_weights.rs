@@ -7,11 +7,11 @@ mod common;
 use std::path::PathBuf;
 
 use common::{check_case, load_vgg, Case};
-use stylefarm_engine::image_io::{load_image, DecodeLimits};
+use stylefarm_core::image_io::{load_image, DecodeLimits};
+use stylefarm_core::settings::Losses;
+use stylefarm_core::settings::{Init, RenderSettings};
+use stylefarm_core::{layers::VggArch, Preprocess};
 use stylefarm_engine::render::{render, Observer, RenderInputs};
-use stylefarm_engine::settings::Losses;
-use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_engine::{layers::VggArch, Preprocess};
 
 fn real_weights() -> PathBuf {
     let cache = std::env::var_os("STYLEFARM_CACHE")

@@ -5,11 +5,11 @@ mod common;
 
 use common::{data, load_vgg};
 use image::{Rgb, RgbImage};
-use stylefarm_engine::layers::Pooling;
-use stylefarm_engine::optim::Optimizer;
+use stylefarm_core::layers::Pooling;
+use stylefarm_core::optim::Optimizer;
+use stylefarm_core::settings::Losses;
+use stylefarm_core::settings::{Init, RenderSettings};
 use stylefarm_engine::render::{render, Observer, RenderInputs};
-use stylefarm_engine::settings::Losses;
-use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::EngineError;
 
 fn pattern(w: u32, h: u32, k: u32) -> RgbImage {
@@ -126,7 +126,7 @@ fn init_from_content_and_from_an_image() {
         ..settings()
     };
     let out = render(&vgg, &inputs(), &s, &mut ()).unwrap();
-    let resized = stylefarm_engine::image_io::resize_to_max_side(&inputs().content, 40);
+    let resized = stylefarm_core::image_io::resize_to_max_side(&inputs().content, 40);
     assert_eq!(
         out.image.as_raw(),
         resized.as_raw(),
@@ -274,7 +274,7 @@ fn a_fixed_render_gives_the_pinned_bytes() {
         ..settings()
     };
     let out = pool.install(|| render(&vgg, &inputs(), &settings, &mut ()).unwrap());
-    let png = stylefarm_engine::image_io::encode_png(&out.image).unwrap();
+    let png = stylefarm_core::image_io::encode_png(&out.image).unwrap();
     let pinned = data("pinned_render.png");
     if std::env::var_os("STYLEFARM_BLESS").is_some() {
         std::fs::write(&pinned, &png).unwrap();

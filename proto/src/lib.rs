@@ -2,7 +2,6 @@
 //! and the id newtypes shared by the coordinator, the workers and the client.
 
 pub mod blob;
-pub mod convert;
 pub mod ids;
 
 /// Generated messages, clients and servers of `stylefarm.v1`.

@@ -17,12 +17,12 @@ use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 use stylefarm_client::farm::FarmClient;
 use stylefarm_client::progress::{follow, Display, DisplayOptions};
+use stylefarm_convert::settings_to_proto;
 use stylefarm_coordinator::{Clock, Config, SystemClock};
-use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_core::settings::{Losses, RenderSettings};
+use stylefarm_core::CoreError;
 use stylefarm_engine::render::{Observer, RenderInputs};
-use stylefarm_engine::settings::{Losses, RenderSettings};
-use stylefarm_engine::EngineError;
-use stylefarm_proto::convert::settings_to_proto;
 use stylefarm_proto::v1::{self, BlobRef, JobEvent, JobSpec};
 use stylefarm_worker::fake::FakeEngine;
 use stylefarm_worker::{Engine, StatisticsInput, TaskInput, TaskOutput};
@@ -310,7 +310,7 @@ impl Engine for Probe {
         );
         let end = match &out {
             Ok(_) => RunEnd::Finished,
-            Err(EngineError::Cancelled) => RunEnd::Cancelled,
+            Err(e) if e.is_cancelled() => RunEnd::Cancelled,
             Err(e) => RunEnd::Failed(e.to_string()),
         };
         let at = Instant::now();
@@ -363,10 +363,11 @@ impl Engine for Rendezvous {
                 .wait_timeout_while(arrived, TIMEOUT, |a| *a < self.n)
                 .unwrap_or_else(PoisonError::into_inner);
             if wait.timed_out() {
-                return Err(EngineError::InvalidOption {
+                return Err(CoreError::InvalidOption {
                     option: "rendezvous",
                     reason: format!("only {} of {} runs ever started together", *arrived, self.n),
-                });
+                }
+                .into());
             }
         } else {
             drop(arrived);
@@ -402,7 +403,7 @@ impl Engine for Hang {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Err(EngineError::Cancelled)
+        Err(CoreError::Cancelled.into())
     }
 
     /// Only renders hang.

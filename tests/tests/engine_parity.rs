@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use stylefarm_engine::layers::Pooling;
+use stylefarm_core::layers::Pooling;
 use stylefarm_engine::render::{render, RenderInputs};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;

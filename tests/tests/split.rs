@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
-use stylefarm_engine::joint::{interior_edges, joint_tiles};
-use stylefarm_engine::layers::Pooling;
+use stylefarm_core::layers::Pooling;
+use stylefarm_core::lockstep::{interior_edges, lockstep_tiles};
+use stylefarm_core::settings::{Init, RenderSettings};
+use stylefarm_core::tiles::seam_score;
 use stylefarm_engine::render::{render, RenderInputs};
-use stylefarm_engine::settings::{Init, RenderSettings};
-use stylefarm_engine::tiles::seam_score;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_proto::v1::{self, task_spec::Part, JobSpec, JobState};
@@ -317,7 +317,7 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
     );
     // At the edges between the tiles' cores.
     let (xs, ys) =
-        interior_edges(&joint_tiles(128, 96, 64, 32, settings.deepest_stride()).unwrap());
+        interior_edges(&lockstep_tiles(128, 96, 64, 32, settings.deepest_stride()).unwrap());
     let score = seam_score(&xs, &ys, &tiled, &untiled).unwrap();
     eprintln!("tiny VGG, 128x96 in 64 px tiles in lock step: objective ratio {ratio:.4}, seam score {score:.3}");
     // The same optimisation as the untiled render's but for features near a tile's edge,

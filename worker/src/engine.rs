@@ -9,20 +9,21 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use sha2::{Digest, Sha256};
-use stylefarm_engine::image_io::image_to_tensor;
-use stylefarm_engine::layers::{LayerName, Pooling, VggArch};
+use stylefarm_core::layers::{LayerName, Pooling, VggArch};
+use stylefarm_core::settings::{Losses, RenderSettings};
+use stylefarm_core::{CoreError, Preprocess};
+pub use stylefarm_engine::lockstep::TileObjective;
 use stylefarm_engine::objective::{Pieces, StyleTargets};
 use stylefarm_engine::render::{
     render_with_targets, style_targets, style_targets_in_pieces, Observer, RenderInputs,
 };
-use stylefarm_engine::settings::{Losses, RenderSettings};
-pub use stylefarm_engine::shard::TileObjective;
 use stylefarm_engine::statistics::encode_style;
+use stylefarm_engine::tensor::image_to_tensor;
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
-use stylefarm_engine::{Preprocess, Result};
+use stylefarm_engine::Result;
 
-pub use stylefarm_engine::image_io::RgbImage;
+pub use stylefarm_core::image_io::RgbImage;
 
 /// Runs one task at a time on the calling thread (a dedicated OS thread, never the async
 /// runtime). Implementations must honour [`Observer::cancel_flag`] and stop within about a
@@ -46,10 +47,11 @@ pub trait Engine: Send + Sync + 'static {
         _settings: &RenderSettings,
         _content: &RgbImage,
     ) -> Result<TileObjective> {
-        Err(stylefarm_engine::EngineError::InvalidOption {
+        Err(CoreError::InvalidOption {
             option: "tiles",
             reason: "this worker's engine cannot evaluate tiles in lock step".into(),
-        })
+        }
+        .into())
     }
 }
 
@@ -62,7 +64,7 @@ pub struct StatisticsInput {
     pub settings: RenderSettings,
     /// Side of the square pieces, in pixels, that larger images are taken in (0: none).
     pub piece: u32,
-    /// Once set, the computation stops with `EngineError::Cancelled` within about a second.
+    /// Once set, the computation stops with `CoreError::Cancelled` within about a second.
     pub cancel: Option<Arc<AtomicBool>>,
 }
 

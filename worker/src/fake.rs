@@ -4,15 +4,16 @@
 //! [`FakeEngine`] returns the content image (resized to `image_size`, as the real engine does)
 //! with its colours inverted (and a line of text for a tiled image's style targets), after
 //! `num_iterations` steps of a configurable duration. It reports every step and a snapshot
-//! every `save_iter` steps like the real engine, and stops with [`EngineError::Cancelled`]
+//! every `save_iter` steps like the real engine, and stops with [`CoreError::Cancelled`]
 //! within a few milliseconds of the cancel flag being set.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stylefarm_engine::image_io::resize_to_max_side;
+use stylefarm_core::image_io::resize_to_max_side;
+use stylefarm_core::settings::Losses;
+use stylefarm_core::CoreError;
 use stylefarm_engine::render::Observer;
-use stylefarm_engine::settings::Losses;
 use stylefarm_engine::{EngineError, Result};
 
 use crate::engine::{Engine, RgbImage, StatisticsInput, TaskInput, TaskOutput};
@@ -86,7 +87,7 @@ impl Engine for FakeEngine {
             let until = Instant::now() + self.step;
             loop {
                 if cancelled() {
-                    return Err(EngineError::Cancelled);
+                    return Err(CoreError::Cancelled.into());
                 }
                 let now = Instant::now();
                 if now >= until {
@@ -101,7 +102,7 @@ impl Engine for FakeEngine {
             }
         }
         if cancelled() {
-            return Err(EngineError::Cancelled);
+            return Err(CoreError::Cancelled.into());
         }
         if let Some(message) = &self.failure {
             return Err(EngineError::Candle(candle_core::Error::Msg(format!(
@@ -133,8 +134,8 @@ mod tests {
     use std::sync::Arc;
 
     use image::Rgb;
+    use stylefarm_core::settings::RenderSettings;
     use stylefarm_engine::render::RenderInputs;
-    use stylefarm_engine::settings::RenderSettings;
 
     use super::*;
 
@@ -220,7 +221,7 @@ mod tests {
         let asked = Instant::now();
         setter.store(true, Ordering::Relaxed);
         let result = run.join().unwrap();
-        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+        assert!(matches!(&result, Err(e) if e.is_cancelled()), "{result:?}");
         assert!(
             asked.elapsed() < Duration::from_secs(1),
             "{:?}",

@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use stylefarm_engine::image_io::{encode_jpeg, resize_to_max_side, RgbImage};
+use stylefarm_core::image_io::{encode_jpeg, resize_to_max_side, RgbImage};
+use stylefarm_core::settings::Losses;
+use stylefarm_core::CoreError;
 use stylefarm_engine::render::Observer;
-use stylefarm_engine::settings::Losses;
-use stylefarm_engine::{EngineError, Result};
+use stylefarm_engine::Result;
 use tokio::sync::watch;
 
 use stylefarm_proto::blob::sha256_hex;
@@ -59,7 +60,7 @@ impl ProgressObserver {
 
     fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            Err(EngineError::Cancelled)
+            Err(CoreError::Cancelled.into())
         } else {
             Ok(())
         }
@@ -69,7 +70,10 @@ impl ProgressObserver {
 /// The preview of `image`: longer side at most [`PREVIEW_SIDE`], JPEG.
 pub(crate) fn preview_jpeg(image: &RgbImage) -> Result<Vec<u8>> {
     let side = image.width().max(image.height()).min(PREVIEW_SIDE);
-    encode_jpeg(&resize_to_max_side(image, side), PREVIEW_QUALITY)
+    Ok(encode_jpeg(
+        &resize_to_max_side(image, side),
+        PREVIEW_QUALITY,
+    )?)
 }
 
 impl Observer for ProgressObserver {
@@ -113,9 +117,9 @@ mod tests {
     use std::time::Duration;
 
     use image::Rgb;
-    use stylefarm_engine::image_io::{decode_image, DecodeLimits};
+    use stylefarm_core::image_io::{decode_image, DecodeLimits};
+    use stylefarm_core::settings::RenderSettings;
     use stylefarm_engine::render::RenderInputs;
-    use stylefarm_engine::settings::RenderSettings;
 
     use super::*;
     use crate::engine::{Engine, TaskInput};
@@ -157,7 +161,7 @@ mod tests {
         let mut obs = ProgressObserver::new(tx, cancel, 1);
         assert!(obs.cancel_flag().unwrap().load(Ordering::Relaxed));
         let err = obs.iteration(1, 2, &Losses::default()).unwrap_err();
-        assert!(matches!(err, EngineError::Cancelled));
+        assert!(err.is_cancelled());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A shard task: this worker's part in tiles rendered in lock step
-//! (`stylefarm_engine::joint`). The worker opens `WorkerService.Shard` with its lease and
+//! (`stylefarm_core::lockstep`). The worker opens `WorkerService.Shard` with its lease and
 //! evaluates whatever tiles the coordinator's driver sends: their Gram matrices summed
 //! (`ShardSum`), then their gradients (`ShardResiduals`), evaluation after evaluation, until
 //! `ShardDone` names the job's result, which completes the task.
@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use candle_core::{Device, Tensor};
-use stylefarm_engine::image_io::{decode_image, resize_exact, DecodeLimits};
-use stylefarm_engine::joint::{GramSums, JointTile};
-use stylefarm_engine::settings::RenderSettings;
-use stylefarm_engine::tiles::{estimated_memory_bytes, Rect};
+use stylefarm_convert::{f32_bytes, f32_values, rect_from_proto};
+use stylefarm_core::image_io::{decode_image, resize_exact, DecodeLimits};
+use stylefarm_core::lockstep::{GramSums, LockstepTile};
+use stylefarm_core::settings::RenderSettings;
+use stylefarm_core::tiles::{estimated_memory_bytes, Rect};
+use stylefarm_core::{CoreError, Preprocess};
 use stylefarm_engine::vgg::Activations;
-use stylefarm_engine::{EngineError, Preprocess};
-use stylefarm_proto::convert::{f32_bytes, f32_values};
+use stylefarm_engine::EngineError;
 use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
 use stylefarm_proto::MAX_SHARD_MESSAGE_BYTES;
 use tokio::sync::oneshot;
@@ -141,7 +142,7 @@ struct Session {
     channels: Vec<usize>,
     evaluation: u64,
     /// The tiles' contexts of the current evaluation.
-    pixels: HashMap<u32, (JointTile, Tensor)>,
+    pixels: HashMap<u32, (LockstepTile, Tensor)>,
     /// What step one kept for step two, by tile, and its estimated size.
     kept: HashMap<u32, Activations>,
     kept_bytes: u64,
@@ -157,12 +158,12 @@ impl Session {
     ) -> Result<Self, Failure> {
         let (w, h) = (input.shard.full_width, input.shard.full_height);
         let limits = DecodeLimits::default();
-        let content = decode_image(&input.content, "content image", &limits)
-            .map_err(|e| Failure::from_engine(&e))?;
+        let content =
+            decode_image(&input.content, "content image", &limits).map_err(Failure::from_engine)?;
         let content = resize_exact(&content, w, h);
         let mut objective = engine
             .tile_objective(&input.settings, &content)
-            .map_err(|e| Failure::from_engine(&e))?;
+            .map_err(Failure::from_engine)?;
         objective.set_cancel(cancel.clone());
         Ok(Self {
             channels: objective.style_channels(),
@@ -203,7 +204,7 @@ impl Session {
                 .blocking_send(v1::ShardReply { reply: Some(reply) })
                 .map_err(|_| interrupted("the shard's stream closed"))
         };
-        let engine = |e: EngineError| Failure::from_engine(&e);
+        let engine = |e: EngineError| Failure::from_engine(e);
         match command {
             Command::Tile(t) => {
                 let tile = self.check(&t)?;
@@ -236,7 +237,7 @@ impl Session {
                     } else {
                         self.objective.grams(&tile, &x).map_err(engine)?
                     };
-                    sums.add(&g).map_err(engine)?;
+                    sums.add(&g).map_err(Failure::from_engine)?;
                 }
                 send(Reply::Grams(v1::ShardGrams {
                     evaluation: s.evaluation,
@@ -266,13 +267,13 @@ impl Session {
             Command::Done(_) => {}
         }
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(Failure::from_engine(&EngineError::Cancelled));
+            return Err(Failure::from_engine(CoreError::Cancelled));
         }
         Ok(())
     }
 
     /// The pixels of `tile` for `evaluation`, which the coordinator must have sent.
-    fn held(&self, evaluation: u64, tile: u32) -> Result<(JointTile, Tensor), Failure> {
+    fn held(&self, evaluation: u64, tile: u32) -> Result<(LockstepTile, Tensor), Failure> {
         match self.pixels.get(&tile) {
             Some(held) if evaluation == self.evaluation => Ok(held.clone()),
             _ => Err(Failure::application(format!(
@@ -283,9 +284,11 @@ impl Session {
 
     /// A tile's core must lie in its context, the context in the image, and its pixels fill
     /// the context.
-    fn check(&self, t: &v1::ShardTile) -> Result<JointTile, Failure> {
-        let (Some(core), Some(context)) = (t.core.map(Rect::from), t.context.map(Rect::from))
-        else {
+    fn check(&self, t: &v1::ShardTile) -> Result<LockstepTile, Failure> {
+        let (Some(core), Some(context)) = (
+            t.core.as_ref().map(rect_from_proto),
+            t.context.as_ref().map(rect_from_proto),
+        ) else {
             return Err(Failure::application("a shard tile without its rectangles"));
         };
         let inside = |a: &Rect, w: u32, h: u32| {
@@ -315,7 +318,7 @@ impl Session {
                 t.values.len()
             )));
         }
-        Ok(JointTile { core, context })
+        Ok(LockstepTile { core, context })
     }
 
     /// The style residuals as (C, C) tensors.
@@ -337,8 +340,7 @@ impl Session {
                         b.len()
                     )));
                 }
-                Tensor::from_vec(f32_values(b), (c, c), &Device::Cpu)
-                    .map_err(|e| Failure::from_engine(&e.into()))
+                Tensor::from_vec(f32_values(b), (c, c), &Device::Cpu).map_err(Failure::from_engine)
             })
             .collect()
     }

@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_convert::{losses_to_proto, settings_from_proto};
+use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_core::settings::{Init, RenderSettings};
+use stylefarm_core::CoreError;
 use stylefarm_engine::render::{Observer, RenderInputs};
-use stylefarm_engine::settings::{Init, RenderSettings};
 use stylefarm_engine::EngineError;
-use stylefarm_proto::convert::settings_from_proto;
 use stylefarm_proto::v1::{
     self, task_spec::Part, BlobRef, CompleteTaskRequest, FailTaskRequest, FailureKind, Lease,
     Progress, TaskSpec, UpdateTaskRequest, UpdateTaskResponse,
@@ -89,10 +90,11 @@ impl Failure {
         }
     }
 
-    pub(crate) fn from_engine(e: &EngineError) -> Self {
+    pub(crate) fn from_engine(e: impl Into<EngineError>) -> Self {
+        let e = e.into();
         let message = e.to_string();
         let kind = match e {
-            EngineError::Cancelled => FailureKind::Interrupted,
+            EngineError::Core(CoreError::Cancelled) => FailureKind::Interrupted,
             EngineError::Candle(_) if looks_like_out_of_memory(&message) => {
                 FailureKind::OutOfMemory
             }
@@ -235,7 +237,7 @@ struct Rendered {
     /// A PNG, or a statistics task's safetensors.
     blob: Arc<Vec<u8>>,
     sha256: String,
-    losses: stylefarm_engine::settings::Losses,
+    losses: stylefarm_core::settings::Losses,
 }
 
 /// A finished task, ready to report.
@@ -252,9 +254,8 @@ fn render_blocking(
     mut observer: ProgressObserver,
 ) -> Result<Rendered, Failure> {
     let limits = DecodeLimits::default();
-    let decode = |bytes: &[u8], what: &str| {
-        decode_image(bytes, what, &limits).map_err(|e| Failure::from_engine(&e))
-    };
+    let decode =
+        |bytes: &[u8], what: &str| decode_image(bytes, what, &limits).map_err(Failure::from_engine);
     // Each encoded image is dropped once decoded: only pixels stay for the render.
     let Blobs {
         content: content_bytes,
@@ -283,9 +284,7 @@ fn render_blocking(
             piece: st.piece_size,
             cancel: observer.cancel_flag(),
         };
-        let blob = engine
-            .statistics(&input)
-            .map_err(|e| Failure::from_engine(&e))?;
+        let blob = engine.statistics(&input).map_err(Failure::from_engine)?;
         return Ok(Rendered {
             sha256: sha256_hex(&blob),
             blob: Arc::new(blob),
@@ -303,8 +302,8 @@ fn render_blocking(
     };
     let out = engine
         .run(&task, &mut observer)
-        .map_err(|e| Failure::from_engine(&e))?;
-    let png = encode_png(&out.image).map_err(|e| Failure::from_engine(&e))?;
+        .map_err(Failure::from_engine)?;
+    let png = encode_png(&out.image).map_err(Failure::from_engine)?;
     Ok(Rendered {
         sha256: sha256_hex(&png),
         blob: Arc::new(png),
@@ -370,7 +369,7 @@ async fn work(
         None => None,
     };
     if cancel.load(Ordering::Relaxed) {
-        return Err(Failure::from_engine(&EngineError::Cancelled));
+        return Err(Failure::from_engine(CoreError::Cancelled));
     }
     let blobs = Blobs {
         content,
@@ -413,7 +412,7 @@ async fn work(
         })?;
     Ok(Finished {
         result,
-        losses: (&rendered.losses).into(),
+        losses: losses_to_proto(&rendered.losses),
     })
 }
 
@@ -554,7 +553,7 @@ async fn send_update(
         Progress {
             iteration: state.iteration,
             total_iterations: state.total,
-            losses: Some(losses.into()),
+            losses: Some(losses_to_proto(losses)),
             preview: sent_preview.as_ref().map(|(_, b)| b.clone()),
         }
     });
@@ -710,17 +709,17 @@ mod tests {
 
     #[test]
     fn engine_errors_map_to_failure_kinds() {
-        let f = Failure::from_engine(&EngineError::Cancelled);
+        let f = Failure::from_engine(CoreError::Cancelled);
         assert_eq!(f.kind, FailureKind::Interrupted);
         let oom = EngineError::Candle(candle_core::Error::Msg(
             "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
         ));
-        assert_eq!(Failure::from_engine(&oom).kind, FailureKind::OutOfMemory);
-        let bad = EngineError::BadImage {
+        assert_eq!(Failure::from_engine(oom).kind, FailureKind::OutOfMemory);
+        let bad = EngineError::from(CoreError::BadImage {
             what: "content image".into(),
             reason: "the data is empty (0 bytes)".into(),
-        };
-        let f = Failure::from_engine(&bad);
+        });
+        let f = Failure::from_engine(bad);
         assert_eq!(f.kind, FailureKind::Application);
         assert_eq!(
             f.message,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use image::{Rgb, RgbImage};
 use sha2::{Digest, Sha256};
-use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits};
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_event::Event;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;

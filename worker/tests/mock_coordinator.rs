@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use image::{Rgb, RgbImage};
 use sha2::{Digest, Sha256};
-use stylefarm_engine::image_io::{decode_image, encode_png, DecodeLimits};
+use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits};
 use stylefarm_proto::v1::blob_service_server::{BlobService, BlobServiceServer};
 use stylefarm_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use stylefarm_proto::v1::*;
@@ -564,8 +564,8 @@ async fn a_refused_token_stops_the_worker_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_engine_gives_the_same_image_as_a_local_render() {
+    use stylefarm_core::settings::RenderSettings as EngineSettings;
     use stylefarm_engine::render::{render, RenderInputs};
-    use stylefarm_engine::settings::RenderSettings as EngineSettings;
 
     let mut farm = Farm::start(State::default()).await;
     let content_img = noise(45, 37);
@@ -587,7 +587,7 @@ async fn the_real_engine_gives_the_same_image_as_a_local_render() {
 
     let vgg = stylefarm_engine::vgg::Vgg::new(
         stylefarm_engine::weights::VggWeights::load(&weights, &candle_core::Device::Cpu).unwrap(),
-        stylefarm_engine::layers::Pooling::Max,
+        stylefarm_core::layers::Pooling::Max,
     )
     .unwrap();
     let inputs = RenderInputs {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use stylefarm_coordinator::{serve_with_clock, Config, ManualClock};
-use stylefarm_engine::image_io::{encode_png, RgbImage};
+use stylefarm_core::image_io::{encode_png, RgbImage};
 use stylefarm_proto::v1::{
     self, admin_service_client::AdminServiceClient, blob_service_client::BlobServiceClient,
     job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use stylefarm_engine::layers::LayerName;
-use stylefarm_engine::layers::Pooling;
+use stylefarm_core::layers::LayerName;
+use stylefarm_core::layers::Pooling;
+use stylefarm_core::settings::{Losses, TermWeights};
 use stylefarm_engine::objective::{Objective, StyleTargets};
-use stylefarm_engine::settings::{Losses, TermWeights};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 

@@ -18,10 +18,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::{CoreError, Result};
 
-/// The objective as the optimisers see it: loss at `x`, gradient written into `grad`.
-pub type EvalFn<'f> = dyn FnMut(&[f32], &mut [f32]) -> Result<f64> + 'f;
+/// The objective as the optimisers see it: loss at `x`, gradient written into `grad`. Its
+/// error is the caller's (the engine's carries candle's), into which the optimisers' own
+/// refusals convert.
+pub type EvalFn<'f, E> = dyn FnMut(&[f32], &mut [f32]) -> Result<f64, E> + 'f;
 
 /// Per-channel box of a (3, H, W) image.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,14 +100,14 @@ pub enum Stop {
 
 /// Minimises `f` from `x` (updated in place) with at most `max_evals` evaluations.
 /// `scale` gives, per channel, network units per pixel unit (used by Adam's learning rate).
-pub fn minimize(
+pub fn minimize<E: From<CoreError>>(
     optimizer: Optimizer,
     x: &mut [f32],
     bounds: &Bounds,
     scale: [f32; 3],
     max_evals: usize,
-    f: &mut EvalFn<'_>,
-) -> Result<Stop> {
+    f: &mut EvalFn<'_, E>,
+) -> Result<Stop, E> {
     if max_evals == 0 {
         return Ok(Stop::Budget);
     }
@@ -116,19 +118,21 @@ pub fn minimize(
             strong_wolfe,
         } => {
             if history == 0 {
-                return Err(EngineError::InvalidOption {
+                return Err(CoreError::InvalidOption {
                     option: "lbfgs-history",
                     reason: "must be at least 1".into(),
-                });
+                }
+                .into());
             }
             Lbfgs::new(history, x.len()).run(x, bounds, max_evals, strong_wolfe, f)
         }
         Optimizer::Adam { learning_rate } => {
             if !(learning_rate.is_finite() && learning_rate > 0.0) {
-                return Err(EngineError::InvalidOption {
+                return Err(CoreError::InvalidOption {
                     option: "learning-rate",
                     reason: format!("{learning_rate} is not a positive number"),
-                });
+                }
+                .into());
             }
             adam(x, bounds, scale, learning_rate, max_evals, f)
         }
@@ -234,14 +238,14 @@ impl Lbfgs {
         self.h_diag = 1.0;
     }
 
-    fn run(
+    fn run<E>(
         &mut self,
         x: &mut [f32],
         bounds: &Bounds,
         max_evals: usize,
         strong_wolfe: bool,
-        f: &mut EvalFn<'_>,
-    ) -> Result<Stop> {
+        f: &mut EvalFn<'_, E>,
+    ) -> Result<Stop, E> {
         let n = x.len();
         let mut g = vec![0.0f32; n];
         let mut loss = f(x, &mut g)?;
@@ -367,14 +371,14 @@ impl LineSearch {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn probe(
+    fn probe<E>(
         &mut self,
         x0: &[f32],
         d: &[f32],
         t: f64,
         bounds: &Bounds,
-        f: &mut EvalFn<'_>,
-    ) -> Result<Probe> {
+        f: &mut EvalFn<'_, E>,
+    ) -> Result<Probe, E> {
         self.point.copy_from_slice(x0);
         axpy(t, d, &mut self.point);
         bounds.project(&mut self.point);
@@ -392,7 +396,7 @@ impl LineSearch {
     /// `max_ls` evaluations; writes the accepted point into `x` and its gradient into `g`, and
     /// returns its loss, the evaluations used and its step length.
     #[allow(clippy::too_many_arguments)]
-    fn search(
+    fn search<E>(
         &mut self,
         x0: &[f32],
         d: &[f32],
@@ -404,8 +408,8 @@ impl LineSearch {
         bounds: &Bounds,
         x: &mut [f32],
         g: &mut [f32],
-        f: &mut EvalFn<'_>,
-    ) -> Result<(f64, usize, f64)> {
+        f: &mut EvalFn<'_, E>,
+    ) -> Result<(f64, usize, f64), E> {
         const C1: f64 = 1e-4;
         const C2: f64 = 0.9;
         let d_norm = f64::from(max_abs(d));
@@ -507,14 +511,14 @@ impl LineSearch {
     }
 }
 
-fn adam(
+fn adam<E>(
     x: &mut [f32],
     bounds: &Bounds,
     scale: [f32; 3],
     learning_rate: f32,
     max_evals: usize,
-    f: &mut EvalFn<'_>,
-) -> Result<Stop> {
+    f: &mut EvalFn<'_, E>,
+) -> Result<Stop, E> {
     const BETA1: f32 = 0.9;
     const BETA2: f32 = 0.999;
     const EPS: f32 = 1e-8;
@@ -629,7 +633,7 @@ mod tests {
     #[test]
     fn errors_from_the_objective_stop_the_run() {
         let mut x = vec![0.0f32; 3];
-        let mut f = |_: &[f32], _: &mut [f32]| -> Result<f64> { Err(EngineError::Cancelled) };
+        let mut f = |_: &[f32], _: &mut [f32]| -> Result<f64> { Err(CoreError::Cancelled) };
         let err = minimize(
             Optimizer::default(),
             &mut x,
@@ -638,6 +642,6 @@ mod tests {
             5,
             &mut f,
         );
-        assert!(matches!(err, Err(EngineError::Cancelled)));
+        assert!(matches!(err, Err(CoreError::Cancelled)));
     }
 }

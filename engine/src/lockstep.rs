@@ -1,4 +1,4 @@
-//! The per-tile half of tiles in lock step ([`crate::joint`]): a tile's Gram matrices and
+//! The per-tile half of tiles in lock step ([`stylefarm_core::lockstep`]): a tile's Gram matrices and
 //! content term over the positions it owns (step one), and the gradient of its share of the
 //! objective with respect to its context's pixels (step two). A worker holds one
 //! [`TileObjective`] for every tile it is given; [`LocalTiles`] runs all of an image's tiles in
@@ -7,14 +7,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use stylefarm_core::CoreError;
 
 use candle_core::Tensor;
 
 use crate::error::{EngineError, Result};
-use crate::joint::{add_crop, crop, owned_span, GramSums, JointTile, TileBackend};
-use crate::layers::LayerName;
 use crate::objective::sum_sq;
 use crate::vgg::{Activations, Vgg};
+use stylefarm_core::layers::LayerName;
+use stylefarm_core::lockstep::{add_crop, crop, owned_span, GramSums, LockstepTile, TileBackend};
 
 /// A layer the objective reads, with where it is and how its positions map to pixels.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,7 @@ impl TileObjective {
             .chain(&style_layers)
             .map(|l| l.position)
             .max()
-            .ok_or(EngineError::InvalidOption {
+            .ok_or(CoreError::InvalidOption {
                 option: "content-layers",
                 reason: "no content or style layer given".into(),
             })?;
@@ -82,7 +83,7 @@ impl TileObjective {
         })
     }
 
-    /// Stops evaluations with [`EngineError::Cancelled`] at the next layer once `flag` is set.
+    /// Stops evaluations with [`CoreError::Cancelled`] at the next layer once `flag` is set.
     pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
         self.cancel = Some(flag);
     }
@@ -94,7 +95,7 @@ impl TileObjective {
     }
 
     /// How the network maps pixels to its input.
-    pub fn preprocess(&self) -> crate::Preprocess {
+    pub fn preprocess(&self) -> stylefarm_core::Preprocess {
         self.vgg.preprocess()
     }
 
@@ -125,7 +126,7 @@ impl TileObjective {
     /// `(r0, r1, c0, c1)`: the positions of `layer`'s output `a` that the tile owns.
     fn owned(
         &self,
-        tile: &JointTile,
+        tile: &LockstepTile,
         layer: Layer,
         a: &Tensor,
     ) -> Result<(usize, usize, usize, usize)> {
@@ -138,7 +139,7 @@ impl TileObjective {
     }
 
     /// The content features of the tile's context, computed once.
-    fn content_targets(&mut self, tile: &JointTile) -> Result<Vec<Tensor>> {
+    fn content_targets(&mut self, tile: &LockstepTile) -> Result<Vec<Tensor>> {
         let r = tile.context;
         let key = (r.x, r.y, r.width, r.height);
         if let Some(t) = self.targets.get(&key) {
@@ -160,7 +161,7 @@ impl TileObjective {
     }
 
     /// Step one for `tile` at `x` (its context's network-input pixels, (1, 3, h, w)).
-    pub fn grams(&mut self, tile: &JointTile, x: &Tensor) -> Result<GramSums> {
+    pub fn grams(&mut self, tile: &LockstepTile, x: &Tensor) -> Result<GramSums> {
         let acts = self.forward(x, false)?;
         self.sums(tile, &acts)
     }
@@ -169,14 +170,14 @@ impl TileObjective {
     /// forward pass [`Self::gradient`] makes: the memory of a render of the context.
     pub fn grams_for_backward(
         &mut self,
-        tile: &JointTile,
+        tile: &LockstepTile,
         x: &Tensor,
     ) -> Result<(GramSums, Activations)> {
         let acts = self.forward(x, true)?;
         Ok((self.sums(tile, &acts)?, acts))
     }
 
-    fn sums(&mut self, tile: &JointTile, acts: &Activations) -> Result<GramSums> {
+    fn sums(&mut self, tile: &LockstepTile, acts: &Activations) -> Result<GramSums> {
         let targets = self.content_targets(tile)?;
         let mut content = 0.0;
         for (l, p) in self.content_layers.iter().zip(&targets) {
@@ -209,7 +210,7 @@ impl TileObjective {
     /// w), given the style residuals `R_l` ((C, C) tensors, in the style layers' order).
     pub fn gradient(
         &mut self,
-        tile: &JointTile,
+        tile: &LockstepTile,
         x: &Tensor,
         residuals: &[Tensor],
     ) -> Result<Tensor> {
@@ -220,7 +221,7 @@ impl TileObjective {
     /// [`Self::gradient`] from the activations [`Self::grams_for_backward`] kept.
     pub fn gradient_from(
         &mut self,
-        tile: &JointTile,
+        tile: &LockstepTile,
         acts: &Activations,
         residuals: &[Tensor],
     ) -> Result<Tensor> {
@@ -283,7 +284,7 @@ fn pad(g: &Tensor, like: &Tensor, r0: usize, r1: usize, c0: usize, c1: usize) ->
 /// same numbers as the farm's workers give.
 pub struct LocalTiles {
     objective: TileObjective,
-    tiles: Vec<JointTile>,
+    tiles: Vec<LockstepTile>,
     width: usize,
     height: usize,
     /// The image of the last step one.
@@ -295,7 +296,7 @@ pub struct LocalTiles {
 
 impl LocalTiles {
     /// The tiles `tiles` of the image `objective` was made for.
-    pub fn new(objective: TileObjective, tiles: Vec<JointTile>) -> Result<Self> {
+    pub fn new(objective: TileObjective, tiles: Vec<LockstepTile>) -> Result<Self> {
         let (w, h) = objective.dims()?;
         Ok(Self {
             objective,
@@ -315,7 +316,7 @@ impl LocalTiles {
         self
     }
 
-    fn context(&self, tile: &JointTile) -> Result<Tensor> {
+    fn context(&self, tile: &LockstepTile) -> Result<Tensor> {
         let r = tile.context;
         Ok(Tensor::from_vec(
             crop(&self.x, self.width, self.height, r),
@@ -326,6 +327,8 @@ impl LocalTiles {
 }
 
 impl TileBackend for LocalTiles {
+    type Error = EngineError;
+
     fn grams(&mut self, x: &[f32]) -> Result<GramSums> {
         self.x.clear();
         self.x.extend_from_slice(x);
@@ -370,11 +373,13 @@ impl TileBackend for LocalTiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::joint::{joint_tiles, style_targets_of_statistics, JointObjective};
     use crate::objective::{Objective, StyleTargets};
-    use crate::settings::TermWeights;
     use crate::test_support::tiny_vgg;
     use candle_core::Device;
+    use stylefarm_core::lockstep::{
+        lockstep_tiles, style_targets_of_statistics, LockstepObjective,
+    };
+    use stylefarm_core::settings::TermWeights;
 
     fn image(h: usize, w: usize, seed: f64) -> Tensor {
         let v: Vec<f32> = (0..3 * h * w)
@@ -384,7 +389,7 @@ mod tests {
     }
 
     /// The whole-image objective and the lock-step one on the same image, targets and weights.
-    fn both(margin: u32) -> (Objective<'static>, JointObjective, LocalTiles) {
+    fn both(margin: u32) -> (Objective<'static>, LockstepObjective, LocalTiles) {
         let vgg: &'static Vgg = Box::leak(Box::new(tiny_vgg()));
         let (h, w) = (72, 88);
         let content_layers = LayerName::parse_list("relu4_2").unwrap();
@@ -404,8 +409,8 @@ mod tests {
             .iter()
             .map(|(l, t)| (*l, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
             .collect();
-        let joint = JointObjective::new(targets, weights, w, h).unwrap();
-        let tiles = joint_tiles(w as u32, h as u32, 32, margin, 16).unwrap();
+        let joint = LockstepObjective::new(targets, weights, w, h).unwrap();
+        let tiles = lockstep_tiles(w as u32, h as u32, 32, margin, 16).unwrap();
         assert_eq!(tiles.len(), 9);
         let objective = TileObjective::new(
             vgg.clone(),

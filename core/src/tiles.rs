@@ -4,7 +4,7 @@
 //! decides the tile size when none is given).
 //!
 //! Plain pixel arithmetic with no tensor code, so the coordinator plans tiles without candle.
-//! The tiles themselves (in lock step) are [`crate::joint`]'s.
+//! The tiles themselves (in lock step) are [`crate::lockstep`]'s.
 
 use image::RgbImage;
 
@@ -80,7 +80,7 @@ pub fn edge_difference(img: &RgbImage, xs: &[u32], ys: &[u32]) -> Option<f64> {
 
 /// The seam score of a tiled render: the mean absolute pixel difference across the interior
 /// tile edges `xs` (columns) and `ys` (rows) in `tiled` (for tiles in lock step,
-/// [`crate::joint::interior_edges`]), divided by the same on `untiled` (a render of the same
+/// [`crate::lockstep::interior_edges`]), divided by the same on `untiled` (a render of the same
 /// image without tiles) at the same lines. 1.0 means no trace of the tiles; `None` without an
 /// interior edge or when the untiled image is flat there.
 pub fn seam_score(xs: &[u32], ys: &[u32], tiled: &RgbImage, untiled: &RgbImage) -> Option<f64> {

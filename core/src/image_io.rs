@@ -1,5 +1,5 @@
 //! Images in and out: the one module that turns files and bytes into RGB pixels, pixels into
-//! network-input tensors and back, and pixels into PNG/JPEG files.
+//! network-input values and back, and pixels into PNG/JPEG files.
 //!
 //! Decoding guesses the format from the content (never the extension), checks the declared
 //! size against [`DecodeLimits`] before any pixel is decoded (decompression bombs), applies
@@ -12,8 +12,6 @@ use std::io::{Cursor, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[cfg(feature = "compute")]
-use candle_core::{DType, Device, Tensor};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
@@ -25,7 +23,7 @@ use image::{
 
 pub use image::RgbImage;
 
-use crate::error::{EngineError, Result};
+use crate::error::{CoreError, Result};
 use crate::preprocess::Preprocess;
 
 /// JPEG quality used by [`save_image`] for `.jpg`/`.jpeg` outputs.
@@ -56,8 +54,8 @@ impl Default for DecodeLimits {
     }
 }
 
-fn bad_image(what: &str, reason: impl Into<String>) -> EngineError {
-    EngineError::BadImage {
+fn bad_image(what: &str, reason: impl Into<String>) -> CoreError {
+    CoreError::BadImage {
         what: what.to_string(),
         reason: reason.into(),
     }
@@ -67,8 +65,8 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes.div_ceil(1024 * 1024))
 }
 
-/// Turns an `image` crate error into a one-sentence [`EngineError`].
-fn from_image_error(what: &str, err: ImageError, limits: &DecodeLimits) -> EngineError {
+/// Turns an `image` crate error into a one-sentence [`CoreError`].
+fn from_image_error(what: &str, err: ImageError, limits: &DecodeLimits) -> CoreError {
     let reason = match err {
         ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             "the data ends early (truncated or incomplete file)".to_string()
@@ -94,7 +92,7 @@ fn check_dimensions(what: &str, width: u32, height: u32, limits: &DecodeLimits) 
             format!("it declares a size of {width}x{height} pixels, which has no pixels"),
         ));
     }
-    let too_large = |limit: String| EngineError::ImageTooLarge {
+    let too_large = |limit: String| CoreError::ImageTooLarge {
         what: what.to_string(),
         width,
         height,
@@ -120,8 +118,8 @@ fn check_dimensions(what: &str, width: u32, height: u32, limits: &DecodeLimits) 
 /// the input in error messages (a path, or e.g. "content image").
 ///
 /// # Errors
-/// [`EngineError::ImageTooLarge`] when the declared size is over `limits` (checked from the
-/// header, before decoding); [`EngineError::BadImage`] for empty, unrecognised, corrupt or
+/// [`CoreError::ImageTooLarge`] when the declared size is over `limits` (checked from the
+/// header, before decoding); [`CoreError::BadImage`] for empty, unrecognised, corrupt or
 /// truncated data and for images with no pixels.
 pub fn decode_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
@@ -148,7 +146,7 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<R
     let (width, height) = decoder.dimensions();
     check_dimensions(what, width, height, limits)?;
     if decoder.total_bytes() > limits.max_alloc {
-        return Err(EngineError::ImageTooLarge {
+        return Err(CoreError::ImageTooLarge {
             what: what.to_string(),
             width,
             height,
@@ -166,9 +164,9 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<R
 /// Reads and decodes an image file (see [`decode_image`]); errors name the path.
 ///
 /// # Errors
-/// [`EngineError::Io`] when the file cannot be read, else as [`decode_image`].
+/// [`CoreError::Io`] when the file cannot be read, else as [`decode_image`].
 pub fn load_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
-    let io_err = |err| EngineError::Io {
+    let io_err = |err| CoreError::Io {
         path: path.to_path_buf(),
         err,
     };
@@ -276,22 +274,6 @@ pub fn resize_exact(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     image::imageops::resize(img, width, height, FilterType::Lanczos3)
 }
 
-#[cfg(feature = "compute")]
-/// The network-input tensor of an image: shape `(1, 3, H, W)`, `f32`, where network channel
-/// `c` holds `pre.to_network(c, p)` with `p` the pixel's RGB channel `pre.rgb_channel(c)`.
-///
-/// # Errors
-/// [`EngineError::Candle`] if the tensor cannot be made on `device`.
-pub fn image_to_tensor(img: &RgbImage, pre: Preprocess, device: &Device) -> Result<Tensor> {
-    let (w, h) = img.dimensions();
-    let data = image_to_network(img, pre);
-    Ok(Tensor::from_vec(
-        data,
-        (1, 3, h as usize, w as usize),
-        device,
-    )?)
-}
-
 /// The network-input values of an image, (3, H, W) flattened: what [`image_to_tensor`] holds,
 /// without candle (the coordinator's lock-step driver).
 pub fn image_to_network(img: &RgbImage, pre: Preprocess) -> Vec<f32> {
@@ -304,36 +286,6 @@ pub fn image_to_network(img: &RgbImage, pre: Preprocess) -> Vec<f32> {
         }
     }
     data
-}
-
-#[cfg(feature = "compute")]
-/// The image of a network-input tensor, the inverse of [`image_to_tensor`]: accepts shape
-/// `(1, 3, H, W)` or `(3, H, W)` of any float dtype on any device; values are mapped back
-/// to pixels, clamped to `[0, 255]` and rounded to nearest.
-///
-/// # Errors
-/// [`EngineError::Candle`] for another shape or a failed copy.
-pub fn tensor_to_image(t: &Tensor, pre: Preprocess) -> Result<RgbImage> {
-    let (h, w) = match *t.dims() {
-        [1, 3, h, w] | [3, h, w] => (h, w),
-        ref other => {
-            return Err(candle_core::Error::Msg(format!(
-                "expected an image tensor of shape (1, 3, H, W) or (3, H, W), got {other:?}"
-            ))
-            .into())
-        }
-    };
-    let too_big = || {
-        EngineError::from(candle_core::Error::Msg(format!(
-            "an image tensor of {h}x{w} pixels is too large for an image"
-        )))
-    };
-    let (w32, h32) = (
-        u32::try_from(w).map_err(|_| too_big())?,
-        u32::try_from(h).map_err(|_| too_big())?,
-    );
-    let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    network_to_image(&data, w32, h32, pre).ok_or_else(too_big)
 }
 
 /// The image of network-input values `x`, (3, H, W) flattened, the inverse of
@@ -354,8 +306,8 @@ pub fn network_to_image(x: &[f32], width: u32, height: u32, pre: Preprocess) -> 
     RgbImage::from_raw(width, height, raw)
 }
 
-fn encode_error(format: &str, img: &RgbImage, err: ImageError) -> EngineError {
-    EngineError::InvalidOption {
+fn encode_error(format: &str, img: &RgbImage, err: ImageError) -> CoreError {
+    CoreError::InvalidOption {
         option: "output",
         reason: format!(
             "cannot encode a {}x{} image as {format}: {err}",
@@ -368,7 +320,7 @@ fn encode_error(format: &str, img: &RgbImage, err: ImageError) -> EngineError {
 /// The PNG file (8-bit RGB) of an image.
 ///
 /// # Errors
-/// [`EngineError::InvalidOption`] (`output`) if the encoder refuses the image.
+/// [`CoreError::InvalidOption`] (`output`) if the encoder refuses the image.
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     PngEncoder::new(&mut buf)
@@ -385,7 +337,7 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
 /// The baseline JPEG file of an image at `quality` (1..=100; values outside are clamped).
 ///
 /// # Errors
-/// [`EngineError::InvalidOption`] (`output`) if the encoder refuses the image (JPEG sides are
+/// [`CoreError::InvalidOption`] (`output`) if the encoder refuses the image (JPEG sides are
 /// at most 65535 pixels).
 pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
@@ -406,8 +358,8 @@ pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
 /// its old content or the complete new image, never a part.
 ///
 /// # Errors
-/// [`EngineError::InvalidOption`] (`output`) for any other extension (nothing is written);
-/// [`EngineError::Io`] when the file cannot be written.
+/// [`CoreError::InvalidOption`] (`output`) for any other extension (nothing is written);
+/// [`CoreError::Io`] when the file cannot be written.
 pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
     let ext = path
         .extension()
@@ -417,7 +369,7 @@ pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
         Some("png") => encode_png(img)?,
         Some("jpg" | "jpeg") => encode_jpeg(img, SAVE_JPEG_QUALITY)?,
         _ => {
-            return Err(EngineError::InvalidOption {
+            return Err(CoreError::InvalidOption {
                 option: "output",
                 reason: format!(
                     "cannot tell an image format from the name {}: use .png or .jpg",
@@ -432,12 +384,12 @@ pub fn save_image(img: &RgbImage, path: &Path) -> Result<()> {
 /// Writes `bytes` to a new temporary file next to `path`, syncs it and renames it to `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io_err = |err| EngineError::Io {
+    let io_err = |err| CoreError::Io {
         path: path.to_path_buf(),
         err,
     };
     let Some(name) = path.file_name() else {
-        return Err(EngineError::InvalidOption {
+        return Err(CoreError::InvalidOption {
             option: "output",
             reason: format!("{} does not name a file", path.display()),
         });
@@ -520,7 +472,7 @@ mod tests {
 
     fn assert_bad(result: Result<RgbImage>) -> String {
         match result {
-            Err(e @ EngineError::BadImage { .. }) => e.to_string(),
+            Err(e @ CoreError::BadImage { .. }) => e.to_string(),
             other => panic!("expected BadImage, got {other:?}"),
         }
     }
@@ -538,83 +490,6 @@ mod tests {
                 (x * y * 7 + 3) as u8,
             ])
         })
-    }
-
-    // ---- tensors ----
-
-    #[cfg(feature = "compute")]
-    #[test]
-    fn tensor_round_trip_is_exact_on_non_square_images() {
-        for pre in [Preprocess::Torchvision, Preprocess::Caffe] {
-            for (w, h) in [(7, 3), (3, 7), (1, 1)] {
-                let img = pattern(w, h);
-                let t = image_to_tensor(&img, pre, &Device::Cpu).expect("to tensor");
-                assert_eq!(t.dims(), &[1, 3, h as usize, w as usize]);
-                assert_eq!(t.dtype(), DType::F32);
-                let back = tensor_to_image(&t, pre).expect("to image");
-                assert_eq!(back, img, "{pre:?} {w}x{h}");
-                // Also from a (3, H, W) tensor.
-                let back3 = tensor_to_image(&t.squeeze(0).expect("squeeze"), pre).expect("3d");
-                assert_eq!(back3, img);
-            }
-        }
-    }
-
-    #[cfg(feature = "compute")]
-    #[test]
-    fn tensor_layout_is_nchw_with_the_preprocess_channel_order() {
-        let mut img = RgbImage::new(7, 3);
-        img.put_pixel(5, 1, Rgb([10, 20, 30]));
-        for pre in [Preprocess::Torchvision, Preprocess::Caffe] {
-            let t = image_to_tensor(&img, pre, &Device::Cpu).expect("to tensor");
-            for c in 0..3 {
-                let v = t
-                    .get(0)
-                    .and_then(|t| t.get(c))
-                    .and_then(|t| t.get(1))
-                    .and_then(|t| t.get(5))
-                    .and_then(|t| t.to_scalar::<f32>())
-                    .expect("index");
-                let rgb = [10.0, 20.0, 30.0][pre.rgb_channel(c)];
-                assert_eq!(v, pre.to_network(c, rgb), "{pre:?} channel {c}");
-            }
-        }
-        // Caffe is BGR with the mean subtracted: channel 0 is blue.
-        let t = image_to_tensor(&img, Preprocess::Caffe, &Device::Cpu).expect("to tensor");
-        let v = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("vec");
-        let at = |c: usize, y: usize, x: usize| v[c * 21 + y * 7 + x];
-        assert!((at(0, 1, 5) - (30.0 - 103.939)).abs() < 1e-4);
-        assert!((at(2, 1, 5) - (10.0 - 123.68)).abs() < 1e-4);
-        assert!((at(0, 0, 0) + 103.939).abs() < 1e-4);
-    }
-
-    #[cfg(feature = "compute")]
-    #[test]
-    fn tensor_to_image_clamps_rounds_and_checks_the_shape() {
-        let pre = Preprocess::Caffe;
-        // Channel 0 (blue): 1000 -> 255; channel 1 (green): -1000 -> 0; channel 2 (red) 0.6 over.
-        let data = vec![1000.0f32, -1000.0, 0.6 - 123.68];
-        let t = Tensor::from_vec(data, (1, 3, 1, 1), &Device::Cpu).expect("tensor");
-        let img = tensor_to_image(&t, pre).expect("image");
-        assert_eq!(*img.get_pixel(0, 0), Rgb([1, 0, 255]));
-        let nan = Tensor::from_vec(vec![f32::NAN; 3], (3, 1, 1), &Device::Cpu).expect("t");
-        assert_eq!(
-            tensor_to_image(&nan, pre).expect("nan").get_pixel(0, 0).0,
-            [0; 3]
-        );
-        let wrong = Tensor::zeros((2, 3, 4, 4), DType::F32, &Device::Cpu).expect("t");
-        assert!(tensor_to_image(&wrong, pre).is_err());
-        let wrong = Tensor::zeros((1, 4, 4, 4), DType::F32, &Device::Cpu).expect("t");
-        assert!(tensor_to_image(&wrong, pre).is_err());
-        // f64 tensors are accepted too.
-        let t64 = Tensor::zeros((1, 3, 2, 5), DType::F64, &Device::Cpu).expect("t");
-        assert_eq!(
-            tensor_to_image(&t64, pre).expect("f64").dimensions(),
-            (5, 2)
-        );
     }
 
     // ---- decoding: colour types ----
@@ -832,7 +707,7 @@ mod tests {
     fn decompression_bomb_is_refused_from_the_header() {
         let bytes = png_claiming(100_000, 100_000);
         match decode_image(&bytes, "bomb.png", &limits()) {
-            Err(EngineError::ImageTooLarge {
+            Err(CoreError::ImageTooLarge {
                 what,
                 width,
                 height,
@@ -849,7 +724,7 @@ mod tests {
         let bytes = png_claiming(16_000, 16_000);
         assert!(matches!(
             decode_image(&bytes, "big", &limits()),
-            Err(EngineError::ImageTooLarge { .. })
+            Err(CoreError::ImageTooLarge { .. })
         ));
         // Custom limits apply to real images too.
         let small = DecodeLimits {
@@ -859,7 +734,7 @@ mod tests {
         let real = png_of(DynamicImage::ImageRgb8(pattern(5, 1)));
         assert!(matches!(
             decode_image(&real, "x", &small),
-            Err(EngineError::ImageTooLarge { width: 5, .. })
+            Err(CoreError::ImageTooLarge { width: 5, .. })
         ));
         let tiny_alloc = DecodeLimits {
             max_alloc: 10,
@@ -867,7 +742,7 @@ mod tests {
         };
         assert!(matches!(
             decode_image(&real, "x", &tiny_alloc),
-            Err(EngineError::ImageTooLarge { .. } | EngineError::BadImage { .. })
+            Err(CoreError::ImageTooLarge { .. } | CoreError::BadImage { .. })
         ));
     }
 
@@ -917,7 +792,7 @@ mod tests {
         assert_eq!(load_image(&path, &limits()).expect("load"), pattern(4, 3));
         let missing = dir.path().join("missing.png");
         match load_image(&missing, &limits()) {
-            Err(EngineError::Io { path, .. }) => assert_eq!(path, missing),
+            Err(CoreError::Io { path, .. }) => assert_eq!(path, missing),
             other => panic!("expected Io, got {other:?}"),
         }
         // The format comes from the content, not the name.
@@ -993,7 +868,7 @@ mod tests {
         for name in ["out.bmp", "out", "out.webp"] {
             let p = dir.path().join(name);
             match save_image(&img, &p) {
-                Err(EngineError::InvalidOption { option, reason }) => {
+                Err(CoreError::InvalidOption { option, reason }) => {
                     assert_eq!(option, "output");
                     assert!(reason.contains(".png or .jpg"), "{reason}");
                 }
@@ -1004,7 +879,7 @@ mod tests {
 
         // A directory that does not exist: an Io error naming the path, no stray files.
         let p = dir.path().join("no_such_dir").join("x.png");
-        assert!(matches!(save_image(&img, &p), Err(EngineError::Io { .. })));
+        assert!(matches!(save_image(&img, &p), Err(CoreError::Io { .. })));
 
         // No temporary files are left behind.
         let mut names: Vec<String> = fs::read_dir(dir.path())

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::{CoreError, Result};
 
 /// Which VGG: the number of 3x3 convolutions in each of the five blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl VggArch {
         self.ops()
             .iter()
             .position(|l| *l == layer)
-            .ok_or_else(|| EngineError::UnknownLayer {
+            .ok_or_else(|| CoreError::UnknownLayer {
                 name: layer.to_string(),
                 reason: format!(
                     "{} has {} convolutions in block {}",
@@ -137,10 +137,10 @@ impl fmt::Display for LayerName {
 }
 
 impl FromStr for LayerName {
-    type Err = EngineError;
+    type Err = CoreError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| EngineError::UnknownLayer {
+        let bad = |reason: &str| CoreError::UnknownLayer {
             name: s.to_string(),
             reason: reason.to_string(),
         };
@@ -207,13 +207,13 @@ pub enum Pooling {
 }
 
 impl FromStr for Pooling {
-    type Err = EngineError;
+    type Err = CoreError;
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "max" => Ok(Pooling::Max),
             "avg" => Ok(Pooling::Avg),
-            _ => Err(EngineError::InvalidOption {
+            _ => Err(CoreError::InvalidOption {
                 option: "pooling",
                 reason: format!("`{s}` is neither `max` nor `avg`"),
             }),
@@ -267,10 +267,7 @@ mod tests {
             "relu4_2x", "relu_4_2", "relu1,",
         ] {
             let err = LayerName::parse_list(s).unwrap_err();
-            assert!(
-                matches!(err, EngineError::UnknownLayer { .. }),
-                "{s}: {err}"
-            );
+            assert!(matches!(err, CoreError::UnknownLayer { .. }), "{s}: {err}");
         }
         let err = "fc7".parse::<LayerName>().unwrap_err().to_string();
         assert!(err.contains("fc7") && err.contains("relu4_2"), "{err}");

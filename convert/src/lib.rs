@@ -1,15 +1,17 @@
-//! Between the wire's `RenderSettings`/`Losses` and the engine's, with every field checked:
-//! a bad value becomes a [`FieldError`] naming the field, which servers turn into
-//! INVALID_ARGUMENT.
+//! The one edge between the wire (`stylefarm_proto::v1`) and the domain (`stylefarm_core`):
+//! render settings, losses, rectangles and the float32 payloads of lock-step tiles, each
+//! converted here and nowhere else. On the way in every field is checked: a bad value becomes
+//! a [`FieldError`] naming the field, which servers turn into INVALID_ARGUMENT.
 
 use std::fmt;
 
-use stylefarm_engine::layers::{LayerName, Pooling};
-use stylefarm_engine::optim::Optimizer;
-use stylefarm_engine::settings::{self as engine, Init};
-use stylefarm_engine::EngineError;
+use stylefarm_core::layers::{LayerName, Pooling};
+use stylefarm_core::optim::Optimizer;
+use stylefarm_core::settings::{self as domain, Init};
+use stylefarm_core::tiles::Rect;
+use stylefarm_core::CoreError;
 
-use crate::v1;
+use stylefarm_proto::v1;
 
 /// A field of a request that cannot be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +40,14 @@ impl fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
-/// The engine's error for an option as a field error under `prefix` (`--style-weight` becomes
+/// The domain's error for an option as a field error under `prefix` (`--style-weight` becomes
 /// `{prefix}.style_weight`).
-pub fn field_error(prefix: &str, e: EngineError) -> FieldError {
+pub fn field_error(prefix: &str, e: CoreError) -> FieldError {
     match e {
-        EngineError::InvalidOption { option, reason } => {
+        CoreError::InvalidOption { option, reason } => {
             FieldError::new(format!("{prefix}.{}", option.replace('-', "_")), reason)
         }
-        EngineError::UnknownLayer { name, reason } => FieldError::new(
+        CoreError::UnknownLayer { name, reason } => FieldError::new(
             format!("{prefix}.layers"),
             format!("unknown layer `{name}`: {reason}"),
         ),
@@ -71,14 +73,14 @@ fn layers(
         .collect()
 }
 
-/// Wire settings to checked engine settings, for a job with `num_styles` style images.
+/// Wire settings to checked domain settings, for a job with `num_styles` style images.
 /// `prefix` names the message in errors (e.g. `spec.settings`).
 pub fn settings_from_proto(
     s: &v1::RenderSettings,
     num_styles: usize,
     prefix: &str,
-) -> Result<engine::RenderSettings, FieldError> {
-    let d = engine::RenderSettings::default();
+) -> Result<domain::RenderSettings, FieldError> {
+    let d = domain::RenderSettings::default();
     let optimizer = match v1::Optimizer::try_from(s.optimizer) {
         Ok(v1::Optimizer::Unspecified | v1::Optimizer::Lbfgs) => Optimizer::Lbfgs {
             history: s.lbfgs_history.map_or(100, |h| h as usize),
@@ -121,7 +123,7 @@ pub fn settings_from_proto(
             ))
         }
     };
-    let settings = engine::RenderSettings {
+    let settings = domain::RenderSettings {
         image_size: s.image_size.unwrap_or(d.image_size),
         num_iterations: s.num_iterations.unwrap_or(d.num_iterations),
         optimizer,
@@ -150,8 +152,8 @@ pub fn settings_from_proto(
     Ok(settings)
 }
 
-/// Engine settings to the wire (every optional field set).
-pub fn settings_to_proto(s: &engine::RenderSettings) -> v1::RenderSettings {
+/// Domain settings to the wire (every optional field set).
+pub fn settings_to_proto(s: &domain::RenderSettings) -> v1::RenderSettings {
     let (optimizer, learning_rate, line_search, lbfgs_history) = match s.optimizer {
         Optimizer::Lbfgs {
             history,
@@ -194,36 +196,34 @@ pub fn settings_to_proto(s: &engine::RenderSettings) -> v1::RenderSettings {
     }
 }
 
-impl From<&engine::Losses> for v1::Losses {
-    fn from(l: &engine::Losses) -> Self {
-        Self {
-            content: l.content,
-            style: l.style,
-            tv: l.tv,
-            total: l.total,
-        }
+/// Losses to the wire.
+pub fn losses_to_proto(l: &domain::Losses) -> v1::Losses {
+    v1::Losses {
+        content: l.content,
+        style: l.style,
+        tv: l.tv,
+        total: l.total,
     }
 }
 
-impl From<stylefarm_engine::tiles::Rect> for v1::ShardRect {
-    fn from(r: stylefarm_engine::tiles::Rect) -> Self {
-        Self {
-            x: r.x,
-            y: r.y,
-            width: r.width,
-            height: r.height,
-        }
+/// A rectangle to the wire.
+pub fn rect_to_proto(r: Rect) -> v1::Rect {
+    v1::Rect {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
     }
 }
 
-impl From<v1::ShardRect> for stylefarm_engine::tiles::Rect {
-    fn from(r: v1::ShardRect) -> Self {
-        Self {
-            x: r.x,
-            y: r.y,
-            width: r.width,
-            height: r.height,
-        }
+/// A rectangle from the wire (any four numbers are a rectangle; whether it fits an image is
+/// the receiver's check).
+pub fn rect_from_proto(r: &v1::Rect) -> Rect {
+    Rect {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
     }
 }
 
@@ -245,18 +245,18 @@ mod tests {
 
     #[test]
     fn settings_round_trip_and_defaults() {
-        let s = engine::RenderSettings {
+        let s = domain::RenderSettings {
             image_size: 300,
             style_weight: 1e3,
             init: Init::Content,
             pooling: Pooling::Avg,
             style_blend_weights: Some(vec![1.0, 2.0]),
-            ..engine::RenderSettings::default()
+            ..domain::RenderSettings::default()
         };
         let back = settings_from_proto(&settings_to_proto(&s), 2, "spec.settings").unwrap();
         assert_eq!(back, s);
         let d = settings_from_proto(&v1::RenderSettings::default(), 1, "spec.settings").unwrap();
-        assert_eq!(d, engine::RenderSettings::default());
+        assert_eq!(d, domain::RenderSettings::default());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::{CoreError, Result};
 use crate::layers::{LayerName, Pooling, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS};
 use crate::optim::Optimizer;
 
@@ -90,8 +90,8 @@ fn parse_default(s: &str) -> Vec<LayerName> {
     LayerName::parse_list(s).unwrap_or_default()
 }
 
-fn invalid(option: &'static str, reason: impl Into<String>) -> EngineError {
-    EngineError::InvalidOption {
+fn invalid(option: &'static str, reason: impl Into<String>) -> CoreError {
+    CoreError::InvalidOption {
         option,
         reason: reason.into(),
     }
@@ -202,7 +202,7 @@ impl TermWeights {
             ("tv-weight", self.tv),
         ] {
             if !w.is_finite() || w < 0.0 {
-                return Err(EngineError::InvalidOption {
+                return Err(CoreError::InvalidOption {
                     option,
                     reason: format!("{w} is not a finite, non-negative number"),
                 });

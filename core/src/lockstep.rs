@@ -21,9 +21,9 @@
 //! driver's memory.
 //!
 //! Tensor-free, so the coordinator drives it without candle; the per-tile work is
-//! `crate::shard`'s.
+//! `stylefarm_engine::lockstep`'s.
 
-use crate::error::{EngineError, Result};
+use crate::error::{CoreError, Result};
 use crate::layers::LayerName;
 use crate::optim::{minimize, Bounds, Optimizer, Stop};
 use crate::preprocess::Preprocess;
@@ -33,7 +33,7 @@ use crate::variation::{total_variation, tv_gradient};
 
 /// A tile of a lock-step render: the pixels it owns and the pixels its passes see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct JointTile {
+pub struct LockstepTile {
     /// The pixels whose features the tile counts.
     pub core: Rect,
     /// The core and its margin, clipped to the image.
@@ -46,24 +46,24 @@ pub struct JointTile {
 /// `margin` pixels (rounded up to `align`). Row by row.
 ///
 /// # Errors
-/// [`EngineError::InvalidOption`] naming `tile-size` for a tile smaller than `align`, or
+/// [`CoreError::InvalidOption`] naming `tile-size` for a tile smaller than `align`, or
 /// `image-size` for an empty image.
-pub fn joint_tiles(
+pub fn lockstep_tiles(
     width: u32,
     height: u32,
     tile_size: u32,
     margin: u32,
     align: u32,
-) -> Result<Vec<JointTile>> {
+) -> Result<Vec<LockstepTile>> {
     let align = align.max(1);
     if tile_size < align {
-        return Err(EngineError::InvalidOption {
+        return Err(CoreError::InvalidOption {
             option: "tile-size",
             reason: format!("{tile_size} px is smaller than the network's stride of {align} px"),
         });
     }
     if width == 0 || height == 0 {
-        return Err(EngineError::InvalidOption {
+        return Err(CoreError::InvalidOption {
             option: "image-size",
             reason: format!("a {width}x{height} image has no pixels to tile"),
         });
@@ -95,7 +95,7 @@ pub fn joint_tiles(
                     width: x1 - x0,
                     height: y1 - y0,
                 };
-                JointTile {
+                LockstepTile {
                     core,
                     context: core.grown(margin, width, height),
                 }
@@ -105,7 +105,7 @@ pub fn joint_tiles(
 }
 
 /// The columns and rows where one core ends and the next begins (`(xs, ys)`, sorted).
-pub fn interior_edges(tiles: &[JointTile]) -> (Vec<u32>, Vec<u32>) {
+pub fn interior_edges(tiles: &[LockstepTile]) -> (Vec<u32>, Vec<u32>) {
     let edges = |of: &dyn Fn(&Rect) -> u32| {
         let mut e: Vec<u32> = tiles
             .iter()
@@ -186,16 +186,20 @@ impl GramSums {
     }
 }
 
-/// Where the tiles of one image are evaluated: in this process ([`crate::shard::LocalTiles`])
+/// Where the tiles of one image are evaluated: in this process (`stylefarm_engine::lockstep::LocalTiles`)
 /// or on the farm's workers (the coordinator's shards).
 pub trait TileBackend {
+    /// What an evaluation can fail with (the engine's error carries candle's); the driver's
+    /// own refusals convert into it.
+    type Error: From<CoreError>;
+
     /// Step one: the Gram sums and the content term of `x` (the network-input image, (3, H, W)
     /// flattened) over every tile.
-    fn grams(&mut self, x: &[f32]) -> Result<GramSums>;
+    fn grams(&mut self, x: &[f32]) -> Result<GramSums, Self::Error>;
 
     /// Step two, at the `x` of the last [`Self::grams`]: adds every tile's gradient, given the
     /// style residuals `R_l` ((C, C) each, in the style layers' order), into `grad`.
-    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> Result<()>;
+    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> Result<(), Self::Error>;
 }
 
 struct StyleLayer {
@@ -205,14 +209,14 @@ struct StyleLayer {
 }
 
 /// The seed's objective for one image evaluated through its tiles.
-pub struct JointObjective {
+pub struct LockstepObjective {
     layers: Vec<StyleLayer>,
     weights: TermWeights,
     width: usize,
     height: usize,
 }
 
-impl JointObjective {
+impl LockstepObjective {
     /// The objective of a `width` x `height` image against the style targets per position
     /// `style` (`(layer, (C, C) row-major)`, in the style layers' order).
     ///
@@ -252,18 +256,22 @@ impl JointObjective {
     }
 
     /// The objective at `x`, forward only (step one).
-    pub fn losses(&self, backend: &mut dyn TileBackend, x: &[f32]) -> Result<Losses> {
+    pub fn losses<B: TileBackend + ?Sized>(
+        &self,
+        backend: &mut B,
+        x: &[f32],
+    ) -> Result<Losses, B::Error> {
         let sums = backend.grams(x)?;
-        self.combine(&sums, x, None)
+        Ok(self.combine(&sums, x, None)?)
     }
 
     /// The objective at `x` and its gradient, written into `grad`.
-    pub fn evaluate(
+    pub fn evaluate<B: TileBackend + ?Sized>(
         &self,
-        backend: &mut dyn TileBackend,
+        backend: &mut B,
         x: &[f32],
         grad: &mut [f32],
-    ) -> Result<Losses> {
+    ) -> Result<Losses, B::Error> {
         let sums = backend.grams(x)?;
         let mut residuals = Vec::with_capacity(self.layers.len());
         let losses = self.combine(&sums, x, Some(&mut residuals))?;
@@ -375,15 +383,19 @@ pub struct Optimized {
 /// Minimises `objective` from `x` (updated in place) with `optimizer` and at most `iterations`
 /// evaluations, each through `backend`; `progress` hears of every evaluation (1-based, the
 /// total, the losses at the point evaluated) and stops the run by returning an error.
-pub fn optimize(
-    objective: &JointObjective,
-    backend: &mut dyn TileBackend,
+pub fn optimize<B, P>(
+    objective: &LockstepObjective,
+    backend: &mut B,
     x: &mut [f32],
     optimizer: Optimizer,
     iterations: u32,
     pre: Preprocess,
-    progress: &mut dyn FnMut(u32, u32, &Losses) -> Result<()>,
-) -> Result<Optimized> {
+    progress: &mut P,
+) -> Result<Optimized, B::Error>
+where
+    B: TileBackend + ?Sized,
+    P: FnMut(u32, u32, &Losses) -> Result<(), B::Error> + ?Sized,
+{
     let (w, h) = objective.dims();
     let bounds = Bounds {
         channels: [0, 1, 2].map(|c| pre.bounds(c)),
@@ -391,7 +403,7 @@ pub fn optimize(
     };
     let scale = [0, 1, 2].map(|c| pre.affine(c).0);
     let mut done = 0u32;
-    let mut eval = |x: &[f32], grad: &mut [f32]| -> Result<f64> {
+    let mut eval = |x: &[f32], grad: &mut [f32]| -> Result<f64, B::Error> {
         let losses = objective.evaluate(backend, x, grad)?;
         done += 1;
         progress(done, iterations, &losses)?;
@@ -446,11 +458,11 @@ pub fn add_crop(into: &mut [f32], width: usize, height: usize, r: Rect, values: 
     }
 }
 
-/// The style targets per position `A` of an image statistics blob (`crate::statistics`), for
+/// The style targets per position `A` of an image statistics blob (`stylefarm_engine::statistics`), for
 /// `layers` in order: `(layer, (C, C) row-major)`.
 ///
 /// # Errors
-/// [`EngineError::InvalidOption`] naming `tiles` when the blob is not one, or lacks a layer.
+/// [`CoreError::InvalidOption`] naming `tiles` when the blob is not one, or lacks a layer.
 pub fn style_targets_of_statistics(
     bytes: &[u8],
     layers: &[LayerName],
@@ -483,8 +495,8 @@ pub fn style_targets_of_statistics(
         .collect()
 }
 
-fn mismatch(reason: impl Into<String>) -> EngineError {
-    EngineError::InvalidOption {
+fn mismatch(reason: impl Into<String>) -> CoreError {
+    CoreError::InvalidOption {
         option: "tiles",
         reason: reason.into(),
     }
@@ -502,7 +514,7 @@ mod tests {
             (64, 64, 256),
             (300, 100, 96),
         ] {
-            let tiles = joint_tiles(w, h, tile, 24, 16).unwrap();
+            let tiles = lockstep_tiles(w, h, tile, 24, 16).unwrap();
             let mut seen = vec![0u8; (w * h) as usize];
             for t in &tiles {
                 assert_eq!(t.core.x % 16, 0);
@@ -521,14 +533,14 @@ mod tests {
             }
             assert!(seen.iter().all(|&s| s == 1), "{w}x{h} in {tile}");
         }
-        let tiles = joint_tiles(1024, 768, 256, 32, 16).unwrap();
+        let tiles = lockstep_tiles(1024, 768, 256, 32, 16).unwrap();
         assert_eq!(tiles.len(), 12);
         assert_eq!(
             interior_edges(&tiles),
             (vec![256, 512, 768], vec![256, 512])
         );
-        assert!(joint_tiles(100, 100, 8, 0, 16).is_err());
-        assert!(joint_tiles(0, 100, 64, 0, 16).is_err());
+        assert!(lockstep_tiles(100, 100, 8, 0, 16).is_err());
+        assert!(lockstep_tiles(0, 100, 64, 0, 16).is_err());
     }
 
     #[test]
