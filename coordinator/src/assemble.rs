@@ -22,7 +22,7 @@ use crate::blobs::{BlobHash, BlobStore};
 use crate::core::{CoreHandle, Signals};
 use crate::error::{CoordinatorError, Result};
 use crate::lockstep::Lockstep;
-use crate::scheduler::{is_lockstep, Assembly};
+use crate::scheduler::{Assembly, TaskKind};
 
 /// Longest side of one image on a contact sheet.
 const SHEET_CELL: u32 = 256;
@@ -71,12 +71,16 @@ async fn run(
     assembly: Assembly,
 ) {
     let (task, job) = (assembly.task, assembly.job);
-    let outcome = if is_lockstep(&assembly.spec) {
-        crate::lockstep::run(core, blobs, lockstep, signals, assembly)
+    let outcome = match assembly.kind {
+        TaskKind::Driver => crate::lockstep::run(core, blobs, lockstep, signals, assembly)
             .await
-            .map(|(result, losses)| (result, Some(losses)))
-    } else {
-        assemble(blobs, assembly).await.map(|result| (result, None))
+            .map(|(result, losses)| (result, Some(losses))),
+        TaskKind::Sheet => assemble_sheet(blobs, assembly)
+            .await
+            .map(|result| (result, None)),
+        TaskKind::Render | TaskKind::Statistics | TaskKind::Shard => Err(
+            CoordinatorError::Internal("a worker's task is not the coordinator's to run".into()),
+        ),
     };
     match &outcome {
         Ok((b, _)) => {
@@ -93,11 +97,8 @@ async fn run(
     }
 }
 
-async fn assemble(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> {
-    let kind = match &assembly.spec.part {
-        Some(Part::Assemble(a)) => v1::AssembleKind::try_from(a.kind).ok(),
-        _ => None,
-    };
+/// Puts a contact sheet together from the results of the sweep points it depends on.
+async fn assemble_sheet(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> {
     if assembly.inputs.len() != assembly.spec.depends_on.len() {
         return Err(CoordinatorError::Internal(format!(
             "{} of the {} results to assemble are missing",
@@ -112,14 +113,9 @@ async fn assemble(blobs: &BlobStore, assembly: Assembly) -> Result<v1::BlobRef> 
     }
     let job_spec = assembly.job_spec;
     let specs: Vec<v1::TaskSpec> = assembly.inputs.into_iter().map(|(s, _)| s).collect();
-    let png = tokio::task::spawn_blocking(move || match kind {
-        Some(v1::AssembleKind::ContactSheet) => sheet(&job_spec, &specs, &encoded),
-        Some(v1::AssembleKind::Unspecified | v1::AssembleKind::Lockstep) | None => Err(
-            CoordinatorError::Internal("an assemble task of no known kind".into()),
-        ),
-    })
-    .await
-    .map_err(|e| CoordinatorError::Internal(format!("the assembly thread failed: {e}")))??;
+    let png = tokio::task::spawn_blocking(move || sheet(&job_spec, &specs, &encoded))
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("the assembly thread failed: {e}")))??;
     store(blobs, &png).await
 }
 

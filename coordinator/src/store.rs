@@ -17,7 +17,8 @@ use stylefarm_proto::v1;
 
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::{
-    Effect, JobRecord, JobState, Lease, Scheduler, Snapshot, TaskRecord, TaskState, WorkerRecord,
+    Effect, JobRecord, JobState, Lease, Scheduler, Snapshot, TaskKind, TaskRecord, TaskState,
+    WorkerRecord,
 };
 
 /// The database file's name inside the data directory.
@@ -402,11 +403,13 @@ fn task_from_row(row: &Row<'_>) -> Result<TaskRecord> {
         "canceled" => TaskState::Canceled { draining: lease },
         other => return Err(corrupt(what(), format!("unknown state `{other}`"))),
     };
+    let spec: v1::TaskSpec = decode(&spec, what)?;
     Ok(TaskRecord {
         id: parse_id::<TaskId>(&id, what)?,
         job: parse_id::<JobId>(&job, what)?,
         index: row.get(2)?,
-        spec: decode(&spec, what)?,
+        kind: TaskKind::of(&spec).map_err(|e| corrupt(what(), e))?,
+        spec,
         state,
         attempts: row.get(5)?,
         worker: worker.map(|w| parse_id(&w, what)).transpose()?,
@@ -466,7 +469,7 @@ mod tests {
             ..Default::default()
         };
         let tasks = vec![v1::TaskSpec::default(); 3];
-        let job = s.submit(JobId::new(), spec, tasks, 1_000);
+        let job = s.submit(JobId::new(), spec, tasks, 1_000).unwrap();
         write(&mut store, &mut s);
 
         let done = s.lease(w, 2_000).unwrap().unwrap();
@@ -547,7 +550,9 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let job = s.submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000);
+        let job = s
+            .submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000)
+            .unwrap();
         let first = s.lease(w, 1_000).unwrap().unwrap();
         let result = v1::BlobRef {
             sha256: "ef".repeat(32),
@@ -584,7 +589,8 @@ mod tests {
             ..Default::default()
         };
         let tasks = vec![v1::TaskSpec::default(), assemble];
-        s.submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000);
+        s.submit(JobId::new(), v1::JobSpec::default(), tasks, 1_000)
+            .unwrap();
         let tile = s.lease(w, 1_000).unwrap().unwrap();
         let result = v1::BlobRef {
             sha256: "ef".repeat(32),

@@ -40,6 +40,10 @@ use stylefarm_proto::v1;
 
 use crate::error::{CoordinatorError, Result};
 
+mod kind;
+
+pub(crate) use kind::TaskKind;
+
 /// Failures of one job's tasks on one worker after which the worker gets no more of them.
 pub(crate) const BLOCKLIST_AFTER: u32 = 3;
 
@@ -219,6 +223,9 @@ pub(crate) struct TaskRecord {
     pub(crate) id: TaskId,
     pub(crate) job: JobId,
     pub(crate) index: u32,
+    /// What the task is, derived from `spec` where the task was created or restored.
+    pub(crate) kind: TaskKind,
+    /// The payload leased to a worker (or read by the coordinator's own task).
     pub(crate) spec: v1::TaskSpec,
     pub(crate) state: TaskState,
     /// Attempts started and not handed back.
@@ -418,13 +425,13 @@ impl Scheduler {
         let ready: Vec<ReadyKey> = s
             .tasks
             .values()
-            .filter(|t| t.state.is_ready() && !is_assemble(&t.spec))
+            .filter(|t| t.state.is_ready() && !t.kind.is_own())
             .map(|t| s.ready_key(t))
             .collect();
         s.ready.extend(ready);
         if s.tasks
             .values()
-            .any(|t| t.state.is_ready() && is_assemble(&t.spec))
+            .any(|t| t.state.is_ready() && t.kind.is_own())
         {
             s.effects.push(Effect::AssembleReady);
         }
@@ -463,18 +470,23 @@ impl Scheduler {
     // -----------------------------------------------------------------------------------------
     // Events
 
-    /// A new job with one task per spec (already validated).
+    /// A new job with one task per spec (already validated); refused, changing nothing, when
+    /// a spec is of no known kind.
     pub(crate) fn submit(
         &mut self,
         id: JobId,
         spec: v1::JobSpec,
         task_specs: Vec<v1::TaskSpec>,
         now: i64,
-    ) -> JobId {
+    ) -> Result<JobId> {
+        let kinds = task_specs
+            .iter()
+            .map(TaskKind::of)
+            .collect::<Result<Vec<_>>>()?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut tasks = Vec::with_capacity(task_specs.len());
-        for (index, task_spec) in (0u32..).zip(task_specs) {
+        for ((index, task_spec), kind) in (0u32..).zip(task_specs).zip(kinds) {
             let state = if task_spec.depends_on.is_empty() {
                 TaskState::Queued
             } else {
@@ -484,6 +496,7 @@ impl Scheduler {
                 id: TaskId::new(),
                 job: id,
                 index,
+                kind,
                 spec: task_spec,
                 state,
                 attempts: 0,
@@ -515,7 +528,7 @@ impl Scheduler {
                 if !t.state.is_ready() {
                     continue;
                 }
-                if is_assemble(&t.spec) {
+                if t.kind.is_own() {
                     self.effects.push(Effect::AssembleReady);
                 } else {
                     let key = self.ready_key(t);
@@ -525,7 +538,7 @@ impl Scheduler {
         }
         self.effects.push(Effect::JobCreated(id));
         self.effects.push(Effect::TasksReady);
-        id
+        Ok(id)
     }
 
     /// A new worker.
@@ -842,7 +855,7 @@ impl Scheduler {
             .tasks
             .get_mut(&task_id)
             .ok_or_else(|| not_found("task", task_id))?;
-        Ok((task.state.is_ready() && is_assemble(&task.spec)).then_some(task))
+        Ok((task.state.is_ready() && task.kind.is_own()).then_some(task))
     }
 
     /// For a shard's stream: the shard task and job behind `lease`, and the job's lock-step
@@ -856,7 +869,7 @@ impl Scheduler {
             .tasks
             .get(&task_id)
             .ok_or(CoordinatorError::LeaseLost { lease })?;
-        if !matches!(task.spec.part, Some(v1::task_spec::Part::Shard(_))) {
+        if task.kind != TaskKind::Shard {
             return Err(CoordinatorError::invalid(
                 "hello.lease_id",
                 "the lease is not a shard task's",
@@ -864,7 +877,7 @@ impl Scheduler {
         }
         let done = self
             .job_tasks(task.job)
-            .find(|t| is_lockstep(&t.spec) && t.state == TaskState::Succeeded)
+            .find(|t| t.kind == TaskKind::Driver && t.state == TaskState::Succeeded)
             .and_then(|t| t.result.clone());
         Ok((task_id, task.job, done))
     }
@@ -874,7 +887,7 @@ impl Scheduler {
     pub(crate) fn ready_assemblies(&self) -> Vec<Assembly> {
         let mut out = Vec::new();
         for task in self.tasks.values() {
-            if !task.state.is_ready() || !is_assemble(&task.spec) {
+            if !task.state.is_ready() || !task.kind.is_own() {
                 continue;
             }
             let Ok(job) = self.job(task.job) else {
@@ -892,6 +905,7 @@ impl Scheduler {
             out.push(Assembly {
                 task: task.id,
                 job: task.job,
+                kind: task.kind,
                 job_spec: job.spec.clone(),
                 spec: task.spec.clone(),
                 inputs,
@@ -1171,7 +1185,7 @@ impl Scheduler {
             self.ready.remove(&key);
         }
         if task.state.is_ready() {
-            if is_assemble(&task.spec) {
+            if task.kind.is_own() {
                 self.effects.push(Effect::AssembleReady);
             } else {
                 self.ready.insert(key);
@@ -1205,7 +1219,7 @@ impl Scheduler {
                         TaskState::Succeeded => {
                             // A shard waits for the statistics, but does not start from them.
                             if let Settled::Ready { init } = &mut settled {
-                                if init.is_none() && !is_statistics(&dep.spec) {
+                                if init.is_none() && dep.kind != TaskKind::Statistics {
                                     *init = dep.result.clone();
                                 }
                             }
@@ -1243,7 +1257,7 @@ impl Scheduler {
                 match settled {
                     Settled::Ready { init } => {
                         if let Some(task) = self.tasks.get_mut(&id) {
-                            if !is_assemble(&task.spec) {
+                            if !task.kind.is_own() {
                                 if let Some(init) = init {
                                     task.spec.init_image = Some(init);
                                     let settings = task.spec.settings.get_or_insert_default();
@@ -1357,24 +1371,12 @@ enum Settled {
 pub(crate) struct Assembly {
     pub(crate) task: TaskId,
     pub(crate) job: JobId,
+    /// A driver or a contact sheet.
+    pub(crate) kind: TaskKind,
     pub(crate) job_spec: v1::JobSpec,
     pub(crate) spec: v1::TaskSpec,
     /// The specs and results of the tasks it depends on, in `depends_on` order.
     pub(crate) inputs: Vec<(v1::TaskSpec, v1::BlobRef)>,
-}
-
-/// Whether the coordinator runs the task itself.
-pub(crate) fn is_assemble(spec: &v1::TaskSpec) -> bool {
-    matches!(spec.part, Some(v1::task_spec::Part::Assemble(_)))
-}
-
-/// Whether the task is a lock-step render's driver.
-pub(crate) fn is_lockstep(spec: &v1::TaskSpec) -> bool {
-    matches!(&spec.part, Some(v1::task_spec::Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32)
-}
-
-fn is_statistics(spec: &v1::TaskSpec) -> bool {
-    matches!(spec.part, Some(v1::task_spec::Part::Statistics(_)))
 }
 
 fn not_found(kind: &'static str, id: impl ToString) -> CoordinatorError {

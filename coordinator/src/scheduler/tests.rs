@@ -52,7 +52,7 @@ impl Farm {
             })
             .collect();
         let now = self.now();
-        self.s.submit(JobId::new(), spec, task_specs, now)
+        self.s.submit(JobId::new(), spec, task_specs, now).unwrap()
     }
 
     fn lease(&mut self, w: WorkerId) -> Option<Grant> {
@@ -496,7 +496,7 @@ impl Farm {
             ..Default::default()
         };
         let now = self.now();
-        self.s.submit(JobId::new(), spec, specs, now)
+        self.s.submit(JobId::new(), spec, specs, now).unwrap()
     }
 
     fn state_of(&self, job: JobId, index: usize) -> TaskState {

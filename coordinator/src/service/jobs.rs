@@ -30,7 +30,7 @@ impl JobService for Api {
         let tasks = plan.tasks.len();
         let id = self
             .core
-            .call(move |c| c.apply(|s, now| Ok(s.submit(plan.id, plan.spec, plan.tasks, now))))
+            .call(move |c| c.apply(|s, now| s.submit(plan.id, plan.spec, plan.tasks, now)))
             .await?;
         tracing::info!(job_id = %id, tasks, "job submitted");
         Ok(Response::new(v1::SubmitJobResponse {
@@ -227,7 +227,7 @@ mod tests {
             .call(|c| {
                 c.apply(|s, now| {
                     let task = v1::TaskSpec::default();
-                    Ok(s.submit(JobId::new(), v1::JobSpec::default(), vec![task], now))
+                    s.submit(JobId::new(), v1::JobSpec::default(), vec![task], now)
                 })
             })
             .await
