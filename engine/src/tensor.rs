@@ -56,23 +56,13 @@ pub fn tensor_to_image(t: &Tensor, pre: Preprocess) -> Result<RgbImage> {
 mod tests {
     use super::*;
     use image::Rgb;
-
-    /// An image whose every pixel differs from the others.
-    fn pattern(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            Rgb([
-                (x * 37 + y * 11) as u8,
-                (x * 13 + y * 29 + 100) as u8,
-                (x * y * 7 + 3) as u8,
-            ])
-        })
-    }
+    use stylefarm_core::image_io::random_image;
 
     #[test]
     fn tensor_round_trip_is_exact_on_non_square_images() {
         for pre in [Preprocess::Torchvision, Preprocess::Caffe] {
             for (w, h) in [(7, 3), (3, 7), (1, 1)] {
-                let img = pattern(w, h);
+                let img = random_image(w, h, u64::from(w * 10 + h));
                 let t = image_to_tensor(&img, pre, &Device::Cpu).expect("to tensor");
                 assert_eq!(t.dims(), &[1, 3, h as usize, w as usize]);
                 assert_eq!(t.dtype(), DType::F32);
