@@ -29,12 +29,16 @@
 //! ```
 
 mod blobs;
+mod context;
 pub mod engine;
+mod failure;
 pub mod fake;
+mod lockstep;
 mod observer;
 mod rpc;
-mod shard;
+mod shutdown;
 mod task;
+mod work;
 mod worker;
 
 use std::path::PathBuf;

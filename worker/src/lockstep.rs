@@ -1,8 +1,9 @@
-//! A shard task: this worker's part in tiles rendered in lock step
-//! (`stylefarm_core::lockstep`). The worker opens `WorkerService.Shard` with its lease and
-//! evaluates whatever tiles the coordinator's driver sends: their Gram matrices summed
-//! (`ShardSum`), then their gradients (`ShardResiduals`), evaluation after evaluation, until
-//! `ShardDone` names the job's result, which completes the task.
+//! A shard task: this worker's part in tiles rendered in lock step (the driver is
+//! `stylefarm_core::lockstep`, a tile's evaluation `stylefarm_engine::lockstep`). The worker
+//! opens `WorkerService.Shard` with its lease and evaluates whatever tiles the coordinator's
+//! driver sends: their Gram matrices summed (`ShardSum`), then their gradients
+//! (`ShardResiduals`), evaluation after evaluation, until `ShardDone` names the job's result,
+//! which completes the task.
 //!
 //! The evaluations run on a dedicated thread; the async side only moves messages. A tile's
 //! content features are computed once, on its first evaluation, and its activations are kept
@@ -21,19 +22,22 @@ use stylefarm_core::tiles::{estimated_memory_bytes, Rect};
 use stylefarm_core::{CoreError, Preprocess};
 use stylefarm_engine::vgg::Activations;
 use stylefarm_engine::EngineError;
+use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
 use stylefarm_proto::MAX_SHARD_MESSAGE_BYTES;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 
 use crate::engine::{Engine, TileObjective};
-use crate::rpc::describe;
-use crate::task::Failure;
+use crate::failure::Failure;
+use crate::rpc::{describe, Transport};
 
 /// What a shard task needs, fetched and checked.
 pub(crate) struct ShardInput {
     pub(crate) lease_id: String,
-    pub(crate) shard: v1::Shard,
+    /// The full image's size.
+    pub(crate) width: u32,
+    pub(crate) height: u32,
     pub(crate) settings: RenderSettings,
     /// The content image, still encoded.
     pub(crate) content: Vec<u8>,
@@ -48,7 +52,7 @@ const DEFAULT_KEEP_BYTES: u64 = 2 << 30;
 
 /// Serves the coordinator's driver until it names the job's result.
 pub(crate) async fn serve(
-    workers: stylefarm_proto::v1::worker_service_client::WorkerServiceClient<crate::rpc::Transport>,
+    workers: WorkerServiceClient<Transport>,
     engine: Arc<dyn Engine>,
     input: ShardInput,
     cancel: Arc<AtomicBool>,
@@ -95,7 +99,7 @@ pub(crate) async fn serve(
         .shard(outbound)
         .await
         .map_err(|s| {
-            interrupted(format!(
+            Failure::interrupted(format!(
                 "the coordinator refused the shard's stream: {}",
                 describe(&s)
             ))
@@ -114,8 +118,8 @@ pub(crate) async fn serve(
                     }
                 }
                 Ok(Some(v1::ShardCommand { command: None })) => {}
-                Ok(None) => return Err(interrupted("the coordinator closed the shard's stream before the render ended")),
-                Err(s) => return Err(interrupted(format!("the shard's stream failed: {}", describe(&s)))),
+                Ok(None) => return Err(Failure::interrupted("the coordinator closed the shard's stream before the render ended")),
+                Err(s) => return Err(Failure::interrupted(format!("the shard's stream failed: {}", describe(&s)))),
             },
             failure = &mut ended => {
                 return Err(failure.unwrap_or_else(|_| Failure::application("the shard thread ended")));
@@ -125,13 +129,6 @@ pub(crate) async fn serve(
     Err(ended
         .await
         .unwrap_or_else(|_| Failure::application("the shard thread ended")))
-}
-
-fn interrupted(message: impl Into<String>) -> Failure {
-    Failure {
-        kind: v1::FailureKind::Interrupted,
-        message: message.into(),
-    }
 }
 
 /// The evaluator and the pixels of the current evaluation, on the shard thread.
@@ -156,7 +153,7 @@ impl Session {
         input: &ShardInput,
         cancel: Arc<AtomicBool>,
     ) -> Result<Self, Failure> {
-        let (w, h) = (input.shard.full_width, input.shard.full_height);
+        let (w, h) = (input.width, input.height);
         let limits = DecodeLimits::default();
         let content =
             decode_image(&input.content, "content image", &limits).map_err(Failure::from_engine)?;
@@ -202,7 +199,7 @@ impl Session {
         let send = |reply: Reply| {
             replies
                 .blocking_send(v1::ShardReply { reply: Some(reply) })
-                .map_err(|_| interrupted("the shard's stream closed"))
+                .map_err(|_| Failure::interrupted("the shard's stream closed"))
         };
         let engine = |e: EngineError| Failure::from_engine(e);
         match command {

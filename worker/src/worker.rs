@@ -2,7 +2,6 @@
 //! long-poll for leases and run them one at a time until shutdown.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +11,11 @@ use stylefarm_proto::v1::{
 use tonic::{Code, Status};
 
 use crate::blobs::BlobCache;
+use crate::context::TaskContext;
 use crate::engine::Engine;
 use crate::rpc::{describe, within, Backoff, Rpc, RPC_TIMEOUT};
-use crate::task::{run_lease, TaskContext};
+use crate::shutdown::Shutdown;
+use crate::task::run_lease;
 use crate::{Config, WorkerError};
 
 /// How long the coordinator may hold a `LeaseTask` call when no task is ready.
@@ -24,30 +25,6 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Bounds on the coordinator's heartbeat interval and `retry_after`.
 const MIN_GAP: Duration = Duration::from_millis(50);
 const MAX_GAP: Duration = Duration::from_secs(60);
-
-/// The shutdown future, pollable from several places: once it has fired, [`Shutdown::wait`]
-/// returns at once.
-pub(crate) struct Shutdown {
-    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
-    fired: bool,
-}
-
-impl Shutdown {
-    fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self {
-            signal: Box::pin(signal),
-            fired: false,
-        }
-    }
-
-    /// Waits until shutdown is asked for (cancel-safe).
-    pub(crate) async fn wait(&mut self) {
-        if !self.fired {
-            self.signal.as_mut().await;
-            self.fired = true;
-        }
-    }
-}
 
 /// Runs a worker until `shutdown` completes: registers with the coordinator at
 /// `config.coordinator` (retrying until it answers), then leases and runs tasks one at a time
