@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use stylefarm_core::image_io::{decode_image, encode_png, DecodeLimits, RgbImage};
 use stylefarm_core::sheet::contact_sheet;
 use stylefarm_proto::ids::TaskId;
@@ -19,24 +18,24 @@ use stylefarm_proto::v1::{self, task_spec::Part};
 use tokio::sync::Mutex;
 
 use crate::blobs::{BlobHash, BlobStore};
-use crate::core::{CoreHandle, Signals};
 use crate::error::{CoordinatorError, Result};
 use crate::lockstep::Lockstep;
 use crate::scheduler::{Assembly, TaskKind};
+use crate::state::{Signals, StateHandle};
 
 /// Longest side of one image on a contact sheet.
 const SHEET_CELL: u32 = 256;
 
 /// Runs assemble tasks until shutdown.
 pub(crate) async fn assembler_loop(
-    core: CoreHandle,
+    state: StateHandle,
     blobs: Arc<BlobStore>,
     signals: Arc<Signals>,
     lockstep: Arc<Lockstep>,
 ) {
     let running: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
     loop {
-        let ready = match core.call(|c| Ok(c.sched.ready_assemblies())).await {
+        let ready = match state.call(|c| Ok(c.sched.ready_assemblies())).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "the assembler stops");
@@ -47,11 +46,11 @@ pub(crate) async fn assembler_loop(
             if !running.lock().await.insert(assembly.task) {
                 continue;
             }
-            let (core, blobs, running) = (core.clone(), blobs.clone(), running.clone());
+            let (state, blobs, running) = (state.clone(), blobs.clone(), running.clone());
             let (signals, lockstep) = (signals.clone(), lockstep.clone());
             tokio::spawn(async move {
                 let task = assembly.task;
-                run(&core, &blobs, &signals, &lockstep, assembly).await;
+                run(&state, &blobs, &signals, &lockstep, assembly).await;
                 running.lock().await.remove(&task);
             });
         }
@@ -64,7 +63,7 @@ pub(crate) async fn assembler_loop(
 
 /// Assembles one task and reports the outcome to the scheduler.
 async fn run(
-    core: &CoreHandle,
+    state: &StateHandle,
     blobs: &BlobStore,
     signals: &Signals,
     lockstep: &Lockstep,
@@ -72,7 +71,7 @@ async fn run(
 ) {
     let (task, job) = (assembly.task, assembly.job);
     let outcome = match assembly.kind {
-        TaskKind::Driver => crate::lockstep::run(core, blobs, lockstep, signals, assembly)
+        TaskKind::Driver => crate::lockstep::run(state, blobs, lockstep, signals, assembly)
             .await
             .map(|(result, losses)| (result, Some(losses))),
         TaskKind::Sheet => assemble_sheet(blobs, assembly)
@@ -89,7 +88,7 @@ async fn run(
         Err(e) => tracing::warn!(job_id = %job, task_id = %task, error = %e, "assembly failed"),
     }
     let outcome = outcome.map_err(|e| format!("assembling the result failed: {e}"));
-    if let Err(e) = core
+    if let Err(e) = state
         .call(move |c| c.apply(|s, now| s.assembled(task, outcome, now)))
         .await
     {
@@ -116,7 +115,7 @@ async fn assemble_sheet(blobs: &BlobStore, assembly: Assembly) -> Result<v1::Blo
     let png = tokio::task::spawn_blocking(move || sheet(&job_spec, &specs, &encoded))
         .await
         .map_err(|e| CoordinatorError::Internal(format!("the assembly thread failed: {e}")))??;
-    store(blobs, &png).await
+    blobs.put(&png).await
 }
 
 fn decode_all(encoded: &[Vec<u8>], specs: &[v1::TaskSpec]) -> Result<Vec<RgbImage>> {
@@ -159,17 +158,4 @@ fn sheet(job: &v1::JobSpec, specs: &[v1::TaskSpec], encoded: &[Vec<u8>]) -> Resu
         .collect();
     encode_png(&contact_sheet(&items, SHEET_CELL))
         .map_err(|e| CoordinatorError::Internal(e.to_string()))
-}
-
-/// Stores `data` as a blob and returns its reference.
-pub(crate) async fn store(blobs: &BlobStore, data: &[u8]) -> Result<v1::BlobRef> {
-    let sha = hex::encode(Sha256::digest(data));
-    let hash = BlobHash::parse(&sha, "sha256")?;
-    let size = data.len() as u64;
-    if blobs.size(&hash).await? != Some(size) {
-        let mut w = blobs.begin(hash, size).await?;
-        w.write(data).await?;
-        w.finish().await?;
-    }
-    Ok(v1::BlobRef { sha256: sha, size })
 }

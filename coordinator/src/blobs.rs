@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use stylefarm_proto::v1;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::error::{CoordinatorError, Result};
@@ -72,6 +73,20 @@ fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {
 }
 
 impl BlobStore {
+    /// Stores `data` as a blob (unless it is already there) and returns its reference: how
+    /// the coordinator's own tasks keep their results.
+    pub(crate) async fn put(&self, data: &[u8]) -> Result<v1::BlobRef> {
+        let sha = hex::encode(Sha256::digest(data));
+        let hash = BlobHash::parse(&sha, "sha256")?;
+        let size = data.len() as u64;
+        if self.size(&hash).await? != Some(size) {
+            let mut w = self.begin(hash, size).await?;
+            w.write(data).await?;
+            w.finish().await?;
+        }
+        Ok(v1::BlobRef { sha256: sha, size })
+    }
+
     /// Opens the store under `data_dir/blobs`, creating it, and removes the temporary files
     /// of writes a crash interrupted. Blocking.
     pub(crate) fn open(data_dir: &Path) -> Result<Self> {

@@ -26,12 +26,12 @@
 mod assemble;
 mod blobs;
 mod clock;
-mod core;
 mod error;
 mod lockstep;
 mod plan;
 mod scheduler;
 mod service;
+mod state;
 mod store;
 mod validate;
 
@@ -53,10 +53,10 @@ pub use crate::error::CoordinatorError;
 
 use crate::assemble::assembler_loop;
 use crate::blobs::BlobStore;
-use crate::core::{Core, CoreHandle, Signals};
 use crate::lockstep::Lockstep;
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Api, Auth, Limits};
+use crate::state::{Signals, State, StateHandle};
 use crate::validate::{ImageChecker, JobLimits};
 
 /// How the coordinator runs.
@@ -150,28 +150,29 @@ pub async fn serve_with_clock(
         lease_ms,
         default_max_attempts: config.default_max_attempts.max(1),
     };
-    let (core, blobs) = {
+    let (state, blobs) = {
         let (clock, signals) = (clock.clone(), signals.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Core, BlobStore)> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(State, BlobStore)> {
             std::fs::create_dir_all(&data_dir).with_context(|| {
                 format!("cannot create the data directory {}", data_dir.display())
             })?;
             let blobs = BlobStore::open(&data_dir)
                 .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
-            let core = Core::open(&data_dir, sched_config, clock, signals)
+            let state = State::open(&data_dir, sched_config, clock, signals)
                 .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-            Ok((core, blobs))
+            Ok((state, blobs))
         })
         .await
         .context("opening the data directory failed")??
     };
-    let (core, db_stopped) = CoreHandle::start(core).context("cannot start the database thread")?;
+    let (state, db_stopped) =
+        StateHandle::start(state).context("cannot start the database thread")?;
 
     let blobs = Arc::new(blobs);
     let lockstep = Arc::new(Lockstep::default());
     let api = Api {
         lockstep: lockstep.clone(),
-        core: core.clone(),
+        state: state.clone(),
         blobs: blobs.clone(),
         images: Arc::new(ImageChecker::new()),
         signals: signals.clone(),
@@ -255,10 +256,10 @@ pub async fn serve_with_clock(
     };
     let (served, (), ()) = tokio::join!(
         server,
-        expiry_loop(core.clone(), clock, signals.clone()),
-        assembler_loop(core.clone(), blobs, signals, lockstep)
+        expiry_loop(state.clone(), clock, signals.clone()),
+        assembler_loop(state.clone(), blobs, signals, lockstep)
     );
-    core.stop().await;
+    state.stop().await;
     let _ = db_stopped.await;
     served.context("the gRPC server failed")?;
     tracing::info!("coordinator stopped");
@@ -267,12 +268,12 @@ pub async fn serve_with_clock(
 
 /// Takes back lapsed leases: sleeps (on the injected clock) until the earliest deadline, or
 /// until a new lease may have an earlier one, then expires what is due.
-async fn expiry_loop(core: CoreHandle, clock: Arc<dyn Clock>, signals: Arc<Signals>) {
+async fn expiry_loop(state: StateHandle, clock: Arc<dyn Clock>, signals: Arc<Signals>) {
     loop {
         let changed = signals.leases_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let next = match core.call(|c| Ok(c.sched.next_deadline())).await {
+        let next = match state.call(|c| Ok(c.sched.next_deadline())).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "the lease-expiry loop stops");
@@ -290,7 +291,7 @@ async fn expiry_loop(core: CoreHandle, clock: Arc<dyn Clock>, signals: Arc<Signa
             () = &mut changed => {}
             () = due => {}
         }
-        if let Err(e) = core.call(|c| c.apply(|s, now| Ok(s.expire(now)))).await {
+        if let Err(e) = state.call(|c| c.apply(|s, now| Ok(s.expire(now)))).await {
             tracing::error!(error = %e, "expiring leases failed");
         }
     }

@@ -37,11 +37,10 @@ use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply, task
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
-use crate::assemble::store;
 use crate::blobs::{BlobHash, BlobStore};
-use crate::core::{CoreHandle, Signals};
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::Assembly;
+use crate::state::{Signals, StateHandle};
 
 /// How long the driver waits for a shard's answer to one step before giving its tiles to the
 /// others.
@@ -132,7 +131,7 @@ struct DriverInput {
 /// Runs a lock-step assemble task to its result: the optimised image, stored as a blob, and
 /// the objective of its 8-bit pixels.
 pub(crate) async fn run(
-    core: &CoreHandle,
+    state: &StateHandle,
     blobs: &BlobStore,
     lockstep: &Lockstep,
     signals: &Signals,
@@ -220,12 +219,12 @@ pub(crate) async fn run(
                     last_report = Instant::now();
                     let p = progress_rx.borrow_and_update().clone();
                     if let Some(p) = p {
-                        let _ = core.call(move |c| c.apply(|s, now| s.own_progress(task, p, now))).await;
+                        let _ = state.call(move |c| c.apply(|s, now| s.own_progress(task, p, now))).await;
                     }
                 }
             }
             _ = ticker.tick() => {
-                let over = core
+                let over = state
                     .call(move |c| Ok(c.sched.job(job)?.state.is_final()))
                     .await
                     .unwrap_or(true);
@@ -239,7 +238,7 @@ pub(crate) async fn run(
     // The last step's progress, which the gap may have held back.
     let last = progress_rx.borrow().clone();
     if let Some(p) = last {
-        let _ = core
+        let _ = state
             .call(move |c| c.apply(|s, now| s.own_progress(task, p, now)))
             .await;
     }
@@ -253,7 +252,7 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let result = store(blobs, &png).await?;
+    let result = blobs.put(&png).await?;
     for m in members {
         let done = Command::Done(v1::ShardDone {
             result: Some(result.clone()),

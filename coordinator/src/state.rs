@@ -1,8 +1,8 @@
-//! The coordinator's core: the scheduler and the database together on one dedicated thread.
+//! The farm's state: the scheduler and the database together on one dedicated thread.
 //!
 //! Every event runs there, in order: the scheduler applies it, the rows it changed are written
 //! in one transaction, and only then are callers answered, watchers told and waiting workers
-//! woken. The async side sends closures ([`CoreHandle::call`]) and awaits their answers, so no
+//! woken. The async side sends closures ([`StateHandle::call`]) and awaits their answers, so no
 //! database work ever runs on the runtime's threads, there are no locks, and an acknowledged
 //! change is on disk.
 //!
@@ -29,7 +29,7 @@ use crate::store::{Store, DB_FILE};
 /// Events buffered per watched job before a slow watcher is resynchronised with a snapshot.
 const WATCH_BUFFER: usize = 256;
 
-/// Wake-ups shared by the core, the gRPC handlers and the expiry loop.
+/// Wake-ups shared by the database thread, the gRPC handlers and the expiry loop.
 #[derive(Debug)]
 pub(crate) struct Signals {
     /// A task became ready: long-polling workers look again.
@@ -76,7 +76,7 @@ const MAX_BATCH: usize = 256;
 type Reply = Box<dyn FnOnce(Option<&CoordinatorError>) + Send>;
 
 /// State owned by the database thread.
-pub(crate) struct Core {
+pub(crate) struct State {
     pub(crate) sched: Scheduler,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -91,7 +91,7 @@ pub(crate) struct Core {
     replies: Vec<Reply>,
 }
 
-impl Core {
+impl State {
     /// Opens the database under `data_dir` and restores the farm from it: leases held before
     /// are void and their tasks queued again. Blocking.
     pub(crate) fn open(
@@ -239,43 +239,44 @@ impl Core {
     }
 }
 
-type Call = Box<dyn FnOnce(&mut Core) + Send>;
+type Call = Box<dyn FnOnce(&mut State) + Send>;
 
-/// The async side's way into the core.
+/// The async side's way into the farm's state (its database thread).
 #[derive(Clone, Debug)]
-pub(crate) struct CoreHandle {
+pub(crate) struct StateHandle {
     tx: mpsc::Sender<Call>,
 }
 
-impl CoreHandle {
-    /// Starts the database thread with `core`; the receiver completes when the thread has
+impl StateHandle {
+    /// Starts the database thread with `state`; the receiver completes when the thread has
     /// stopped and closed the database.
-    pub(crate) fn start(core: Core) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
+    pub(crate) fn start(state: State) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
         let (tx, rx) = mpsc::channel::<Call>();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("stylefarm-db".into())
             .spawn(move || {
-                let mut core = core;
+                let mut state = state;
                 while let Ok(first) = rx.recv() {
                     let mut next = Some(first);
                     let mut batch = 0;
                     while let Some(call) = next.take() {
                         // A bug in one call must not take the farm down with it.
-                        if std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut core))).is_err() {
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut state))).is_err()
+                        {
                             tracing::error!("a coordinator call panicked; the farm carries on");
                         }
                         batch += 1;
-                        if !core.stopped && batch < MAX_BATCH {
+                        if !state.stopped && batch < MAX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
-                    core.flush();
-                    if core.stopped {
+                    state.flush();
+                    if state.stopped {
                         break;
                     }
                 }
-                drop(core);
+                drop(state);
                 let _ = done_tx.send(());
             })?;
         Ok((Self { tx }, done_rx))
@@ -284,15 +285,15 @@ impl CoreHandle {
     /// Runs `f` on the database thread and returns its answer.
     pub(crate) async fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&mut State) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Box::new(move |core: &mut Core| {
-                core.call_changed = false;
-                let out = f(core);
-                if core.call_changed {
-                    core.replies.push(Box::new(move |failed| {
+            .send(Box::new(move |state: &mut State| {
+                state.call_changed = false;
+                let out = f(state);
+                if state.call_changed {
+                    state.replies.push(Box::new(move |failed| {
                         let _ = tx.send(match failed {
                             None => out,
                             Some(e) => Err(CoordinatorError::Internal(format!(
@@ -315,8 +316,8 @@ impl CoreHandle {
     /// Stops the database thread after the calls already queued.
     pub(crate) async fn stop(&self) {
         let _ = self
-            .call(|core| {
-                core.stopped = true;
+            .call(|state| {
+                state.stopped = true;
                 Ok(())
             })
             .await;

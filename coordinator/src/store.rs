@@ -4,7 +4,7 @@
 //! Specs, progress, results and losses are stored as prost-encoded messages; states, ids and
 //! counters as columns (so `sqlite3 stylefarm.db` answers questions). The scheduler's
 //! [`Effect`]s say which rows an event changed; [`Store::write`] writes them in one
-//! transaction. Only the coordinator's database thread ([`crate::core`]) touches a `Store`.
+//! transaction. Only the coordinator's database thread ([`crate::state`]) touches a `Store`.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! update, complete, fail, lease lapse, cancel, retry) at a time the caller passes in.
 //!
 //! Pure logic with no I/O: every event records [`Effect`]s (what changed), which the caller
-//! persists and publishes ([`crate::core`]). A method that refuses an event changes nothing.
+//! persists and publishes ([`crate::state`]). A method that refuses an event changes nothing.
 //!
 //! Rules, in short:
 //! - A ready task (queued, or soft-failed and waiting for its retry) goes to the first worker

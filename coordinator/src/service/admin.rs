@@ -12,7 +12,7 @@ impl AdminService for Api {
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let workers = self
-            .core
+            .state
             .call(|c| {
                 Ok(c.sched
                     .workers()
@@ -37,7 +37,7 @@ impl AdminService for Api {
         _request: Request<v1::QueueStatsRequest>,
     ) -> Result<Response<v1::QueueStatsResponse>, Status> {
         let stats = self
-            .core
+            .state
             .call(|c| {
                 let now = c.now_ms();
                 Ok(c.sched.stats(now))

@@ -29,7 +29,7 @@ impl JobService for Api {
         let plan = self.plan(request.into_inner().spec).await?;
         let tasks = plan.tasks.len();
         let id = self
-            .core
+            .state
             .call(move |c| c.apply(|s, now| s.submit(plan.id, plan.spec, plan.tasks, now)))
             .await?;
         tracing::info!(job_id = %id, tasks, "job submitted");
@@ -52,7 +52,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::Job>, Status> {
         let id: JobId = parse_id(&request.get_ref().job_id, "job_id")?;
         let job = self
-            .core
+            .state
             .call(move |c| c.sched.job_proto(id, Detail::Full))
             .await?;
         Ok(Response::new(job))
@@ -67,7 +67,7 @@ impl JobService for Api {
             n => (n as usize).min(MAX_LIST),
         };
         let jobs = self
-            .core
+            .state
             .call(move |c| {
                 let mut jobs = Vec::new();
                 let mut bytes = 0;
@@ -92,7 +92,7 @@ impl JobService for Api {
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id: JobId = parse_id(&request.get_ref().job_id, "job_id")?;
-        let (snapshot, events) = self.core.call(move |c| c.watch(id)).await?;
+        let (snapshot, events) = self.state.call(move |c| c.watch(id)).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(forward(self.clone(), id, snapshot, events, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -104,7 +104,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::Job>, Status> {
         let id: JobId = parse_id(&request.get_ref().job_id, "job_id")?;
         let job = self
-            .core
+            .state
             .call(move |c| {
                 c.apply(|s, now| s.cancel(id, now))?;
                 c.sched.job_proto(id, Detail::Full)
@@ -120,7 +120,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::Job>, Status> {
         let id: JobId = parse_id(&request.get_ref().job_id, "job_id")?;
         let job = self
-            .core
+            .state
             .call(move |c| {
                 c.apply(|s, now| s.retry(id, now))?;
                 c.sched.job_proto(id, Detail::Full)
@@ -135,7 +135,7 @@ impl Api {
     /// Checks a spec and plans its tasks for the workers the farm has now.
     async fn plan(&self, spec: Option<v1::JobSpec>) -> Result<JobPlan, CoordinatorError> {
         let farm = self
-            .core
+            .state
             .call(|c| {
                 let now = c.now_ms();
                 Ok(FarmSize {
@@ -184,7 +184,7 @@ async fn forward(
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(job_id = %job, missed, "a watcher fell behind: sending a fresh snapshot");
-                match api.core.call(move |c| c.watch(job)).await {
+                match api.state.call(move |c| c.watch(job)).await {
                     Ok((snapshot, next)) => {
                         if tx.send(Ok(snapshot_event(snapshot))).await.is_err() {
                             return;
@@ -223,7 +223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let api = super::super::test_api(dir.path());
         let job = api
-            .core
+            .state
             .call(|c| {
                 c.apply(|s, now| {
                     let task = v1::TaskSpec::default();
@@ -232,7 +232,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let (snapshot, _) = api.core.call(move |c| c.watch(job)).await.unwrap();
+        let (snapshot, _) = api.state.call(move |c| c.watch(job)).await.unwrap();
         // A receiver that has already missed events.
         let (fake, lagging) = broadcast::channel(1);
         for _ in 0..3 {
@@ -247,7 +247,7 @@ mod tests {
         );
 
         // The watcher now follows the real events, to the end of the job.
-        api.core
+        api.state
             .call(move |c| c.apply(|s, now| s.cancel(job, now)))
             .await
             .unwrap();

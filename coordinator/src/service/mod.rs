@@ -1,4 +1,4 @@
-//! The gRPC services. Handlers are thin: check and convert the request, call the core, turn
+//! The gRPC services. Handlers are thin: check and convert the request, call the farm's state, turn
 //! its error into a status (one `From<CoordinatorError> for Status`).
 
 mod admin;
@@ -15,14 +15,14 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::blobs::BlobStore;
-use crate::core::{CoreHandle, Signals};
 use crate::error::{CoordinatorError, Result};
+use crate::state::{Signals, StateHandle};
 use crate::validate::{ImageChecker, JobLimits};
 
 /// Everything the handlers share.
 #[derive(Clone)]
 pub(crate) struct Api {
-    pub(crate) core: CoreHandle,
+    pub(crate) state: StateHandle,
     pub(crate) blobs: Arc<BlobStore>,
     pub(crate) images: Arc<ImageChecker>,
     pub(crate) signals: Arc<Signals>,
@@ -95,8 +95,8 @@ impl Interceptor for Auth {
 #[cfg(test)]
 pub(crate) fn test_api(dir: &std::path::Path) -> Api {
     use crate::clock::ManualClock;
-    use crate::core::Core;
     use crate::scheduler::SchedulerConfig;
+    use crate::state::State;
 
     let signals = Arc::new(Signals::new());
     let config = SchedulerConfig {
@@ -104,10 +104,10 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
         default_max_attempts: 3,
     };
     let clock = Arc::new(ManualClock::default());
-    let core = Core::open(dir, config, clock, signals.clone()).unwrap();
-    let (core, _stopped) = CoreHandle::start(core).unwrap();
+    let state = State::open(dir, config, clock, signals.clone()).unwrap();
+    let (state, _stopped) = StateHandle::start(state).unwrap();
     Api {
-        core,
+        state,
         blobs: Arc::new(BlobStore::open(dir).unwrap()),
         images: Arc::new(ImageChecker::new()),
         signals,

@@ -100,7 +100,7 @@ impl WorkerService for Api {
             }
         };
         let lease: LeaseId = parse_id(&hello.lease_id, "hello.lease_id")?;
-        let (task, job, done) = self.core.call(move |c| c.sched.shard_lease(lease)).await?;
+        let (task, job, done) = self.state.call(move |c| c.sched.shard_lease(lease)).await?;
         let (commands, stream) = tokio::sync::mpsc::channel(64);
         if let Some(result) = done {
             // The render is over: this shard only has to complete.
@@ -156,7 +156,7 @@ impl WorkerService for Api {
         let name = req.name;
         let log_name = name.clone();
         let id = self
-            .core
+            .state
             .call(move |c| c.apply(|s, now| Ok(s.register_worker(name, caps, now))))
             .await?;
         tracing::info!(worker_id = %id, name = %log_name, "worker registered");
@@ -180,7 +180,7 @@ impl WorkerService for Api {
             tokio::pin!(ready);
             ready.as_mut().enable();
             let grant = self
-                .core
+                .state
                 .call(move |c| c.apply(|s, now| s.lease(worker, now)))
                 .await?;
             if let Some(g) = grant {
@@ -224,7 +224,7 @@ impl WorkerService for Api {
         }
         let progress = req.progress;
         let answer = self
-            .core
+            .state
             .call(move |c| c.apply(|s, now| s.update(lease, progress, now)))
             .await?;
         Ok(Response::new(v1::UpdateTaskResponse {
@@ -259,7 +259,7 @@ impl WorkerService for Api {
         }
         result.size = size;
         let losses = req.final_losses;
-        self.core
+        self.state
             .call(move |c| c.apply(|s, now| s.complete(lease, result, losses, now)))
             .await?;
         tracing::info!(lease_id = %lease, seconds = req.seconds, "task completed");
@@ -289,7 +289,7 @@ impl WorkerService for Api {
         };
         let message = truncate(req.message, MAX_MESSAGE_BYTES);
         tracing::info!(lease_id = %lease, ?kind, message = %message, "task failed");
-        self.core
+        self.state
             .call(move |c| c.apply(|s, now| s.fail(lease, kind, &message, now)))
             .await?;
         Ok(Response::new(v1::FailTaskResponse {}))
