@@ -7,11 +7,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use stylefarm_core::settings::RenderSettings;
+use stylefarm_core::lockstep::margin;
+use stylefarm_core::settings::{RenderSettings, MIN_STAGE_SIZE};
 use stylefarm_proto::v1::{self, task_spec::Part, JobSpec, PlanJobResponse};
 
-/// Smallest stage of `--scales`, in pixels.
-const MIN_STAGE: u32 = 16;
 /// Most stages of `--scales`.
 const MAX_STAGES: u32 = 8;
 
@@ -96,9 +95,9 @@ impl SplitOptions {
                     bail!("invalid scales: {n} is outside 1..={MAX_STAGES}");
                 }
                 let sizes: Vec<u32> = (0..n).map(|k| settings.image_size >> (n - 1 - k)).collect();
-                if sizes[0] < MIN_STAGE {
+                if sizes[0] < MIN_STAGE_SIZE {
                     bail!(
-                        "invalid scales: {n} stages ending at {} px would start at {} px, below {MIN_STAGE} px",
+                        "invalid scales: {n} stages ending at {} px would start at {} px, below {MIN_STAGE_SIZE} px",
                         settings.image_size,
                         sizes[0]
                     );
@@ -259,7 +258,7 @@ pub fn plan_text(plan: &PlanJobResponse) -> String {
             p.tile_columns,
             p.tile_rows,
             p.tile_size,
-            p.tile_overlap.max(16),
+            margin(p.tile_overlap),
             if shards == 1 { "" } else { "s" },
         ));
     }

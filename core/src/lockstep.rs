@@ -40,6 +40,16 @@ pub struct LockstepTile {
     pub context: Rect,
 }
 
+/// The least margin of context a tile in lock step is seen with, in pixels.
+pub const MIN_MARGIN: u32 = 16;
+
+/// The margin of context around each tile in lock step for a job's `tile_overlap`: its
+/// features near the edge see that much of their neighbourhood (the rest is zero padding).
+/// [`lockstep_tiles`] rounds it up to the network's stride.
+pub fn margin(tile_overlap: u32) -> u32 {
+    tile_overlap.max(MIN_MARGIN)
+}
+
 /// The tiles of a `width` x `height` image: cores of at most about `tile_size` pixels a side
 /// spread evenly, starting at multiples of `align` (the deepest layer's stride, so that a
 /// context's feature positions line up with the whole image's), each seen with a margin of

@@ -13,6 +13,9 @@ use crate::optim::Optimizer;
 pub const MAX_IMAGE_SIZE: u32 = 8192;
 /// Largest iteration count accepted.
 pub const MAX_ITERATIONS: u32 = 100_000;
+/// Smallest stage of a coarse-to-fine render, in pixels: VGG's fifth block (relu5_x) sits at
+/// a sixteenth of the input's size.
+pub const MIN_STAGE_SIZE: u32 = 16;
 
 /// Where the optimisation starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
