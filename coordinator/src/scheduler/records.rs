@@ -1,0 +1,220 @@
+//! The scheduler's records: tasks, jobs and workers with their typed states, and the counts
+//! from which a job's state follows.
+
+use stylefarm_proto::ids::{JobId, LeaseId, TaskId, WorkerId};
+use stylefarm_proto::v1;
+
+use super::TaskKind;
+
+/// A worker's hold on a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) id: LeaseId,
+    pub(crate) worker: WorkerId,
+    pub(crate) deadline_ms: i64,
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Ready, never failed (or its failures were handed back).
+    Queued,
+    /// Handed to a worker that has not reported yet.
+    Leased(Lease),
+    /// The worker has reported at least once.
+    Running(Lease),
+    /// Done; the result is in the task record.
+    Succeeded,
+    /// Failed, ready to be retried.
+    SoftFailed,
+    /// Failed for good (attempts used up).
+    Failed,
+    /// Canceled; `draining` is the lease of a worker that has not yet heard about it.
+    Canceled { draining: Option<Lease> },
+    /// Waiting for the tasks it depends on to succeed.
+    Waiting,
+}
+
+impl TaskState {
+    /// The lease held on the task, if any.
+    pub(crate) fn lease(&self) -> Option<&Lease> {
+        match self {
+            Self::Leased(l) | Self::Running(l) => Some(l),
+            Self::Canceled { draining } => draining.as_ref(),
+            Self::Queued | Self::Succeeded | Self::SoftFailed | Self::Failed | Self::Waiting => {
+                None
+            }
+        }
+    }
+
+    /// Whether a worker may lease the task.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self, Self::Queued | Self::SoftFailed)
+    }
+
+    /// The state as on the wire.
+    pub(crate) fn to_proto(&self) -> v1::TaskState {
+        match self {
+            Self::Queued => v1::TaskState::Queued,
+            Self::Leased(_) => v1::TaskState::Leased,
+            Self::Running(_) => v1::TaskState::Running,
+            Self::Succeeded => v1::TaskState::Succeeded,
+            Self::SoftFailed => v1::TaskState::SoftFailed,
+            Self::Failed => v1::TaskState::Failed,
+            Self::Canceled { .. } => v1::TaskState::Canceled,
+            Self::Waiting => v1::TaskState::Waiting,
+        }
+    }
+
+    /// The ready state for a task that has used `attempts` attempts.
+    pub(super) fn ready(attempts: u32) -> Self {
+        if attempts == 0 {
+            Self::Queued
+        } else {
+            Self::SoftFailed
+        }
+    }
+}
+
+/// Where a job is (derived from its tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobState {
+    Queued,
+    Active,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    /// Whether the job is done.
+    pub(crate) fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+
+    /// The state as on the wire.
+    pub(crate) fn to_proto(self) -> v1::JobState {
+        match self {
+            Self::Queued => v1::JobState::Queued,
+            Self::Active => v1::JobState::Active,
+            Self::Completed => v1::JobState::Completed,
+            Self::Failed => v1::JobState::Failed,
+            Self::Canceled => v1::JobState::Canceled,
+        }
+    }
+
+    /// The state that a job whose tasks stand at `c` is in.
+    pub(super) fn of(c: &StateCounts) -> Self {
+        let all_final = c.waiting + c.queued + c.started == 0;
+        let all_succeeded = all_final && c.failed + c.canceled == 0;
+        let started = c.started + c.succeeded + c.failed > 0;
+        match (all_final, all_succeeded, c.canceled > 0, started) {
+            (false, _, _, false) => Self::Queued,
+            (false, _, _, true) => Self::Active,
+            (true, true, _, _) => Self::Completed,
+            (true, false, true, _) => Self::Canceled,
+            (true, false, false, _) => Self::Failed,
+        }
+    }
+}
+
+/// How many of a job's tasks are in each kind of state, kept up to date as tasks move, so a
+/// job's state follows from a change in constant time whatever the number of its tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct StateCounts {
+    pub(super) waiting: u32,
+    /// Queued, never leased or leased and given back.
+    pub(super) queued: u32,
+    /// Leased, running, or failed for now and waiting for another attempt.
+    pub(super) started: u32,
+    pub(super) succeeded: u32,
+    pub(super) failed: u32,
+    pub(super) canceled: u32,
+}
+
+impl StateCounts {
+    fn slot(&mut self, state: &TaskState) -> &mut u32 {
+        match state {
+            TaskState::Waiting => &mut self.waiting,
+            TaskState::Queued => &mut self.queued,
+            TaskState::Leased(_) | TaskState::Running(_) | TaskState::SoftFailed => {
+                &mut self.started
+            }
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Canceled { .. } => &mut self.canceled,
+        }
+    }
+
+    pub(super) fn add(&mut self, state: &TaskState) {
+        *self.slot(state) += 1;
+    }
+
+    pub(super) fn remove(&mut self, state: &TaskState) {
+        let n = self.slot(state);
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// How an attempt failed, as the worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The task itself failed: counts as an attempt.
+    Application,
+    /// The worker ran out of memory: counts as an attempt.
+    OutOfMemory,
+    /// The worker stopped (shutdown): handed back, no attempt used.
+    Interrupted,
+}
+
+/// One task of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskRecord {
+    pub(crate) id: TaskId,
+    pub(crate) job: JobId,
+    pub(crate) index: u32,
+    /// What the task is, derived from `spec` where the task was created or restored.
+    pub(crate) kind: TaskKind,
+    /// The payload leased to a worker (or read by the coordinator's own task).
+    pub(crate) spec: v1::TaskSpec,
+    pub(crate) state: TaskState,
+    /// Attempts started and not handed back.
+    pub(crate) attempts: u32,
+    /// The worker that holds or last held the task.
+    pub(crate) worker: Option<WorkerId>,
+    pub(crate) progress: Option<v1::Progress>,
+    pub(crate) result: Option<v1::BlobRef>,
+    pub(crate) final_losses: Option<v1::Losses>,
+    /// Why the last attempt failed ("" when none did).
+    pub(crate) error: String,
+    /// Workers on which the task failed this run (it prefers others).
+    pub(crate) failed_on: Vec<WorkerId>,
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JobRecord {
+    pub(crate) id: JobId,
+    /// Submission order.
+    pub(crate) seq: i64,
+    pub(crate) spec: v1::JobSpec,
+    /// By index.
+    pub(crate) tasks: Vec<TaskId>,
+    pub(crate) created_ms: i64,
+    pub(crate) updated_ms: i64,
+    /// Derived from the tasks; kept up to date by the scheduler.
+    pub(crate) state: JobState,
+}
+
+/// One registered worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WorkerRecord {
+    pub(crate) id: WorkerId,
+    pub(crate) name: String,
+    pub(crate) capabilities: v1::Capabilities,
+    pub(crate) registered_ms: i64,
+    pub(crate) last_seen_ms: i64,
+    pub(crate) current_task: Option<TaskId>,
+    pub(crate) tasks_done: u32,
+    pub(crate) tasks_failed: u32,
+}

@@ -1,0 +1,97 @@
+//! The scheduler after a restart: rebuilt from the stored records, with the leases held
+//! before it void.
+
+use stylefarm_proto::ids::{JobId, TaskId, WorkerId};
+
+use super::{Effect, JobState, ReadyKey, Scheduler, SchedulerConfig, Snapshot, TaskState};
+
+impl Scheduler {
+    /// The farm as stored, after a restart: leases held before are void, their tasks go back
+    /// to the queue without using up an attempt (the effects say which rows changed).
+    pub(crate) fn restore(config: SchedulerConfig, snapshot: Snapshot) -> Self {
+        let mut s = Self::new(config);
+        for job in snapshot.jobs {
+            s.next_seq = s.next_seq.max(job.seq + 1);
+            s.order.insert(job.seq, job.id);
+            s.jobs.insert(job.id, job);
+        }
+        for task in snapshot.tasks {
+            s.tasks.insert(task.id, task);
+        }
+        for worker in snapshot.workers {
+            s.workers.insert(worker.id, worker);
+        }
+        for (job, worker, n) in snapshot.failures {
+            s.failures.insert((job, worker), n);
+        }
+        // Tasks are attached to jobs in index order whatever order they were loaded in.
+        for job in s.jobs.values_mut() {
+            job.tasks.clear();
+        }
+        let mut by_job: Vec<(JobId, u32, TaskId)> =
+            s.tasks.values().map(|t| (t.job, t.index, t.id)).collect();
+        by_job.sort();
+        for (job, _, task) in by_job {
+            if let Some(j) = s.jobs.get_mut(&job) {
+                j.tasks.push(task);
+            }
+        }
+        // Leases held before the restart are void: their tasks go back to the queue and the
+        // interrupted attempt is not counted.
+        for task in s.tasks.values_mut() {
+            let voided = match &task.state {
+                TaskState::Leased(_) | TaskState::Running(_) => {
+                    task.attempts = task.attempts.saturating_sub(1);
+                    TaskState::ready(task.attempts)
+                }
+                TaskState::Canceled { draining: Some(_) } => TaskState::Canceled { draining: None },
+                TaskState::Queued
+                | TaskState::SoftFailed
+                | TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Canceled { draining: None }
+                | TaskState::Waiting => continue,
+            };
+            task.state = voided;
+            s.effects.push(Effect::TaskChanged(task.id));
+        }
+        let ready: Vec<ReadyKey> = s
+            .tasks
+            .values()
+            .filter(|t| t.state.is_ready() && !t.kind.is_own())
+            .map(|t| s.ready_key(t))
+            .collect();
+        s.ready.extend(ready);
+        if s.tasks
+            .values()
+            .any(|t| t.state.is_ready() && t.kind.is_own())
+        {
+            s.effects.push(Effect::AssembleReady);
+        }
+        let worker_ids: Vec<WorkerId> = s.workers.keys().copied().collect();
+        for id in worker_ids {
+            if let Some(w) = s.workers.get_mut(&id) {
+                if w.current_task.take().is_some() {
+                    s.effects.push(Effect::WorkerChanged(id));
+                }
+            }
+        }
+        for task in s.tasks.values() {
+            s.counts.entry(task.job).or_default().add(&task.state);
+        }
+        let job_ids: Vec<JobId> = s.jobs.keys().copied().collect();
+        for id in job_ids {
+            let derived = JobState::of(&s.counts.get(&id).copied().unwrap_or_default());
+            if let Some(job) = s.jobs.get_mut(&id) {
+                if job.state != derived {
+                    job.state = derived;
+                    s.effects.push(Effect::JobChanged(id));
+                }
+            }
+        }
+        if !s.ready.is_empty() {
+            s.effects.push(Effect::TasksReady);
+        }
+        s
+    }
+}
