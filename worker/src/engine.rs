@@ -123,12 +123,8 @@ impl CandleEngine {
             VggArch::Vgg16 => "vgg16",
             VggArch::Vgg19 => "vgg19",
         };
-        let pre = match vgg.preprocess() {
-            Preprocess::Torchvision => "torchvision",
-            Preprocess::Caffe => "caffe",
-        };
         Self {
-            models: vec![format!("{arch}-{pre}")],
+            models: vec![format!("{arch}-{}", preprocess_name(vgg.preprocess()))],
             vgg,
             targets: Mutex::new(TargetCache::default()),
         }
@@ -207,6 +203,15 @@ impl Engine for CandleEngine {
         };
         let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, pieces)?;
         encode_style(&style)
+    }
+}
+
+/// How `preprocess` is named to the coordinator, in a model name (`vgg19-caffe`) and a shard's
+/// hello.
+pub(crate) fn preprocess_name(preprocess: Preprocess) -> &'static str {
+    match preprocess {
+        Preprocess::Torchvision => "torchvision",
+        Preprocess::Caffe => "caffe",
     }
 }
 

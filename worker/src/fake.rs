@@ -70,6 +70,16 @@ impl FakeEngine {
             total: 110.0 * k + k,
         }
     }
+
+    /// The failure this engine was told to end every task with, if any.
+    fn fail_if_told(&self) -> Result<()> {
+        match &self.failure {
+            Some(message) => Err(EngineError::Candle(candle_core::Error::Msg(format!(
+                "fake engine failure: {message}"
+            )))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Engine for FakeEngine {
@@ -104,11 +114,7 @@ impl Engine for FakeEngine {
         if cancelled() {
             return Err(CoreError::Cancelled.into());
         }
-        if let Some(message) = &self.failure {
-            return Err(EngineError::Candle(candle_core::Error::Msg(format!(
-                "fake engine failure: {message}"
-            ))));
-        }
+        self.fail_if_told()?;
         Ok(TaskOutput {
             image,
             losses: Self::losses(total),
@@ -119,11 +125,7 @@ impl Engine for FakeEngine {
     /// Made-up style targets.
     fn statistics(&self, input: &StatisticsInput) -> Result<Vec<u8>> {
         input.settings.validate(input.styles.len())?;
-        if let Some(message) = &self.failure {
-            return Err(EngineError::Candle(candle_core::Error::Msg(format!(
-                "fake engine failure: {message}"
-            ))));
-        }
+        self.fail_if_told()?;
         Ok(b"fake style targets".to_vec())
     }
 }

@@ -19,7 +19,7 @@ use stylefarm_core::image_io::{decode_image, resize_exact, DecodeLimits};
 use stylefarm_core::lockstep::{GramSums, LockstepTile};
 use stylefarm_core::settings::RenderSettings;
 use stylefarm_core::tiles::{estimated_memory_bytes, Rect};
-use stylefarm_core::{CoreError, Preprocess};
+use stylefarm_core::CoreError;
 use stylefarm_engine::vgg::Activations;
 use stylefarm_engine::EngineError;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
@@ -28,7 +28,7 @@ use stylefarm_proto::MAX_SHARD_MESSAGE_BYTES;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 
-use crate::engine::{Engine, TileObjective};
+use crate::engine::{preprocess_name, Engine, TileObjective};
 use crate::failure::Failure;
 use crate::rpc::{describe, Transport};
 
@@ -182,11 +182,7 @@ impl Session {
     fn hello(&self, lease_id: String) -> v1::ShardHello {
         v1::ShardHello {
             lease_id,
-            preprocess: match self.objective.preprocess() {
-                Preprocess::Caffe => "caffe",
-                Preprocess::Torchvision => "torchvision",
-            }
-            .into(),
+            preprocess: preprocess_name(self.objective.preprocess()).into(),
             channels: self.channels.iter().map(|&c| c as u32).collect(),
         }
     }

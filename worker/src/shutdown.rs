@@ -26,4 +26,13 @@ impl Shutdown {
             self.fired = true;
         }
     }
+
+    /// `f`'s output, or `None` if shutdown is asked for first (then `f` is dropped).
+    pub(crate) async fn unless<T>(&mut self, f: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.wait() => None,
+            r = f => Some(r),
+        }
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::blobs::{self, MAX_BLOB_BYTES};
 use crate::context::TaskContext;
-use crate::engine::{StatisticsInput, TaskInput};
+use crate::engine::{Engine, StatisticsInput, TaskInput};
 use crate::failure::Failure;
 use crate::lockstep::{self, ShardInput};
 use crate::observer::{ProgressObserver, ProgressState};
@@ -173,48 +173,12 @@ impl Work {
                 let fetched = render.images.fetch(ctx, &cancel).await?;
                 let observer = ProgressObserver::new(progress, cancel, ctx.preview_every);
                 let engine = ctx.engine.clone();
-                on_render_thread(move || {
-                    let images = fetched.decode()?;
-                    let task = TaskInput {
-                        inputs: RenderInputs {
-                            content: images.content,
-                            styles: images.styles,
-                            init_image: images.init,
-                        },
-                        settings: render.settings,
-                        style_ids: render
-                            .images
-                            .styles
-                            .iter()
-                            .map(|b| b.sha256.clone())
-                            .collect(),
-                    };
-                    let mut observer = observer;
-                    let out = engine
-                        .run(&task, &mut observer)
-                        .map_err(Failure::from_engine)?;
-                    let png = encode_png(&out.image).map_err(Failure::from_engine)?;
-                    Ok(Rendered::new(png, out.losses))
-                })
-                .await?
+                on_render_thread(move || render.render(&*engine, fetched, observer)).await?
             }
             Work::Statistics(statistics) => {
                 let fetched = statistics.images.fetch(ctx, &cancel).await?;
-                // Statistics report no progress, only stop when cancelled.
-                drop(progress);
                 let engine = ctx.engine.clone();
-                on_render_thread(move || {
-                    let images = fetched.decode()?;
-                    let input = StatisticsInput {
-                        styles: images.styles,
-                        settings: statistics.settings,
-                        piece: statistics.piece,
-                        cancel: Some(cancel),
-                    };
-                    let blob = engine.statistics(&input).map_err(Failure::from_engine)?;
-                    Ok(Rendered::new(blob, Losses::default()))
-                })
-                .await?
+                on_render_thread(move || statistics.compute(&*engine, fetched, cancel)).await?
             }
         };
         let result = blobs::upload(&ctx.rpc.blobs, rendered.blob, rendered.sha256)
@@ -226,6 +190,58 @@ impl Work {
             result,
             losses: losses_to_proto(&rendered.losses),
         })
+    }
+}
+
+impl Render {
+    /// Decodes, renders and encodes the PNG, on the render thread.
+    fn render(
+        self,
+        engine: &dyn Engine,
+        fetched: Fetched,
+        mut observer: ProgressObserver,
+    ) -> Result<Rendered, Failure> {
+        let images = fetched.decode()?;
+        let task = TaskInput {
+            inputs: RenderInputs {
+                content: images.content,
+                styles: images.styles,
+                init_image: images.init,
+            },
+            settings: self.settings,
+            style_ids: self
+                .images
+                .styles
+                .iter()
+                .map(|b| b.sha256.clone())
+                .collect(),
+        };
+        let out = engine
+            .run(&task, &mut observer)
+            .map_err(Failure::from_engine)?;
+        let png = encode_png(&out.image).map_err(Failure::from_engine)?;
+        Ok(Rendered::new(png, out.losses))
+    }
+}
+
+impl Statistics {
+    /// Decodes the images and computes the style statistics (safetensors), on the render
+    /// thread; no progress is reported, `cancel` stops it.
+    fn compute(
+        self,
+        engine: &dyn Engine,
+        fetched: Fetched,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Rendered, Failure> {
+        let images = fetched.decode()?;
+        let input = StatisticsInput {
+            styles: images.styles,
+            settings: self.settings,
+            piece: self.piece,
+            cancel: Some(cancel),
+        };
+        let blob = engine.statistics(&input).map_err(Failure::from_engine)?;
+        Ok(Rendered::new(blob, Losses::default()))
     }
 }
 

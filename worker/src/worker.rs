@@ -78,10 +78,9 @@ pub async fn run(
             wait_ms: u32::try_from(LEASE_WAIT.as_millis()).unwrap_or(u32::MAX),
         };
         let mut client = rpc.workers.clone();
-        let answer = tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            r = within(LEASE_WAIT + RPC_TIMEOUT, client.lease_task(lease_request)) => r,
+        let lease = within(LEASE_WAIT + RPC_TIMEOUT, client.lease_task(lease_request));
+        let Some(answer) = shutdown.unless(lease).await else {
+            break;
         };
         let wait = match answer.map(tonic::Response::into_inner) {
             Ok(LeaseTaskResponse {
@@ -116,10 +115,8 @@ pub async fn run(
                 backoff.next_wait()
             }
         };
-        tokio::select! {
-            biased;
-            () = shutdown.wait() => break,
-            () = tokio::time::sleep(wait) => {}
+        if shutdown.unless(tokio::time::sleep(wait)).await.is_none() {
+            break;
         }
     }
     tracing::info!("worker stopped");
@@ -143,10 +140,9 @@ async fn register(
     let mut told = false;
     loop {
         let mut client = rpc.workers.clone();
-        let answer = tokio::select! {
-            biased;
-            () = shutdown.wait() => return Ok(None),
-            r = within(RPC_TIMEOUT, client.register_worker(request.clone())) => r,
+        let call = within(RPC_TIMEOUT, client.register_worker(request.clone()));
+        let Some(answer) = shutdown.unless(call).await else {
+            return Ok(None);
         };
         match answer.map(tonic::Response::into_inner) {
             Ok(r) if r.worker_id.is_empty() => {
@@ -180,10 +176,12 @@ async fn register(
                 }
             }
         }
-        tokio::select! {
-            biased;
-            () = shutdown.wait() => return Ok(None),
-            () = tokio::time::sleep(backoff.next_wait()) => {}
+        if shutdown
+            .unless(tokio::time::sleep(backoff.next_wait()))
+            .await
+            .is_none()
+        {
+            return Ok(None);
         }
     }
 }
