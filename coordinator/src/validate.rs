@@ -279,16 +279,19 @@ pub(crate) async fn plan_job(
 
     let names = output_names(&spec);
     let planned = plan_tasks(
-        &mut spec,
+        &spec,
         &PlanInputs {
             settings: &engine,
             content_dims: &content_dims,
             names: &names,
-            max_worker_memory: farm.max_worker_memory,
-            workers: farm.workers,
+            farm,
             max_tasks: limits.max_tasks,
         },
     )?;
+    if let Some(t) = planned.picked_tiles {
+        // The job's spec shows the tiles it got.
+        spec.tiles = Some(t);
+    }
     Ok(JobPlan {
         id: JobId::new(),
         spec,

@@ -50,7 +50,6 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordinatorEr
     CoordinatorError::invalid(field, reason)
 }
 
-/// What the planner needs besides the spec.
 /// What the farm has now, as planning needs it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct FarmSize {
@@ -60,6 +59,7 @@ pub(crate) struct FarmSize {
     pub(crate) workers: usize,
 }
 
+/// What the planner needs besides the spec.
 #[derive(Debug, Clone)]
 pub(crate) struct PlanInputs<'a> {
     /// The checked engine settings of the job.
@@ -68,10 +68,9 @@ pub(crate) struct PlanInputs<'a> {
     pub(crate) content_dims: &'a [(u32, u32)],
     /// Output file name of each frame.
     pub(crate) names: &'a [String],
-    /// The most memory a live worker reports (0: none reports any).
-    pub(crate) max_worker_memory: u64,
-    /// Live workers: the shards of tiles in lock step (at least one).
-    pub(crate) workers: usize,
+    /// The live workers: the most memory one reports decides the tile size when the job
+    /// gives none; their number, the shards of tiles in lock step (at least one).
+    pub(crate) farm: FarmSize,
     /// The most tasks a job may have.
     pub(crate) max_tasks: usize,
 }
@@ -81,6 +80,9 @@ pub(crate) struct PlanInputs<'a> {
 pub(crate) struct Planned {
     pub(crate) tasks: Vec<v1::TaskSpec>,
     pub(crate) response: v1::PlanJobResponse,
+    /// The tiles the coordinator picked for a job that gave none and needs them: the job's
+    /// spec shows them.
+    pub(crate) picked_tiles: Option<v1::TileOptions>,
 }
 
 /// A task being built, with its size for the estimates.
@@ -149,9 +151,8 @@ fn suffixed(name: &str, suffix: &str) -> String {
     format!("{stem}{suffix}.png")
 }
 
-/// Plans the tasks of `job` (already checked field by field; its blobs stored). May fill in
-/// `job.tiles` when the coordinator picks the tile size.
-pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<Planned> {
+/// Plans the tasks of `job` (already checked field by field; its blobs stored).
+pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<Planned> {
     let wire = job.settings.clone().unwrap_or_default();
     let settings = inputs.settings;
     let tiles = job.tiles.unwrap_or_default();
@@ -224,7 +225,7 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
             let out = fit_max_side(w, h, settings.image_size);
             let name = inputs.names[frame].clone();
             let options = match tiles.tile_size {
-                0 => auto_tiles(out, inputs.max_worker_memory)?,
+                0 => auto_tiles(out, inputs.farm.max_worker_memory)?,
                 _ => Some(tiles),
             };
             match options.filter(|t| out.0.max(out.1) > t.tile_size) {
@@ -258,12 +259,12 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
     }
     b.check_count()?;
     let drafts = b.drafts;
+    let mut picked_tiles = None;
     if let Some((t, grid)) = chosen_tiles {
         response.tiles = Some(t);
         (response.tile_columns, response.tile_rows) = (grid.0 as u32, grid.1 as u32);
         if tiles.tile_size == 0 {
-            // The job's spec shows the tiles it got.
-            job.tiles = Some(t);
+            picked_tiles = Some(t);
         }
     }
     // The drivers of lock-step frames run one after another or together: the largest, which
@@ -328,6 +329,7 @@ pub(crate) fn plan_tasks(job: &mut v1::JobSpec, inputs: &PlanInputs<'_>) -> Resu
     Ok(Planned {
         tasks: drafts.into_iter().map(|d| d.spec).collect(),
         response,
+        picked_tiles,
     })
 }
 

@@ -38,8 +38,10 @@ fn plan(job: &mut v1::JobSpec, dims: &[(u32, u32)], memory: u64) -> Result<Plann
             settings: &settings,
             content_dims: dims,
             names: &names,
-            max_worker_memory: memory,
-            workers: 2,
+            farm: FarmSize {
+                max_worker_memory: memory,
+                workers: 2,
+            },
             max_tasks: 400,
         },
     )
@@ -166,7 +168,8 @@ fn the_tile_size_follows_the_workers_memory() {
     let p = plan(&mut j, &[(2048, 2048)], 1 << 30).unwrap();
     let t = p.response.tiles.unwrap();
     assert!(t.tile_size >= MIN_TILE_SIZE && t.tile_size < 2048, "{t:?}");
-    assert_eq!(j.tiles, Some(t));
+    // The job's spec shows the tiles it got.
+    assert_eq!(p.picked_tiles, Some(t));
     // Every task fits, the statistics' pieces included.
     assert!(p
         .tasks

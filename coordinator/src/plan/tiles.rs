@@ -59,7 +59,7 @@ pub(super) fn auto_tiles(
 /// needs more than its forward passes); else pieces that with their margins are no larger
 /// than a tile's context (`tile_size` and `margin` on each side).
 fn statistics_piece(b: &Builder<'_>, (w, h): (u32, u32), tile_size: u32, margin: u32) -> u32 {
-    if fits_one_worker((w, h), b.inputs.max_worker_memory) {
+    if fits_one_worker((w, h), b.inputs.farm.max_worker_memory) {
         0
     } else {
         (tile_size + 2 * margin)
@@ -125,7 +125,7 @@ pub(super) fn plan_lockstep(
         .map(|r| (r.context.width, r.context.height))
         .max_by_key(|&(w, h)| u64::from(w) * u64::from(h))
         .unwrap_or((w, h));
-    let shards = b.inputs.workers.clamp(1, tiles.len());
+    let shards = b.inputs.farm.workers.clamp(1, tiles.len());
     for index in 0..shards {
         let part = Part::Shard(v1::Shard {
             index: index as u32,
