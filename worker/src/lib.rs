@@ -9,6 +9,13 @@
 //! the latest progress and preview (the render thread writes, the heartbeat loop reads), a
 //! cancel flag the engine polls at every network layer, and a oneshot for the result.
 //!
+//! # Modules
+//! `worker` registers and leases; `task` runs one lease (heartbeats, cancel, shutdown grace,
+//! the report) around its `work`, the task spec checked into a render, the statistics of a
+//! whole image or a shard, with the pixel work of each; `lockstep` is a shard's part in tiles
+//! rendered in lock step. `failure`, `context` and `shutdown` are what those share; `blobs`,
+//! `rpc` and `observer` move bytes, calls and progress.
+//!
 //! # Starting one in-process
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
