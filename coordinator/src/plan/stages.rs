@@ -2,7 +2,7 @@
 //! from the one before.
 
 use stylefarm_core::image_io::fit_max_side;
-use stylefarm_core::settings::MAX_IMAGE_SIZE;
+use stylefarm_core::settings::{MAX_IMAGE_SIZE, MIN_STAGE_SIZE};
 use stylefarm_proto::v1::{self, task_spec::Part};
 
 use super::{invalid, suffixed, Builder};
@@ -21,10 +21,13 @@ pub(super) fn plan_stages(
             "iterations per stage need the stages' sizes",
         ));
     }
-    if let Some(bad) = sizes.iter().find(|s| !(16..=MAX_IMAGE_SIZE).contains(*s)) {
+    if let Some(bad) = sizes
+        .iter()
+        .find(|s| !(MIN_STAGE_SIZE..=MAX_IMAGE_SIZE).contains(*s))
+    {
         return Err(invalid(
             "spec.scales.sizes",
-            format!("{bad} px is outside 16..={MAX_IMAGE_SIZE}"),
+            format!("{bad} px is outside {MIN_STAGE_SIZE}..={MAX_IMAGE_SIZE}"),
         ));
     }
     if sizes.windows(2).any(|p| p[1] <= p[0]) {

@@ -2,7 +2,7 @@
 //! coordinator's driver), and the tile size the coordinator picks when a job leaves it open.
 
 use stylefarm_convert::rect_to_proto;
-use stylefarm_core::lockstep::{driver_optimizer, lockstep_tiles};
+use stylefarm_core::lockstep::{driver_optimizer, lockstep_tiles, margin};
 use stylefarm_core::settings::RenderSettings;
 use stylefarm_core::tiles::{estimated_memory_bytes, tile_size_for_memory, GRAM_MARGIN};
 use stylefarm_proto::v1::{self, task_spec::Part};
@@ -36,18 +36,14 @@ pub(super) fn auto_tiles(
     if max_worker_memory == 0 || fits_one_worker((w, h), max_worker_memory) {
         return Ok(None);
     }
-    let margin = |t| {
-        lockstep_margin(&v1::TileOptions {
-            tile_size: t,
-            tile_overlap: default_overlap(t),
-        })
-    };
-    let size = tile_size_for_memory(max_worker_memory, margin).ok_or_else(|| {
-        CoordinatorError::LimitExceeded(format!(
+    let size = tile_size_for_memory(max_worker_memory, |t| margin(default_overlap(t))).ok_or_else(
+        || {
+            CoordinatorError::LimitExceeded(format!(
             "no worker has the memory for even a {MIN_TILE_SIZE} px tile of the {w}x{h} output \
              (the largest reports {max_worker_memory} bytes)"
         ))
-    })?;
+        },
+    )?;
     Ok(Some(v1::TileOptions {
         tile_size: size,
         tile_overlap: default_overlap(size),
@@ -88,12 +84,6 @@ fn push_statistics(
     index
 }
 
-/// The margin of context around a tile in lock step: its features near the edge see that
-/// much of their neighbourhood (the rest is zero padding).
-fn lockstep_margin(t: &v1::TileOptions) -> u32 {
-    t.tile_overlap.max(16)
-}
-
 /// Tiles in lock step (`stylefarm_core::lockstep`): the whole image's statistics (for its
 /// style targets), one shard task per live worker (at most one per tile), and the
 /// coordinator's driver, which optimises the whole image with the shards and whose result is
@@ -108,7 +98,7 @@ pub(super) fn plan_lockstep(
 ) -> Result<((usize, usize), Vec<v1::Rect>)> {
     let settings = b.inputs.settings;
     let align = settings.deepest_stride();
-    let margin = lockstep_margin(&t);
+    let margin = margin(t.tile_overlap);
     let tiles = lockstep_tiles(w, h, t.tile_size, margin, align)
         .map_err(|e| invalid("spec.tiles", e.to_string()))?;
     let columns = tiles.iter().filter(|r| r.core.y == 0).count();
