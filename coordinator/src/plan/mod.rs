@@ -92,6 +92,18 @@ struct Draft {
     height: u32,
 }
 
+impl Draft {
+    /// The iterations the task runs: its own settings' (a sweep point or a stage sets them),
+    /// else the job's `default`.
+    fn iterations(&self, default: u32) -> u32 {
+        self.spec
+            .settings
+            .as_ref()
+            .and_then(|s| s.num_iterations)
+            .unwrap_or(default)
+    }
+}
+
 struct Builder<'a> {
     job: &'a v1::JobSpec,
     inputs: &'a PlanInputs<'a>,
@@ -275,12 +287,7 @@ pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<P
             matches!(&d.spec.part, Some(Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32)
         })
         .map(|d| {
-            let iterations = d
-                .spec
-                .settings
-                .as_ref()
-                .and_then(|s| s.num_iterations)
-                .unwrap_or(settings.num_iterations);
+            let iterations = d.iterations(settings.num_iterations);
             driver_memory_bytes(d.width, d.height, settings, iterations)
         })
         .max()
@@ -290,12 +297,7 @@ pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<P
         .map(|d| {
             let assemble = matches!(d.spec.part, Some(Part::Assemble(_)));
             // The statistics count as one iteration: forward passes, about one evaluation.
-            let iterations = d
-                .spec
-                .settings
-                .as_ref()
-                .and_then(|s| s.num_iterations)
-                .unwrap_or(settings.num_iterations);
+            let iterations = d.iterations(settings.num_iterations);
             v1::PlannedTask {
                 spec: Some(d.spec.clone()),
                 width: d.width,
