@@ -16,6 +16,7 @@ use stylefarm_core::tiles::{estimated_memory_bytes, estimated_seconds, gram_piec
 use stylefarm_proto::v1::{self, task_spec::Part};
 
 use crate::error::{CoordinatorError, Result};
+use crate::scheduler::TaskKind;
 
 mod stages;
 mod sweep;
@@ -283,9 +284,7 @@ pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<P
     // the first frame's is.
     response.coordinator_memory_bytes = drafts
         .iter()
-        .filter(|d| {
-            matches!(&d.spec.part, Some(Part::Assemble(a)) if a.kind == v1::AssembleKind::Lockstep as i32)
-        })
+        .filter(|d| matches!(TaskKind::of(&d.spec), Ok(TaskKind::Driver)))
         .map(|d| {
             let iterations = d.iterations(settings.num_iterations);
             driver_memory_bytes(d.width, d.height, settings, iterations)
@@ -295,7 +294,7 @@ pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<P
     response.tasks = drafts
         .iter()
         .map(|d| {
-            let assemble = matches!(d.spec.part, Some(Part::Assemble(_)));
+            let own = TaskKind::of(&d.spec).is_ok_and(TaskKind::is_own);
             // The statistics count as one iteration: forward passes, about one evaluation.
             let iterations = d.iterations(settings.num_iterations);
             v1::PlannedTask {
@@ -303,14 +302,14 @@ pub(crate) fn plan_tasks(job: &v1::JobSpec, inputs: &PlanInputs<'_>) -> Result<P
                 width: d.width,
                 height: d.height,
                 estimated_memory_bytes: match &d.spec.part {
-                    Some(Part::Assemble(_)) => 0,
+                    _ if own => 0,
                     Some(Part::Statistics(st)) => {
                         let (w, h) = gram_piece(st.full_width, st.full_height, st.piece_size);
                         estimated_memory_bytes(w, h)
                     }
                     _ => estimated_memory_bytes(d.width, d.height),
                 },
-                estimated_seconds: if assemble {
+                estimated_seconds: if own {
                     0.0
                 } else if let Some(Part::Shard(sh)) = &d.spec.part {
                     // Its share of every tile's context, each evaluated forward twice and
