@@ -9,7 +9,7 @@ use stylefarm_core::layers::{LayerName, Pooling};
 use stylefarm_core::optim::Optimizer;
 use stylefarm_core::settings::{self as domain, Init};
 use stylefarm_core::tiles::Rect;
-use stylefarm_core::CoreError;
+use stylefarm_core::{CoreError, Preprocess};
 
 use stylefarm_proto::v1;
 
@@ -196,6 +196,21 @@ pub fn settings_to_proto(s: &domain::RenderSettings) -> v1::RenderSettings {
     }
 }
 
+/// A network's input convention as the wire names it (a shard's hello, a worker's models).
+pub fn preprocess_to_proto(p: Preprocess) -> &'static str {
+    match p {
+        Preprocess::Torchvision => "torchvision",
+        Preprocess::Caffe => "caffe",
+    }
+}
+
+/// The input convention the wire names `name`, if it is one.
+pub fn preprocess_from_proto(name: &str) -> Option<Preprocess> {
+    [Preprocess::Torchvision, Preprocess::Caffe]
+        .into_iter()
+        .find(|&p| preprocess_to_proto(p) == name)
+}
+
 /// Losses to the wire.
 pub fn losses_to_proto(l: &domain::Losses) -> v1::Losses {
     v1::Losses {
@@ -242,6 +257,15 @@ pub fn f32_values(b: &[u8]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preprocess_names_round_trip() {
+        for p in [Preprocess::Torchvision, Preprocess::Caffe] {
+            assert_eq!(preprocess_from_proto(preprocess_to_proto(p)), Some(p));
+        }
+        assert_eq!(preprocess_to_proto(Preprocess::Caffe), "caffe");
+        assert_eq!(preprocess_from_proto("bgr"), None);
+    }
 
     #[test]
     fn settings_round_trip_and_defaults() {

@@ -19,7 +19,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_convert::{
-    f32_bytes, f32_values, losses_to_proto, rect_to_proto, settings_from_proto,
+    f32_bytes, f32_values, losses_to_proto, preprocess_from_proto, rect_to_proto,
+    settings_from_proto,
 };
 use stylefarm_core::color::keep_original_colors;
 use stylefarm_core::image_io::{
@@ -462,12 +463,14 @@ impl ShardPool<'_> {
     }
 
     fn preprocess(&self) -> stylefarm_core::Result<Preprocess> {
-        match self.hello.as_ref().map(|h| h.preprocess.as_str()) {
-            Some("caffe") => Ok(Preprocess::Caffe),
-            Some("torchvision") => Ok(Preprocess::Torchvision),
-            other => Err(CoreError::InvalidOption {
+        let name = self.hello.as_ref().map(|h| h.preprocess.as_str());
+        match name.and_then(preprocess_from_proto) {
+            Some(p) => Ok(p),
+            None => Err(CoreError::InvalidOption {
                 option: "tiles",
-                reason: format!("a shard's network takes its input as {other:?}, which the driver does not know"),
+                reason: format!(
+                    "a shard's network takes its input as {name:?}, which the driver does not know"
+                ),
             }),
         }
     }

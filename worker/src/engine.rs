@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use sha2::{Digest, Sha256};
+use stylefarm_convert::preprocess_to_proto;
 use stylefarm_core::layers::{LayerName, Pooling, VggArch};
 use stylefarm_core::settings::{Losses, RenderSettings};
-use stylefarm_core::{CoreError, Preprocess};
+use stylefarm_core::CoreError;
 pub use stylefarm_engine::lockstep::TileObjective;
 use stylefarm_engine::objective::{Pieces, StyleTargets};
 use stylefarm_engine::render::{
@@ -124,7 +125,7 @@ impl CandleEngine {
             VggArch::Vgg19 => "vgg19",
         };
         Self {
-            models: vec![format!("{arch}-{}", preprocess_name(vgg.preprocess()))],
+            models: vec![format!("{arch}-{}", preprocess_to_proto(vgg.preprocess()))],
             vgg,
             targets: Mutex::new(TargetCache::default()),
         }
@@ -203,15 +204,6 @@ impl Engine for CandleEngine {
         };
         let style = style_targets_in_pieces(&self.vgg, &input.styles, &input.settings, pieces)?;
         encode_style(&style)
-    }
-}
-
-/// How `preprocess` is named to the coordinator, in a model name (`vgg19-caffe`) and a shard's
-/// hello.
-pub(crate) fn preprocess_name(preprocess: Preprocess) -> &'static str {
-    match preprocess {
-        Preprocess::Torchvision => "torchvision",
-        Preprocess::Caffe => "caffe",
     }
 }
 

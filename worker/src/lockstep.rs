@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use candle_core::{Device, Tensor};
-use stylefarm_convert::{f32_bytes, f32_values, rect_from_proto};
+use stylefarm_convert::{f32_bytes, f32_values, preprocess_to_proto, rect_from_proto};
 use stylefarm_core::image_io::{decode_image, resize_exact, DecodeLimits};
 use stylefarm_core::lockstep::{GramSums, LockstepTile};
 use stylefarm_core::settings::RenderSettings;
@@ -28,7 +28,7 @@ use stylefarm_proto::MAX_SHARD_MESSAGE_BYTES;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 
-use crate::engine::{preprocess_name, Engine, TileObjective};
+use crate::engine::{Engine, TileObjective};
 use crate::failure::Failure;
 use crate::rpc::{describe, Transport};
 
@@ -182,7 +182,7 @@ impl Session {
     fn hello(&self, lease_id: String) -> v1::ShardHello {
         v1::ShardHello {
             lease_id,
-            preprocess: preprocess_name(self.objective.preprocess()).into(),
+            preprocess: preprocess_to_proto(self.objective.preprocess()).into(),
             channels: self.channels.iter().map(|&c| c as u32).collect(),
         }
     }
