@@ -3,7 +3,8 @@
 //! ([`layers`]), images in and out with decoding limits ([`image_io`], [`color`],
 //! [`preprocess`]), tile geometry and seam scores ([`tiles`]), tiles optimised in lock step as
 //! one image, driven over plain `f32` slices ([`lockstep`]) with the optimisers ([`optim`]) and
-//! the total-variation term ([`variation`]), contact sheets of sweeps ([`sheet`]), and where the weights file is ([`cache`]).
+//! the total-variation term ([`variation`]), contact sheets of sweeps ([`sheet`]), and where
+//! the weights file is ([`cache`]).
 //!
 //! No tensors and no network: plain synchronous code, so the coordinator and a thin client
 //! use it without candle.

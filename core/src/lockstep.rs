@@ -196,8 +196,9 @@ impl GramSums {
     }
 }
 
-/// Where the tiles of one image are evaluated: in this process (`stylefarm_engine::lockstep::LocalTiles`)
-/// or on the farm's workers (the coordinator's shards).
+/// Where the tiles of one image are evaluated: in this process
+/// (`stylefarm_engine::lockstep::LocalTiles`) or on the farm's workers (the coordinator's
+/// shards).
 pub trait TileBackend {
     /// What an evaluation can fail with (the engine's error carries candle's); the driver's
     /// own refusals convert into it.
