@@ -274,8 +274,9 @@ pub fn resize_exact(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     image::imageops::resize(img, width, height, FilterType::Lanczos3)
 }
 
-/// The network-input values of an image, (3, H, W) flattened: what [`image_to_tensor`] holds,
-/// without candle (the coordinator's lock-step driver).
+/// The network-input values of an image, (3, H, W) flattened: what
+/// `stylefarm_engine::tensor::image_to_tensor` holds, without candle (the coordinator's
+/// lock-step driver).
 pub fn image_to_network(img: &RgbImage, pre: Preprocess) -> Vec<f32> {
     let plane = (img.width() * img.height()) as usize;
     let mut data = vec![0f32; 3 * plane];

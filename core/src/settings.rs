@@ -27,7 +27,7 @@ pub enum Init {
     Random,
     /// The content image.
     Content,
-    /// An image given with the inputs ([`RenderInputs::init_image`]).
+    /// An image given with the inputs (`stylefarm_engine::render::RenderInputs::init_image`).
     Image,
 }
 

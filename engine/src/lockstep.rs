@@ -1,8 +1,8 @@
 //! The per-tile half of tiles in lock step ([`stylefarm_core::lockstep`]): a tile's Gram
-//! matrices and content term over the positions it owns (step one), and the gradient of its share of the
-//! objective with respect to its context's pixels (step two). A worker holds one
-//! [`TileObjective`] for every tile it is given; [`LocalTiles`] runs all of an image's tiles in
-//! this process.
+//! matrices and content term over the positions it owns (step one), and the gradient of its
+//! share of the objective with respect to its context's pixels (step two). A worker holds one
+//! [`TileObjective`] for every tile it is given; [`LocalTiles`] runs all of an image's tiles
+//! in this process.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
