@@ -25,7 +25,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::layers::LayerName;
-use crate::optim::{minimize, Bounds, Optimizer, Stop};
+use crate::optim::{minimize_from, Bounds, Optimizer, Resume, Snapshot, Stop};
 use crate::preprocess::Preprocess;
 use crate::settings::{Losses, TermWeights};
 use crate::tiles::Rect;
@@ -385,7 +385,7 @@ pub fn driver_optimizer(optimizer: Optimizer, pixels: u64, iterations: u32) -> (
 /// How a lock-step optimisation went.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Optimized {
-    /// Evaluations made.
+    /// Evaluations made, those before a resumed checkpoint included.
     pub iterations: u32,
     /// Why the optimiser stopped.
     pub stop: Stop,
@@ -394,6 +394,11 @@ pub struct Optimized {
 /// Minimises `objective` from `x` (updated in place) with `optimizer` and at most `iterations`
 /// evaluations, each through `backend`; `progress` hears of every evaluation (1-based, the
 /// total, the losses at the point evaluated) and stops the run by returning an error.
+///
+/// `resume` goes on from a checkpoint (`x` its image; the evaluations it made count against
+/// `iterations`, and `progress` counts on from them), and `between` is shown the optimiser's
+/// state between every two steps, to save one; an error from either stops the run.
+#[allow(clippy::too_many_arguments)] // the run, where it starts, and whom it tells
 pub fn optimize<B, P>(
     objective: &LockstepObjective,
     backend: &mut B,
@@ -401,7 +406,9 @@ pub fn optimize<B, P>(
     optimizer: Optimizer,
     iterations: u32,
     pre: Preprocess,
+    resume: Resume,
     progress: &mut P,
+    between: &mut dyn FnMut(Snapshot<'_>) -> Result<(), B::Error>,
 ) -> Result<Optimized, B::Error>
 where
     B: TileBackend + ?Sized,
@@ -413,14 +420,23 @@ where
         plane: w * h,
     };
     let scale = [0, 1, 2].map(|c| pre.affine(c).0);
-    let mut done = 0u32;
+    let mut done = u32::try_from(resume.evals).unwrap_or(u32::MAX);
     let mut eval = |x: &[f32], grad: &mut [f32]| -> Result<f64, B::Error> {
         let losses = objective.evaluate(backend, x, grad)?;
         done += 1;
         progress(done, iterations, &losses)?;
         Ok(losses.total)
     };
-    let stop = minimize(optimizer, x, &bounds, scale, iterations as usize, &mut eval)?;
+    let stop = minimize_from(
+        optimizer,
+        x,
+        &bounds,
+        scale,
+        iterations as usize,
+        &mut eval,
+        resume,
+        between,
+    )?;
     Ok(Optimized {
         iterations: done,
         stop,

@@ -15,8 +15,14 @@
 //! that is not a descent direction restarts from steepest descent instead of stalling. Taking
 //! `s` as the difference of the iterates instead blew the loss up 30x at 256 px: torch's first
 //! step is ~1e-10 of the pixel values, below float32's resolution of `x`.
+//!
+//! [`minimize_from`] shows the caller the optimiser's state between two steps ([`Snapshot`])
+//! and goes on from one ([`Resume`]): a lock-step driver's checkpoint continues the same
+//! trajectory after a restart.
 
 use serde::{Deserialize, Serialize};
+
+use std::collections::VecDeque;
 
 use crate::error::{CoreError, Result};
 
@@ -108,10 +114,142 @@ pub fn minimize<E: From<CoreError>>(
     max_evals: usize,
     f: &mut EvalFn<'_, E>,
 ) -> Result<Stop, E> {
-    if max_evals == 0 {
+    minimize_from(
+        optimizer,
+        x,
+        bounds,
+        scale,
+        max_evals,
+        f,
+        Resume::default(),
+        &mut |_| Ok(()),
+    )
+}
+
+/// The state of L-BFGS between two steps: after its curvature pairs took in the last step,
+/// before the next direction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LbfgsState {
+    /// The loss at the image.
+    pub loss: f64,
+    /// The gradient at the image.
+    pub grad: Vec<f32>,
+    /// Whether the next step starts afresh (steepest descent, its length scaled by the
+    /// gradient).
+    pub first: bool,
+    /// The scale of the initial inverse Hessian, `y.s / y.y` of the newest pair.
+    pub h_diag: f64,
+    /// The curvature pairs `(s, y, 1 / y.s)`, oldest first.
+    pub pairs: VecDeque<(Vec<f32>, Vec<f32>, f64)>,
+}
+
+/// The state of Adam after a step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdamState {
+    /// The steps these moments have seen (their bias correction).
+    pub step: u32,
+    /// The first moment.
+    pub m: Vec<f32>,
+    /// The second moment.
+    pub v: Vec<f32>,
+}
+
+/// An optimiser's state between two steps, enough (with the image) to go on along the same
+/// trajectory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptimizerState {
+    /// L-BFGS's.
+    Lbfgs(LbfgsState),
+    /// Adam's.
+    Adam(AdamState),
+}
+
+/// Where a run of [`minimize_from`] starts: the evaluations already made (they count against
+/// its budget) and the optimiser's state then; without a state the optimiser starts afresh
+/// from the image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// Evaluations made before.
+    pub evals: usize,
+    /// The optimiser's state after them.
+    pub state: Option<OptimizerState>,
+}
+
+/// What the optimiser shows between two steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    /// Evaluations made so far.
+    pub evals: usize,
+    /// The image.
+    pub x: &'a [f32],
+    /// The optimiser's state.
+    pub state: StateRef<'a>,
+}
+
+/// An optimiser's state, borrowed (see [`OptimizerState`]).
+#[derive(Debug, Clone, Copy)]
+pub enum StateRef<'a> {
+    /// L-BFGS's.
+    Lbfgs(&'a LbfgsState),
+    /// Adam's.
+    Adam(&'a AdamState),
+}
+
+impl StateRef<'_> {
+    /// The bytes its vectors take.
+    pub fn bytes(self) -> u64 {
+        let floats = match self {
+            StateRef::Lbfgs(s) => {
+                s.grad.len()
+                    + s.pairs
+                        .iter()
+                        .map(|(s, y, _)| s.len() + y.len())
+                        .sum::<usize>()
+            }
+            StateRef::Adam(s) => s.m.len() + s.v.len(),
+        };
+        4 * floats as u64
+    }
+
+    /// The state, copied.
+    pub fn to_owned(self) -> OptimizerState {
+        match self {
+            StateRef::Lbfgs(s) => OptimizerState::Lbfgs(s.clone()),
+            StateRef::Adam(s) => OptimizerState::Adam(s.clone()),
+        }
+    }
+}
+
+/// [`minimize`] from `resume` (`x` the image then), showing `between` the state between every
+/// two steps; an error from `between` stops the run. The same state and image give the same
+/// steps as the run that left them.
+///
+/// # Errors
+/// What `f` or `between` returns; an invalid setting; a state of another optimiser, or of
+/// another size than `x`.
+#[allow(clippy::too_many_arguments)] // `minimize`'s, and where to start and whom to show
+pub fn minimize_from<E: From<CoreError>>(
+    optimizer: Optimizer,
+    x: &mut [f32],
+    bounds: &Bounds,
+    scale: [f32; 3],
+    max_evals: usize,
+    f: &mut EvalFn<'_, E>,
+    resume: Resume,
+    between: &mut dyn FnMut(Snapshot<'_>) -> Result<(), E>,
+) -> Result<Stop, E> {
+    if max_evals <= resume.evals {
         return Ok(Stop::Budget);
     }
     bounds.project(x);
+    let n = x.len();
+    let refused = |reason: &str| -> E {
+        CoreError::InvalidOption {
+            option: "checkpoint",
+            reason: reason.into(),
+        }
+        .into()
+    };
     match optimizer {
         Optimizer::Lbfgs {
             history,
@@ -124,7 +262,23 @@ pub fn minimize<E: From<CoreError>>(
                 }
                 .into());
             }
-            Lbfgs::new(history, x.len()).run(x, bounds, max_evals, strong_wolfe, f)
+            let state = match resume.state {
+                None => None,
+                Some(OptimizerState::Lbfgs(s))
+                    if s.grad.len() == n
+                        && s.pairs.len() <= history
+                        && s.pairs.iter().all(|(s, y, _)| s.len() == n && y.len() == n) =>
+                {
+                    Some(s)
+                }
+                Some(_) => return Err(refused("the saved state is not this L-BFGS's")),
+            };
+            let run = Run {
+                max_evals,
+                evals: resume.evals,
+                strong_wolfe,
+            };
+            Lbfgs::new(history, n).run(x, bounds, run, state, f, between)
         }
         Optimizer::Adam { learning_rate } => {
             if !(learning_rate.is_finite() && learning_rate > 0.0) {
@@ -134,9 +288,32 @@ pub fn minimize<E: From<CoreError>>(
                 }
                 .into());
             }
-            adam(x, bounds, scale, learning_rate, max_evals, f)
+            let state = match resume.state {
+                None => AdamState {
+                    step: 0,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                },
+                Some(OptimizerState::Adam(s)) if s.m.len() == n && s.v.len() == n => s,
+                Some(_) => return Err(refused("the saved state is not this Adam's")),
+            };
+            let run = Run {
+                max_evals,
+                evals: resume.evals,
+                strong_wolfe: false,
+            };
+            adam(x, bounds, scale, learning_rate, run, state, f, between)
         }
     }
+}
+
+/// The budget of a run and how far it is.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    max_evals: usize,
+    /// Evaluations made before this run.
+    evals: usize,
+    strong_wolfe: bool,
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -165,9 +342,8 @@ const CURVATURE_MIN: f64 = 1e-10;
 /// The L-BFGS memory and scratch buffers (allocated once per run).
 struct Lbfgs {
     history: usize,
-    /// `(s, y, 1 / y.s)`, oldest first.
-    pairs: std::collections::VecDeque<(Vec<f32>, Vec<f32>, f64)>,
-    h_diag: f64,
+    /// What a [`Snapshot`] shows: the loss, gradient and curvature pairs.
+    state: LbfgsState,
     alphas: Vec<f64>,
     d: Vec<f32>,
     x_prev: Vec<f32>,
@@ -180,8 +356,13 @@ impl Lbfgs {
     fn new(history: usize, n: usize) -> Self {
         Self {
             history,
-            pairs: std::collections::VecDeque::with_capacity(history),
-            h_diag: 1.0,
+            state: LbfgsState {
+                loss: 0.0,
+                grad: vec![0.0; n],
+                first: true,
+                h_diag: 1.0,
+                pairs: VecDeque::with_capacity(history),
+            },
             alphas: vec![0.0; history],
             d: vec![0.0; n],
             x_prev: vec![0.0; n],
@@ -192,9 +373,11 @@ impl Lbfgs {
 
     /// Adds the pair from the last step (`s = t d`, `y` the change of gradient), recycling
     /// the oldest buffers when full.
-    fn update(&mut self, g: &[f32]) {
-        let (mut s, mut y) = if self.pairs.len() == self.history {
-            let (s, y, _) = self.pairs.pop_front().unwrap_or_default();
+    fn update(&mut self) {
+        let st = &mut self.state;
+        let g = &st.grad;
+        let (mut s, mut y) = if st.pairs.len() == self.history {
+            let (s, y, _) = st.pairs.pop_front().unwrap_or_default();
             (s, y)
         } else {
             (vec![0.0; g.len()], vec![0.0; g.len()])
@@ -208,88 +391,105 @@ impl Lbfgs {
         }
         let ys = dot(&y, &s);
         if ys > CURVATURE_MIN {
-            self.h_diag = ys / dot(&y, &y);
-            self.pairs.push_back((s, y, 1.0 / ys));
+            st.h_diag = ys / dot(&y, &y);
+            st.pairs.push_back((s, y, 1.0 / ys));
         }
     }
 
     /// `d = -H g` by the two-loop recursion.
-    fn direction(&mut self, g: &[f32]) {
-        for (d, &g) in self.d.iter_mut().zip(g) {
+    fn direction(&mut self) {
+        let st = &self.state;
+        for (d, &g) in self.d.iter_mut().zip(&st.grad) {
             *d = -g;
         }
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
+        for (i, (s, y, rho)) in st.pairs.iter().enumerate().rev() {
             let a = dot(s, &self.d) * rho;
             self.alphas[i] = a;
             axpy(-a, y, &mut self.d);
         }
-        let h = self.h_diag as f32;
+        let h = st.h_diag as f32;
         for d in &mut self.d {
             *d *= h;
         }
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
+        for (i, (s, y, rho)) in st.pairs.iter().enumerate() {
             let b = dot(y, &self.d) * rho;
             axpy(self.alphas[i] - b, s, &mut self.d);
         }
     }
 
     fn reset(&mut self) {
-        self.pairs.clear();
-        self.h_diag = 1.0;
+        self.state.pairs.clear();
+        self.state.h_diag = 1.0;
     }
 
+    /// Runs from `x`, or from `resumed` (the state a [`Snapshot`] showed at `x`).
     fn run<E>(
         &mut self,
         x: &mut [f32],
         bounds: &Bounds,
-        max_evals: usize,
-        strong_wolfe: bool,
+        run: Run,
+        resumed: Option<LbfgsState>,
         f: &mut EvalFn<'_, E>,
+        between: &mut dyn FnMut(Snapshot<'_>) -> Result<(), E>,
     ) -> Result<Stop, E> {
-        let n = x.len();
-        let mut g = vec![0.0f32; n];
-        let mut loss = f(x, &mut g)?;
-        let mut evals = 1;
-        let mut first = true;
-        let mut ls = strong_wolfe.then(|| LineSearch::new(n));
+        let (max_evals, mut evals) = (run.max_evals, run.evals);
+        let mut ls = run.strong_wolfe.then(|| LineSearch::new(x.len()));
+        // A resumed state is where a snapshot was taken: its pairs already hold the last step.
+        let mut fresh = resumed.is_none();
+        match resumed {
+            Some(state) => self.state = state,
+            None => {
+                self.state.loss = f(x, &mut self.state.grad)?;
+                self.state.first = true;
+                evals += 1;
+            }
+        }
         loop {
-            if max_abs(&g) <= TOLERANCE_GRAD {
-                return Ok(Stop::Converged);
+            if fresh {
+                if max_abs(&self.state.grad) <= TOLERANCE_GRAD {
+                    return Ok(Stop::Converged);
+                }
+                if self.state.first {
+                    self.reset();
+                } else {
+                    self.update();
+                }
+                between(Snapshot {
+                    evals,
+                    x,
+                    state: StateRef::Lbfgs(&self.state),
+                })?;
             }
-            if first {
-                self.reset();
-            } else {
-                self.update(&g);
-            }
-            self.direction(&g);
+            fresh = true;
+            self.direction();
             bounds.freeze_active(x, &mut self.d);
-            let mut gtd = dot(&g, &self.d);
+            let mut gtd = dot(&self.state.grad, &self.d);
             if gtd > -TOLERANCE_CHANGE {
                 // Projection can bend the curvature pairs; start again from steepest descent.
                 self.reset();
-                self.direction(&g);
+                self.direction();
                 bounds.freeze_active(x, &mut self.d);
-                gtd = dot(&g, &self.d);
-                first = true;
+                gtd = dot(&self.state.grad, &self.d);
+                self.state.first = true;
                 if gtd > -TOLERANCE_CHANGE {
                     return Ok(Stop::Converged);
                 }
             }
-            let t = if first {
-                let l1: f64 = g.iter().map(|v| f64::from(v.abs())).sum();
+            let t = if self.state.first {
+                let l1: f64 = self.state.grad.iter().map(|v| f64::from(v.abs())).sum();
                 (1.0 / l1).min(1.0)
             } else {
                 1.0
             };
-            first = false;
+            self.state.first = false;
             self.t = t;
             self.x_prev.copy_from_slice(x);
-            self.g_prev.copy_from_slice(&g);
+            self.g_prev.copy_from_slice(&self.state.grad);
             match ls.as_mut() {
                 None => {
                     axpy(t, &self.d, x);
                     bounds.project(x);
-                    if evals == max_evals {
+                    if evals >= max_evals {
                         return Ok(Stop::Budget);
                     }
                     let moved = x
@@ -300,7 +500,7 @@ impl Lbfgs {
                         // Every component is pinned against the box: nothing left to do.
                         return Ok(Stop::Converged);
                     }
-                    loss = f(x, &mut g)?;
+                    self.state.loss = f(x, &mut self.state.grad)?;
                     evals += 1;
                 }
                 Some(ls) => {
@@ -309,17 +509,17 @@ impl Lbfgs {
                         &self.x_prev,
                         &self.d,
                         t,
-                        loss,
+                        self.state.loss,
                         &self.g_prev,
                         gtd,
                         budget.min(25),
                         bounds,
                         x,
-                        &mut g,
+                        &mut self.state.grad,
                         f,
                     )?;
                     evals += used;
-                    loss = new_loss;
+                    self.state.loss = new_loss;
                     self.t = accepted;
                     if evals >= max_evals {
                         return Ok(Stop::Budget);
@@ -511,25 +711,27 @@ impl LineSearch {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // `minimize_from`'s, unpacked
 fn adam<E>(
     x: &mut [f32],
     bounds: &Bounds,
     scale: [f32; 3],
     learning_rate: f32,
-    max_evals: usize,
+    run: Run,
+    mut state: AdamState,
     f: &mut EvalFn<'_, E>,
+    between: &mut dyn FnMut(Snapshot<'_>) -> Result<(), E>,
 ) -> Result<Stop, E> {
     const BETA1: f32 = 0.9;
     const BETA2: f32 = 0.999;
     const EPS: f32 = 1e-8;
-    let n = x.len();
-    let mut g = vec![0.0f32; n];
-    let mut m = vec![0.0f32; n];
-    let mut v = vec![0.0f32; n];
-    for step in 1..=max_evals {
+    let mut g = vec![0.0f32; x.len()];
+    for evals in run.evals + 1..=run.max_evals {
         f(x, &mut g)?;
-        let bc1 = 1.0 - BETA1.powi(step as i32);
-        let bc2 = 1.0 - BETA2.powi(step as i32);
+        state.step += 1;
+        let bc1 = 1.0 - BETA1.powi(state.step as i32);
+        let bc2 = 1.0 - BETA2.powi(state.step as i32);
+        let AdamState { m, v, .. } = &mut state;
         for (c, &s) in scale.iter().enumerate() {
             let lr = learning_rate * s;
             let range = c * bounds.plane..(c + 1) * bounds.plane;
@@ -542,6 +744,13 @@ fn adam<E>(
             }
         }
         bounds.project(x);
+        if evals < run.max_evals {
+            between(Snapshot {
+                evals,
+                x,
+                state: StateRef::Adam(&state),
+            })?;
+        }
     }
     Ok(Stop::Budget)
 }
@@ -628,6 +837,76 @@ mod tests {
         };
         minimize(opt, &mut x, &bounds(10), [1.0; 3], 600, &mut quadratic).unwrap();
         check_solution(&x, 2e-2);
+    }
+
+    /// A run stopped at a snapshot and resumed from it (the state and the image written out
+    /// and read back as a checkpoint would) ends where the uninterrupted run ends, bit for bit.
+    #[test]
+    fn a_run_resumed_from_a_snapshot_goes_on_along_the_same_path() {
+        for opt in [
+            Optimizer::Lbfgs {
+                history: 4,
+                strong_wolfe: false,
+            },
+            Optimizer::Lbfgs {
+                history: 4,
+                strong_wolfe: true,
+            },
+            Optimizer::Adam { learning_rate: 0.1 },
+        ] {
+            let hard = |x: &[f32], g: &mut [f32]| quadratic(x, g).map(|l| l * 1e3);
+            let mut whole = vec![3.0f32; 30];
+            let mut total = 0;
+            let mut counted = |x: &[f32], g: &mut [f32]| {
+                total += 1;
+                hard(x, g)
+            };
+            minimize(opt, &mut whole, &bounds(10), [1.0; 3], 20, &mut counted).unwrap();
+
+            let mut x = vec![3.0f32; 30];
+            let mut saved = None;
+            let mut stop_at_8 = |s: Snapshot<'_>| {
+                if s.evals >= 8 {
+                    saved = Some((s.x.to_vec(), s.evals, s.state.to_owned()));
+                    return Err(CoreError::Cancelled);
+                }
+                Ok(())
+            };
+            let stopped = minimize_from(
+                opt,
+                &mut x,
+                &bounds(10),
+                [1.0; 3],
+                20,
+                &mut hard.clone(),
+                Resume::default(),
+                &mut stop_at_8,
+            );
+            assert!(matches!(stopped, Err(CoreError::Cancelled)), "{opt:?}");
+            let (mut x, evals, state) = saved.unwrap();
+            let mut evaluated = 0;
+            let mut f = |x: &[f32], g: &mut [f32]| {
+                evaluated += 1;
+                hard(x, g)
+            };
+            let resume = Resume {
+                evals,
+                state: Some(state),
+            };
+            minimize_from(
+                opt,
+                &mut x,
+                &bounds(10),
+                [1.0; 3],
+                20,
+                &mut f,
+                resume,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+            assert_eq!(x, whole, "{opt:?}");
+            assert_eq!(evals + evaluated, total, "{opt:?}");
+        }
     }
 
     #[test]

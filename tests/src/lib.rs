@@ -573,3 +573,134 @@ pub async fn probe_until(
     let seen = within(what, log.wait_for(wanted)).await??;
     Ok(seen.clone())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shards
+
+/// A lock-step shard that hangs with its stream open: a worker that registers as a real one
+/// would, leases a shard task when asked to, opens `WorkerService.Shard` with the hello of
+/// `engine`'s network, then reads every command the driver sends and never answers. When the
+/// coordinator ends the stream, it gives its task back (`FailTask`, interrupted) as a worker
+/// does whose stream was cut.
+pub struct HungShard {
+    client: v1::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    worker_id: String,
+    hello: v1::ShardHello,
+}
+
+/// What a [`HungShard`] saw of its stream.
+#[derive(Debug, Clone, Copy)]
+pub struct HungStream {
+    /// When the first command came (the driver counted on it from then).
+    pub first_command: Instant,
+    /// When the coordinator ended the stream.
+    pub ended: Instant,
+}
+
+impl HungShard {
+    /// Registers at `url` with the capabilities a worker of `engine` reports; its hello
+    /// names the network `engine` evaluates tiles on for `settings`.
+    pub async fn register(
+        url: &str,
+        engine: &dyn Engine,
+        settings: &RenderSettings,
+    ) -> Result<Self> {
+        let objective = engine.tile_objective(settings, &RgbImage::new(64, 64))?;
+        let config = stylefarm_worker::Config::new(url);
+        let mut client =
+            v1::worker_service_client::WorkerServiceClient::connect(url.to_string()).await?;
+        let registered = client
+            .register_worker(v1::RegisterWorkerRequest {
+                name: "hung".to_string(),
+                capabilities: Some(v1::Capabilities {
+                    device: v1::Device::Cpu as i32,
+                    threads: u32::try_from(config.threads).unwrap_or(u32::MAX),
+                    memory_bytes: config.memory_bytes,
+                    models: engine.models(),
+                }),
+            })
+            .await?
+            .into_inner();
+        let hello = v1::ShardHello {
+            lease_id: String::new(),
+            preprocess: stylefarm_convert::preprocess_to_proto(objective.preprocess()).into(),
+            channels: objective
+                .style_channels()
+                .iter()
+                .map(|&c| u32::try_from(c).unwrap_or(u32::MAX))
+                .collect(),
+        };
+        Ok(Self {
+            client,
+            worker_id: registered.worker_id,
+            hello,
+        })
+    }
+
+    /// Leases a shard task (within [`TIMEOUT`]), opens its stream and hangs on it until the
+    /// coordinator ends it; then gives the task back.
+    pub async fn hang(&mut self) -> Result<HungStream> {
+        let lease = within("a shard task to lease", async {
+            loop {
+                let answer = self
+                    .client
+                    .lease_task(v1::LeaseTaskRequest {
+                        worker_id: self.worker_id.clone(),
+                        wait_ms: 1000,
+                    })
+                    .await?
+                    .into_inner();
+                match answer.lease {
+                    Some(l)
+                        if matches!(
+                            l.spec.as_ref().and_then(|s| s.part.as_ref()),
+                            Some(v1::task_spec::Part::Shard(_))
+                        ) =>
+                    {
+                        return Ok::<_, anyhow::Error>(l)
+                    }
+                    Some(l) => bail!("the hung shard leased a task that is no shard: {l:?}"),
+                    None => {}
+                }
+            }
+        })
+        .await??;
+        let (replies, outbound) = tokio::sync::mpsc::channel(1);
+        replies
+            .send(v1::ShardReply {
+                reply: Some(v1::shard_reply::Reply::Hello(v1::ShardHello {
+                    lease_id: lease.lease_id.clone(),
+                    ..self.hello.clone()
+                })),
+            })
+            .await?;
+        let outbound = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(outbound);
+        let mut commands = self.client.shard(outbound).await?.into_inner();
+        let mut first_command = None;
+        let ended = within("the coordinator to drop the hung shard", async {
+            loop {
+                match commands.message().await {
+                    Ok(Some(_)) => {
+                        first_command.get_or_insert_with(Instant::now);
+                    }
+                    Ok(None) | Err(_) => return Instant::now(),
+                }
+            }
+        })
+        .await?;
+        // Open until here: the stream hung, it did not close.
+        drop(replies);
+        self.client
+            .fail_task(v1::FailTaskRequest {
+                lease_id: lease.lease_id,
+                kind: v1::FailureKind::Interrupted as i32,
+                message: "the hung shard's stream was ended".to_string(),
+            })
+            .await?;
+        Ok(HungStream {
+            first_command: first_command
+                .context("the driver never sent the hung shard a command")?,
+            ended,
+        })
+    }
+}

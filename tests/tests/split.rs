@@ -1,5 +1,6 @@
 //! Jobs split beyond one task per frame, end to end: tiles in lock step (the whole image's
-//! statistics, a shard per worker and the coordinator's driver), temporal frame chains,
+//! statistics, a shard per worker and the coordinator's driver; under faults: a shard lost or
+//! hung, the job cancelled, the coordinator restarted), temporal frame chains,
 //! parameter sweeps with a contact sheet, and coarse-to-fine stages — on the fake engine where
 //! the engine is not the subject, and tiled renders on the tiny VGG with their objective and
 //! seam score.
@@ -301,11 +302,7 @@ async fn a_real_lockstep_render_on_two_workers_is_the_untiled_render_up_to_the_m
     }
     assert_ne!(tiled_job.tasks[1].worker_id, tiled_job.tasks[2].worker_id);
 
-    let vgg = Vgg::new(
-        VggWeights::load(&tiny_vgg16(), &Device::Cpu).unwrap(),
-        Pooling::Max,
-    )
-    .unwrap();
+    let vgg = tiny_vgg();
     let objective = |img| objective_of(&vgg, img, &content, &style, &settings);
     let ratio = objective(&tiled) / objective(&untiled);
     // The driver reports the objective of the written pixels, as its tiles see them.
@@ -386,6 +383,320 @@ async fn a_lockstep_render_carries_on_when_a_shard_is_lost() {
         assert_eq!(shard.state, v1::TaskState::Succeeded as i32);
         assert_eq!(shard.result, job.result);
     }
+
+    // The loss cost nothing: the same render on the worker left, without a fault, comes to
+    // the same objective (summed in another order, the two optimisations part in the last
+    // bits, so not the same pixels).
+    let whole = run(&client, tiles(&spec, 64, 32)).await;
+    let vgg = tiny_vgg();
+    let (content, style) = (noise(128, 96, 1), pattern(64, 64, 3));
+    let objective = |img: &image::RgbImage| objective_of(&vgg, img, &content, &style, &settings);
+    let with_loss = objective(&result_of(&client, &job).await);
+    let without = objective(&result_of(&client, &whole).await);
+    let ratio = with_loss / without;
+    eprintln!("a shard lost mid-render: objective {with_loss:.6e} against {without:.6e} without the loss, ratio {ratio:.4}");
+    assert!((ratio - 1.0).abs() < 0.05, "objective ratio {ratio}");
     kept.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+/// The tiny VGG as the whole-image render runs it.
+fn tiny_vgg() -> Vgg {
+    Vgg::new(
+        VggWeights::load(&tiny_vgg16(), &Device::Cpu).unwrap(),
+        Pooling::Max,
+    )
+    .unwrap()
+}
+
+/// The driver's progress (its last task) once the render has made `iterations` steps.
+async fn wait_for_step(client: &stylefarm_client::farm::FarmClient, id: &str, iterations: u32) {
+    within("the lock-step render to get going", async {
+        loop {
+            let job = client.job(id).await.unwrap();
+            let driver = job.tasks.last().unwrap();
+            if driver.progress.as_ref().map_or(0, |p| p.iteration) >= iterations {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockstep_shard_that_hangs_with_its_stream_open_is_dropped_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stylefarm_coordinator::Config::new(dir.path());
+    let step_timeout = Duration::from_secs(1);
+    config.shard_step_timeout = step_timeout;
+    let coordinator =
+        Coordinator::start_with(config, Arc::new(stylefarm_coordinator::SystemClock), None)
+            .await
+            .unwrap();
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let mut settings = settings(128, 30);
+    settings.init = Init::Content;
+    let kept = Worker::start(coordinator.url(), "kept", engine.clone());
+    let mut hung = HungShard::register(coordinator.url(), &*engine, &settings)
+        .await
+        .unwrap();
+    let client = coordinator.client().await.unwrap();
+    wait_for_workers(&client, 2).await;
+    let spec = spec_of(
+        &client,
+        &[&noise(128, 96, 1)],
+        &pattern(64, 64, 3),
+        &settings,
+    )
+    .await;
+    let id = client.submit(tiles(&spec, 64, 32)).await.unwrap();
+    assert_eq!(client.job(&id).await.unwrap().tasks.len(), 4, "two shards");
+
+    // The hung shard joins a few steps in, takes its tiles and never answers.
+    wait_for_step(&client, &id, 3).await;
+    let stream = hung.hang().await.unwrap();
+    let dropped = stream.ended - stream.first_command;
+    eprintln!(
+        "a shard hung with its stream open was dropped {:.2} s after its first command (step timeout {:.1} s)",
+        dropped.as_secs_f64(),
+        step_timeout.as_secs_f64()
+    );
+    assert!(dropped >= step_timeout / 2, "dropped after {dropped:?}");
+    assert!(
+        dropped < Duration::from_secs(5),
+        "dropped after {dropped:?}"
+    );
+
+    // Its tiles went to the other shard, and the render went on to the end.
+    let job = await_job(&client, &id).await.unwrap();
+    assert_eq!(job.state, JobState::Completed as i32, "{}", job.error);
+    assert_eq!(job.tasks[3].progress.as_ref().unwrap().iteration, 30);
+    assert_eq!(result_of(&client, &job).await.dimensions(), (128, 96));
+    kept.stop().await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_lockstep_job_stops_its_driver_and_frees_its_shards_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(dir.path()).await.unwrap();
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let workers = [
+        Worker::start(coordinator.url(), "a", engine.clone()),
+        Worker::start(coordinator.url(), "b", engine),
+    ];
+    let client = coordinator.client().await.unwrap();
+    wait_for_workers(&client, 2).await;
+    let mut settings = settings(128, 5000);
+    settings.init = Init::Content;
+    let spec = spec_of(
+        &client,
+        &[&noise(128, 96, 1)],
+        &pattern(64, 64, 3),
+        &settings,
+    )
+    .await;
+    let id = client.submit(tiles(&spec, 64, 32)).await.unwrap();
+    // Past the first checkpoint (every 10 iterations by default), which the driver deletes
+    // when it stops.
+    wait_for_step(&client, &id, 12).await;
+    let checkpoint = coordinator.data_dir().join("checkpoints").join(&id);
+    assert!(
+        checkpoint.exists(),
+        "no checkpoint at {}",
+        checkpoint.display()
+    );
+    let busy = client.workers().await.unwrap();
+    assert!(
+        busy.iter().all(|w| !w.current_task_id.is_empty()),
+        "{busy:?}"
+    );
+
+    let cancelled = std::time::Instant::now();
+    let job = client.cancel(&id).await.unwrap();
+    assert_eq!(job.state, JobState::Canceled as i32);
+    let (mut driver_stopped, mut shards_freed) = (None, None);
+    within("the driver and shards to stop", async {
+        while driver_stopped.is_none() || shards_freed.is_none() {
+            if driver_stopped.is_none() && !checkpoint.exists() {
+                driver_stopped = Some(cancelled.elapsed());
+            }
+            let workers = client.workers().await.unwrap();
+            if shards_freed.is_none() && workers.iter().all(|w| w.current_task_id.is_empty()) {
+                shards_freed = Some(cancelled.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let (driver_stopped, shards_freed) = (driver_stopped.unwrap(), shards_freed.unwrap());
+    eprintln!(
+        "a lock-step job cancelled: its driver stopped in {:.2} s, both workers free in {:.2} s",
+        driver_stopped.as_secs_f64(),
+        shards_freed.as_secs_f64()
+    );
+    assert!(
+        driver_stopped < Duration::from_secs(5),
+        "{driver_stopped:?}"
+    );
+    assert!(shards_freed < Duration::from_secs(5), "{shards_freed:?}");
+    let job = client.job(&id).await.unwrap();
+    let step = job.tasks[3].progress.as_ref().unwrap().iteration;
+    assert!(step < 5000, "the render went on to step {step}");
+
+    // Free workers take new work at once.
+    let frames = spec_of(
+        &client,
+        &[&pattern(32, 24, 1), &pattern(32, 24, 2)],
+        &pattern(32, 32, 3),
+        &stylefarm_tests::settings(32, 2),
+    )
+    .await;
+    let next = run(&client, frames).await;
+    assert!(next
+        .tasks
+        .iter()
+        .all(|t| t.state == v1::TaskState::Succeeded as i32));
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_render_resumes_the_lockstep_render_from_its_checkpoint() {
+    resumes_after(Restart::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stopped_mid_render_resumes_the_lockstep_render_from_its_checkpoint() {
+    resumes_after(Restart::Stop).await;
+}
+
+/// How a coordinator goes down mid-render.
+#[derive(Debug, Clone, Copy)]
+enum Restart {
+    /// As a crash would.
+    Kill,
+    /// Shut down gracefully.
+    Stop,
+}
+
+/// A lock-step render whose coordinator goes down after its first checkpoint and starts again
+/// on the same data: the render goes on from the checkpoint, to the uninterrupted render's
+/// pixels.
+async fn resumes_after(restart: Restart) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stylefarm_coordinator::Config::new(dir.path());
+    // The killed coordinator's leases lapse soon after the restart.
+    config.lease_duration = Duration::from_secs(3);
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.checkpoint_iterations = 5;
+    config.checkpoint_interval = Duration::from_secs(3600);
+    let clock = Arc::new(stylefarm_coordinator::SystemClock);
+    let coordinator = Coordinator::start_with(config.clone(), clock.clone(), None)
+        .await
+        .unwrap();
+    let addr = coordinator.addr();
+    // One worker: the tiles are summed in the same order every time, so the resumed render
+    // can be compared pixel for pixel.
+    let engine = Arc::new(CandleEngine::load(&tiny_vgg16()).unwrap());
+    let worker = Worker::start(coordinator.url(), "a", engine);
+    let client = coordinator.client().await.unwrap();
+    wait_for_workers(&client, 1).await;
+    let iterations = 60;
+    let mut settings = settings(128, iterations);
+    settings.init = Init::Content;
+    let spec = spec_of(
+        &client,
+        &[&noise(128, 96, 1)],
+        &pattern(64, 64, 3),
+        &settings,
+    )
+    .await;
+    let spec = tiles(&spec, 64, 32);
+    let uninterrupted = run(&client, spec.clone()).await;
+    let uninterrupted = result_of(&client, &uninterrupted).await;
+
+    let id = client.submit(spec).await.unwrap();
+    let checkpoint = dir.path().join("checkpoints").join(&id);
+    within("a checkpoint mid-render", async {
+        while !checkpoint.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    match restart {
+        Restart::Kill => coordinator.kill().await,
+        Restart::Stop => coordinator.stop().await.unwrap(),
+    }
+    assert!(
+        checkpoint.exists(),
+        "the checkpoint outlives the coordinator"
+    );
+
+    let coordinator = Coordinator::start_with(config, clock, Some(addr))
+        .await
+        .unwrap();
+    let client = coordinator.client().await.unwrap();
+    let mut events = client.watch(&id).await.unwrap();
+    let mut resumed_at = None;
+    let job = within("the resumed render to end", async {
+        loop {
+            let Some(event) = events.message().await.unwrap() else {
+                panic!("the watch ended before the job");
+            };
+            match event.event.unwrap() {
+                v1::job_event::Event::Task(t) if t.index == 2 => {
+                    if let Some(p) = t.progress {
+                        let first = resumed_at.get_or_insert(p.iteration);
+                        *first = (*first).min(p.iteration);
+                    }
+                }
+                v1::job_event::Event::Job(j)
+                    if [JobState::Completed, JobState::Failed, JobState::Canceled]
+                        .iter()
+                        .any(|&s| j.state == s as i32) =>
+                {
+                    return client.job(&id).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(job.state, JobState::Completed as i32, "{}", job.error);
+    let driver = &job.tasks[2];
+    assert!(matches!(
+        driver.spec.as_ref().unwrap().part,
+        Some(Part::Assemble(_))
+    ));
+    assert_eq!(driver.progress.as_ref().unwrap().iteration, iterations);
+    let resumed_at = resumed_at.expect("the resumed driver reported its progress");
+    eprintln!(
+        "a lock-step render of {iterations} iterations, its coordinator down ({restart:?}) after the first checkpoint (every 5): resumed at iteration {resumed_at}"
+    );
+    // Started over, it would report its first iterations again.
+    assert!(resumed_at > 5, "the render started over at {resumed_at}");
+
+    // With the optimiser's state in the checkpoint, the same path as without the restart.
+    let resumed = result_of(&client, &job).await;
+    let differ = resumed
+        .pixels()
+        .zip(uninterrupted.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!("pixels that differ from the uninterrupted render: {differ}");
+    assert_eq!(differ, 0);
+    assert!(
+        !checkpoint.exists(),
+        "the checkpoint is deleted with the render"
+    );
+    worker.stop().await.unwrap();
     coordinator.stop().await.unwrap();
 }

@@ -5,13 +5,15 @@
 //! (`ShardResiduals`), evaluation after evaluation, until `ShardDone` names the job's result,
 //! which completes the task.
 //!
-//! The evaluations run on a dedicated thread; the async side only moves messages. A tile's
-//! content features are computed once, on its first evaluation, and its activations are kept
-//! from step one to step two while half the worker's memory holds them.
+//! The evaluations run on a dedicated thread; the async side only moves messages, and ends the
+//! stream as soon as the task is cancelled. A tile's content features are computed once, on
+//! its first evaluation, and its activations are kept from step one to step two while half the
+//! worker's memory holds them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use stylefarm_convert::{f32_bytes, f32_values, preprocess_to_proto, rect_from_proto};
@@ -49,6 +51,8 @@ pub(crate) struct ShardInput {
 /// What the activations kept between the steps may take when the worker does not say how much
 /// memory it has.
 const DEFAULT_KEEP_BYTES: u64 = 2 << 30;
+/// How often the stream looks at the task's cancel flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 /// Serves the coordinator's driver until it names the job's result.
 pub(crate) async fn serve(
@@ -62,10 +66,11 @@ pub(crate) async fn serve(
     let (hello_tx, hello_rx) = oneshot::channel::<Result<v1::ShardHello, Failure>>();
     let (ended_tx, mut ended) = oneshot::channel::<Failure>();
     let lease_id = input.lease_id.clone();
+    let thread_cancel = cancel.clone();
     std::thread::Builder::new()
         .name("stylefarm-shard".into())
         .spawn(move || {
-            let session = Session::open(&*engine, &input, cancel);
+            let session = Session::open(&*engine, &input, thread_cancel);
             let mut session = match session {
                 Ok(s) => {
                     let _ = hello_tx.send(Ok(s.hello(lease_id)));
@@ -105,8 +110,16 @@ pub(crate) async fn serve(
             ))
         })?
         .into_inner();
+    let mut watch_cancel = tokio::time::interval(CANCEL_CHECK);
     loop {
         tokio::select! {
+            _ = watch_cancel.tick() => {
+                // The task's heartbeat learnt the job was cancelled: the stream ends here,
+                // whatever the driver or this worker's shard thread is doing.
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Failure::from_engine(CoreError::Cancelled));
+                }
+            }
             message = inbound.message() => match message {
                 Ok(Some(v1::ShardCommand { command: Some(Command::Done(done)) })) => {
                     return done.result.ok_or_else(|| Failure::application("the lock-step render ended without a result"));

@@ -7,45 +7,57 @@
 //!   worker sends.
 //! - The driver is the job's lock-step assemble task. It runs on its own thread, never on the
 //!   async runtime: it waits for a first shard, then runs the optimiser, each evaluation spread
-//!   over the shards present. A shard that joins takes part from the next step on; one that
-//!   goes away (its stream ends or errs, or it does not answer within [`REPLY_TIMEOUT`]) leaves
-//!   its tiles to the others, and the step is run again for them.
+//!   over the shards present ([`shards`]). A shard that joins takes part from the next step
+//!   on; one that goes away (its stream ends or errs, or it does not answer in time: the
+//!   configured step timeout plus twice the slowest time per tile seen so far, for each tile
+//!   it was asked for) leaves its tiles to the others, and the step is run again for them.
+//! - Every so many iterations or seconds the driver saves a checkpoint
+//!   ([`crate::checkpoint`]); a driver that starts, after a restart of the coordinator, goes on
+//!   from its job's checkpoint. A shutdown leaves the task and its checkpoint as they are; any
+//!   other end of the render deletes the checkpoint.
+//! - Cancelling the job stops the driver within about a second, and ends its shards' streams.
 //! - At the end the driver stores the image and sends every shard `ShardDone` with it. A shard
 //!   task leased after that is answered `ShardDone` at once, so every shard task completes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stylefarm_convert::{
-    f32_bytes, f32_values, losses_to_proto, preprocess_from_proto, rect_to_proto,
-    settings_from_proto,
-};
+use stylefarm_convert::{losses_to_proto, settings_from_proto};
 use stylefarm_core::color::keep_original_colors;
 use stylefarm_core::image_io::{
     decode_image, encode_png, image_to_network, network_to_image, random_image, resize_exact,
     DecodeLimits, RgbImage,
 };
 use stylefarm_core::lockstep::{
-    add_crop, crop, driver_optimizer, lockstep_tiles, optimize, style_targets_of_statistics,
-    GramSums, LockstepObjective, LockstepTile, TileBackend,
+    driver_optimizer, lockstep_tiles, optimize, style_targets_of_statistics, LockstepObjective,
 };
+use stylefarm_core::optim::Resume;
 use stylefarm_core::settings::{Init, Losses, TermWeights};
-use stylefarm_core::{CoreError, Preprocess};
+use stylefarm_core::CoreError;
 use stylefarm_proto::ids::{JobId, TaskId};
-use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply, task_spec::Part};
+use stylefarm_proto::v1::{self, shard_command::Command, task_spec::Part};
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::blobs::{BlobHash, BlobStore};
+use crate::checkpoint::{self, Policy, Render, Saver, STATE_BUDGET};
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::Assembly;
 use crate::state::{Signals, StateHandle};
 
-/// How long the driver waits for a shard's answer to one step before giving its tiles to the
-/// others.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+mod shards;
+
+use shards::{Member, ShardPool};
+
+/// How long a driver waits for a shard's answer to a step, beyond what the earlier steps took,
+/// unless configured otherwise (`Config::shard_step_timeout`).
+pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the driver's thread looks at its cancel flag while it waits.
+const POLL: Duration = Duration::from_millis(50);
+/// How often the task around a driver looks whether its job has ended.
+const JOB_CHECK: Duration = Duration::from_millis(500);
 /// How long a shard's stream waits for its job's driver to start.
 const DRIVER_WAIT: Duration = Duration::from_secs(60);
 /// Shortest gap between two progress reports of a driver.
@@ -63,10 +75,23 @@ pub(crate) struct Joined {
     pub(crate) replies: mpsc::Receiver<std::result::Result<v1::ShardReply, String>>,
 }
 
-/// The running drivers, by job.
-#[derive(Default)]
+/// The running drivers, by job, and how they run.
 pub(crate) struct Lockstep {
     drivers: Mutex<HashMap<JobId, mpsc::Sender<Joined>>>,
+    step_timeout: Duration,
+    /// `None`: no checkpoints.
+    checkpoints: Option<Policy>,
+}
+
+impl Default for Lockstep {
+    /// The default step timeout, no checkpoints.
+    fn default() -> Self {
+        Self {
+            drivers: Mutex::default(),
+            step_timeout: DEFAULT_STEP_TIMEOUT,
+            checkpoints: None,
+        }
+    }
 }
 
 /// Takes a driver out of [`Lockstep`] when it ends.
@@ -82,6 +107,20 @@ impl Drop for Registered<'_> {
 }
 
 impl Lockstep {
+    /// Drivers with `config`'s shard step timeout, checkpointing under its data directory.
+    pub(crate) fn new(config: &crate::Config) -> Self {
+        Self {
+            drivers: Mutex::default(),
+            step_timeout: config.shard_step_timeout,
+            checkpoints: Some(Policy {
+                dir: config.data_dir.join("checkpoints"),
+                every_iterations: config.checkpoint_iterations,
+                every: config.checkpoint_interval,
+                state_budget: STATE_BUDGET,
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, mpsc::Sender<Joined>>> {
         self.drivers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -127,6 +166,8 @@ struct DriverInput {
     height: u32,
     tile_size: u32,
     margin: u32,
+    step_timeout: Duration,
+    checkpoints: Option<Policy>,
 }
 
 /// Runs a lock-step assemble task to its result: the optimised image, stored as a blob, and
@@ -183,7 +224,10 @@ pub(crate) async fn run(
         height: a.full_height,
         tile_size: a.tile_size,
         margin: a.margin,
+        step_timeout: lockstep.step_timeout,
+        checkpoints: lockstep.checkpoints.clone(),
     };
+    let checkpoints = lockstep.checkpoints.clone();
 
     let (joins_tx, joins) = mpsc::channel();
     let _registered = lockstep.register(assembly.job, joins_tx);
@@ -207,7 +251,8 @@ pub(crate) async fn run(
 
     let (task, job) = (assembly.task, assembly.job);
     let mut last_report = Instant::now() - PROGRESS_GAP;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(JOB_CHECK);
+    let mut shutting_down = false;
     let outcome = loop {
         tokio::select! {
             out = &mut done_rx => break out.map_err(|_| internal("the lock-step driver ended without a word"))?,
@@ -233,7 +278,26 @@ pub(crate) async fn run(
                     cancel.store(true, Ordering::Relaxed);
                 }
             }
-            () = signals.shutdown_requested() => cancel.store(true, Ordering::Relaxed),
+            () = signals.shutdown_requested(), if !shutting_down => {
+                shutting_down = true;
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    if shutting_down && outcome.is_err() {
+        // Stopped by the shutdown, not by the render: the task stays ready and its checkpoint
+        // stays, so that the next start goes on from it. The runtime's end drops this future.
+        for m in outcome.err().map(|(_, m)| m).unwrap_or_default() {
+            let _ = m
+                .commands
+                .try_send(Err(Status::unavailable("the coordinator is shutting down")));
+        }
+        return std::future::pending().await;
+    }
+    // The render is over, whichever way: its checkpoint goes once it has been told.
+    let forget = || {
+        if let Some(policy) = &checkpoints {
+            checkpoint::remove(policy, job);
         }
     };
     // The last step's progress, which the gap may have held back.
@@ -250,6 +314,7 @@ pub(crate) async fn run(
             for m in members {
                 let _ = m.commands.try_send(Err(Status::aborted(reason.clone())));
             }
+            forget();
             return Err(e);
         }
     };
@@ -265,6 +330,7 @@ pub(crate) async fn run(
             }))
             .await;
     }
+    forget();
     Ok((result, losses_to_proto(&losses)))
 }
 
@@ -285,22 +351,17 @@ fn drive(
         Ok(t) => t,
         Err(e) => return Err((driver_error(e), Vec::new())),
     };
-    let mut pool = ShardPool {
+    let mut pool = ShardPool::new(
         joins,
-        members: Vec::new(),
-        next_id: 0,
         tiles,
-        width: w as usize,
-        height: h as usize,
-        x: Vec::new(),
-        evaluation: 0,
+        (w as usize, h as usize),
         cancel,
-        job: input.job,
-        hello: None,
-    };
+        input.job,
+        input.step_timeout,
+    );
     match optimise(&input, &mut pool, progress) {
-        Ok(done) => Ok((done, pool.members)),
-        Err(e) => Err((driver_error(e), pool.members)),
+        Ok(done) => Ok((done, pool.into_members())),
+        Err(e) => Err((driver_error(e), pool.into_members())),
     }
 }
 
@@ -337,13 +398,32 @@ fn optimise(
             resize_exact(&decode_image(bytes, "init image", &limits)?, w, h)
         }
     };
-    let mut x = image_to_network(&start, pre);
     let (optimizer, bytes) =
         driver_optimizer(s.optimizer, u64::from(w) * u64::from(h), s.num_iterations);
     if optimizer != s.optimizer {
         tracing::info!(job_id = %input.job, ?optimizer, bytes, "L-BFGS's history cut to fit the driver's memory");
     }
-    let started = Instant::now();
+    let render = Render {
+        width: w,
+        height: h,
+        iterations: s.num_iterations,
+    };
+    let saved = input
+        .checkpoints
+        .as_ref()
+        .and_then(|policy| checkpoint::load(policy, input.job, render, optimizer));
+    let (mut x, resume) = match saved {
+        Some(saved) => {
+            tracing::info!(job_id = %input.job, iter = saved.resume.evals, with_state = saved.resume.state.is_some(), "lock-step render resumed from its checkpoint");
+            (saved.x, saved.resume)
+        }
+        None => (image_to_network(&start, pre), Resume::default()),
+    };
+    let mut saver = input
+        .checkpoints
+        .clone()
+        .map(|policy| Saver::new(policy, input.job, render, resume.evals));
+    let (started, resumed_at) = (Instant::now(), resume.evals);
     let done = optimize(
         &objective,
         pool,
@@ -351,6 +431,7 @@ fn optimise(
         optimizer,
         s.num_iterations,
         pre,
+        resume,
         &mut |iteration, total, losses| {
             progress.send_replace(Some(v1::Progress {
                 iteration,
@@ -360,10 +441,17 @@ fn optimise(
             }));
             Ok(())
         },
+        &mut |snapshot| {
+            if let Some(saver) = saver.as_mut() {
+                saver.offer(snapshot);
+            }
+            Ok(())
+        },
     )?;
     tracing::info!(
         job_id = %input.job,
         iterations = done.iterations,
+        resumed_at,
         seconds = started.elapsed().as_secs_f64(),
         "lock-step render optimised"
     );
@@ -384,300 +472,4 @@ fn driver_error(e: CoreError) -> CoordinatorError {
         CoreError::Cancelled => CoordinatorError::Internal("the job was canceled".into()),
         e => CoordinatorError::Internal(e.to_string()),
     }
-}
-
-/// A shard taking part.
-struct Member {
-    id: u64,
-    task: TaskId,
-    commands: Commands,
-    replies: mpsc::Receiver<std::result::Result<v1::ShardReply, String>>,
-    /// The tiles whose pixels of the current evaluation it holds.
-    holds: HashSet<usize>,
-}
-
-/// The shards of one driver, as the optimiser's [`TileBackend`].
-struct ShardPool<'a> {
-    joins: mpsc::Receiver<Joined>,
-    members: Vec<Member>,
-    next_id: u64,
-    tiles: Vec<LockstepTile>,
-    width: usize,
-    height: usize,
-    /// The image of the current evaluation.
-    x: Vec<f32>,
-    evaluation: u64,
-    cancel: &'a AtomicBool,
-    job: JobId,
-    /// The first shard's hello: every other must have the same network.
-    hello: Option<v1::ShardHello>,
-}
-
-impl ShardPool<'_> {
-    fn cancelled(&self) -> stylefarm_core::Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(CoreError::Cancelled);
-        }
-        Ok(())
-    }
-
-    fn add(&mut self, j: Joined) {
-        if let Some(first) = &self.hello {
-            if first.preprocess != j.hello.preprocess || first.channels != j.hello.channels {
-                let _ = j.commands.try_send(Err(Status::failed_precondition(
-                    "this worker's network differs from the one the job's other shards run",
-                )));
-                return;
-            }
-        } else {
-            self.hello = Some(j.hello.clone());
-        }
-        tracing::info!(job_id = %self.job, task_id = %j.task, "a shard joined the lock-step render");
-        self.next_id += 1;
-        self.members.push(Member {
-            id: self.next_id,
-            task: j.task,
-            commands: j.commands,
-            replies: j.replies,
-            holds: HashSet::new(),
-        });
-    }
-
-    fn admit(&mut self) {
-        while let Ok(j) = self.joins.try_recv() {
-            self.add(j);
-        }
-    }
-
-    fn wait_for_member(&mut self) -> stylefarm_core::Result<()> {
-        self.admit();
-        while self.members.is_empty() {
-            self.cancelled()?;
-            match self.joins.recv_timeout(Duration::from_secs(1)) {
-                Ok(j) => self.add(j),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(CoreError::Cancelled),
-            }
-        }
-        Ok(())
-    }
-
-    fn preprocess(&self) -> stylefarm_core::Result<Preprocess> {
-        let name = self.hello.as_ref().map(|h| h.preprocess.as_str());
-        match name.and_then(preprocess_from_proto) {
-            Some(p) => Ok(p),
-            None => Err(CoreError::InvalidOption {
-                option: "tiles",
-                reason: format!(
-                    "a shard's network takes its input as {name:?}, which the driver does not know"
-                ),
-            }),
-        }
-    }
-
-    fn drop_member(&mut self, id: u64, why: &str) {
-        if let Some(i) = self.members.iter().position(|m| m.id == id) {
-            let m = self.members.remove(i);
-            tracing::warn!(job_id = %self.job, task_id = %m.task, "a shard left the lock-step render: {why}");
-            let _ = m.commands.try_send(Err(Status::aborted(format!(
-                "the coordinator dropped this shard: {why}"
-            ))));
-        }
-    }
-
-    fn send(&self, member: usize, command: Command) -> bool {
-        self.members[member]
-            .commands
-            .blocking_send(Ok(v1::ShardCommand {
-                command: Some(command),
-            }))
-            .is_ok()
-    }
-
-    /// Sends the pixels of `tiles` that `member` lacks.
-    fn send_pixels(&mut self, member: usize, tiles: &[usize]) -> bool {
-        for &t in tiles {
-            if self.members[member].holds.contains(&t) {
-                continue;
-            }
-            let tile = self.tiles[t];
-            let values = crop(&self.x, self.width, self.height, tile.context);
-            let command = Command::Tile(v1::ShardTile {
-                evaluation: self.evaluation,
-                tile: t as u32,
-                core: Some(rect_to_proto(tile.core)),
-                context: Some(rect_to_proto(tile.context)),
-                values: f32_bytes(&values),
-            });
-            if !self.send(member, command) {
-                return false;
-            }
-            self.members[member].holds.insert(t);
-        }
-        true
-    }
-
-    /// The next reply of `member`; `Ok(None)` when it is gone.
-    fn recv(&self, member: usize) -> stylefarm_core::Result<Option<Reply>> {
-        let started = Instant::now();
-        loop {
-            self.cancelled()?;
-            match self.members[member]
-                .replies
-                .recv_timeout(Duration::from_secs(1))
-            {
-                Ok(Ok(r)) => return Ok(r.reply),
-                Ok(Err(why)) => {
-                    tracing::warn!(job_id = %self.job, "a shard's stream failed: {why}");
-                    return Ok(None);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() < REPLY_TIMEOUT => {}
-                Err(_) => return Ok(None),
-            }
-        }
-    }
-
-    /// Spreads `pending` over the members and sends each its share: the pixels it lacks, then
-    /// `command` for its tiles. Returns who was asked for which tiles; a member that cannot be
-    /// reached goes into `lost` and its tiles back into `pending`.
-    fn ask(
-        &mut self,
-        pending: &mut Vec<usize>,
-        lost: &mut Vec<(u64, String)>,
-        command: impl Fn(Vec<u32>) -> Command,
-    ) -> stylefarm_core::Result<Vec<(usize, Vec<usize>)>> {
-        self.wait_for_member()?;
-        let share = self.spread(pending);
-        pending.clear();
-        let mut asked = Vec::new();
-        for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-            let c = command(tiles.iter().map(|&t| t as u32).collect());
-            if self.send_pixels(i, &tiles) && self.send(i, c) {
-                asked.push((i, tiles));
-            } else {
-                lost.push((self.members[i].id, "its stream is closed".to_string()));
-                pending.extend(tiles);
-            }
-        }
-        Ok(asked)
-    }
-
-    /// `pending` spread over the members: each tile to a member that holds its pixels, the
-    /// others round the members with the fewest.
-    fn spread(&self, pending: &[usize]) -> Vec<Vec<usize>> {
-        let mut share = vec![Vec::new(); self.members.len()];
-        let mut loose = Vec::new();
-        for &t in pending {
-            match self.members.iter().position(|m| m.holds.contains(&t)) {
-                Some(i) => share[i].push(t),
-                None => loose.push(t),
-            }
-        }
-        for t in loose {
-            let i = (0..share.len())
-                .min_by_key(|&i| share[i].len())
-                .unwrap_or(0);
-            share[i].push(t);
-        }
-        share
-    }
-}
-
-impl TileBackend for ShardPool<'_> {
-    type Error = CoreError;
-
-    fn grams(&mut self, x: &[f32]) -> stylefarm_core::Result<GramSums> {
-        self.x.clear();
-        self.x.extend_from_slice(x);
-        self.evaluation += 1;
-        for m in &mut self.members {
-            m.holds.clear();
-        }
-        let mut total = GramSums::default();
-        let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
-        let evaluation = self.evaluation;
-        while !pending.is_empty() {
-            let mut lost = Vec::new();
-            let asked = self.ask(&mut pending, &mut lost, |tiles| {
-                Command::Sum(v1::ShardSum { evaluation, tiles })
-            })?;
-            for (i, tiles) in asked {
-                match self.recv(i)? {
-                    Some(Reply::Grams(g)) if g.evaluation == self.evaluation => {
-                        match gram_sums(&g) {
-                            Ok(sums) => total.add(&sums)?,
-                            Err(why) => {
-                                lost.push((self.members[i].id, why));
-                                pending.extend(tiles);
-                            }
-                        }
-                    }
-                    _ => {
-                        lost.push((self.members[i].id, "no Gram matrices came".into()));
-                        pending.extend(tiles);
-                    }
-                }
-            }
-            for (id, why) in lost {
-                self.drop_member(id, &why);
-            }
-        }
-        Ok(total)
-    }
-
-    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> stylefarm_core::Result<()> {
-        let residuals: Vec<Vec<u8>> = residuals.iter().map(|r| f32_bytes(r)).collect();
-        let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
-        let evaluation = self.evaluation;
-        while !pending.is_empty() {
-            let mut lost = Vec::new();
-            let asked = self.ask(&mut pending, &mut lost, |tiles| {
-                Command::Residuals(v1::ShardResiduals {
-                    evaluation,
-                    tiles,
-                    residuals: residuals.clone(),
-                })
-            })?;
-            for (i, tiles) in asked {
-                let mut waiting: HashSet<usize> = tiles.iter().copied().collect();
-                while !waiting.is_empty() {
-                    let why = match self.recv(i)? {
-                        Some(Reply::Gradient(g)) if g.evaluation == self.evaluation => {
-                            let t = g.tile as usize;
-                            let r = self.tiles.get(t).map(|t| t.context);
-                            match (r, waiting.contains(&t)) {
-                                (Some(r), true)
-                                    if g.values.len() == 12 * (r.width * r.height) as usize =>
-                                {
-                                    let v = f32_values(&g.values);
-                                    add_crop(grad, self.width, self.height, r, &v);
-                                    waiting.remove(&t);
-                                    continue;
-                                }
-                                _ => "a gradient of a tile it was not asked for, or of the wrong size",
-                            }
-                        }
-                        _ => "no gradient came",
-                    };
-                    lost.push((self.members[i].id, why.to_string()));
-                    pending.extend(waiting.drain());
-                }
-            }
-            for (id, why) in lost {
-                self.drop_member(id, &why);
-            }
-        }
-        Ok(())
-    }
-}
-
-fn gram_sums(g: &v1::ShardGrams) -> std::result::Result<GramSums, String> {
-    if g.grams.iter().any(|b| b.len() % 4 != 0) || g.grams.len() != g.counts.len() {
-        return Err("malformed Gram matrices".into());
-    }
-    Ok(GramSums {
-        grams: g.grams.iter().map(|b| f32_values(b)).collect(),
-        counts: g.counts.clone(),
-        content: g.content,
-    })
 }

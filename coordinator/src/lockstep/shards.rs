@@ -1,0 +1,400 @@
+//! The shards of one lock-step driver ([`super`]) as the optimiser's [`TileBackend`]: each
+//! step's tiles spread over the shards present, their answers awaited within a [`Pace`], and a
+//! shard that is gone, stalls or hangs dropped and its tiles given to the others.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use stylefarm_convert::{f32_bytes, f32_values, preprocess_from_proto, rect_to_proto};
+use stylefarm_core::lockstep::{add_crop, crop, GramSums, LockstepTile, TileBackend};
+use stylefarm_core::{CoreError, Preprocess};
+use stylefarm_proto::ids::{JobId, TaskId};
+use stylefarm_proto::v1::{self, shard_command::Command, shard_reply::Reply};
+use tokio::sync::mpsc::error::TrySendError;
+use tonic::Status;
+
+use super::{Commands, Joined, POLL};
+
+/// A shard taking part.
+pub(super) struct Member {
+    id: u64,
+    task: TaskId,
+    pub(super) commands: Commands,
+    replies: mpsc::Receiver<std::result::Result<v1::ShardReply, String>>,
+    /// The tiles whose pixels of the current evaluation it holds.
+    holds: HashSet<usize>,
+}
+
+/// The shards of one driver, as the optimiser's [`TileBackend`].
+pub(super) struct ShardPool<'a> {
+    joins: mpsc::Receiver<Joined>,
+    members: Vec<Member>,
+    next_id: u64,
+    tiles: Vec<LockstepTile>,
+    width: usize,
+    height: usize,
+    /// The image of the current evaluation.
+    x: Vec<f32>,
+    evaluation: u64,
+    cancel: &'a AtomicBool,
+    job: JobId,
+    /// The first shard's hello: every other must have the same network.
+    hello: Option<v1::ShardHello>,
+    pace: Pace,
+}
+
+/// How long a shard may take to answer: the step timeout, plus twice the slowest time per
+/// tile seen so far (the step timeout itself before any was seen) for each tile the answer
+/// covers. A shard that hangs with its stream open is dropped after that.
+struct Pace {
+    step_timeout: Duration,
+    per_tile: Option<Duration>,
+}
+
+impl Pace {
+    fn limit(&self, tiles: usize) -> Duration {
+        let per_tile = self.per_tile.map_or(self.step_timeout, |t| 2 * t);
+        let tiles = u32::try_from(tiles.max(1)).unwrap_or(u32::MAX);
+        self.step_timeout
+            .saturating_add(per_tile.saturating_mul(tiles))
+    }
+
+    fn record(&mut self, took: Duration, tiles: usize) {
+        let t = took / u32::try_from(tiles.max(1)).unwrap_or(u32::MAX);
+        self.per_tile = Some(self.per_tile.map_or(t, |p| p.max(t)));
+    }
+}
+
+impl<'a> ShardPool<'a> {
+    /// The pool of a `width` x `height` image cut into `tiles`, which shards join through
+    /// `joins`; it stops once `cancel` is set.
+    pub(super) fn new(
+        joins: mpsc::Receiver<Joined>,
+        tiles: Vec<LockstepTile>,
+        (width, height): (usize, usize),
+        cancel: &'a AtomicBool,
+        job: JobId,
+        step_timeout: Duration,
+    ) -> Self {
+        Self {
+            joins,
+            members: Vec::new(),
+            next_id: 0,
+            tiles,
+            width,
+            height,
+            x: Vec::new(),
+            evaluation: 0,
+            cancel,
+            job,
+            hello: None,
+            pace: Pace {
+                step_timeout,
+                per_tile: None,
+            },
+        }
+    }
+
+    /// The shards taking part now, to tell how the render ended.
+    pub(super) fn into_members(self) -> Vec<Member> {
+        self.members
+    }
+
+    fn cancelled(&self) -> stylefarm_core::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(CoreError::Cancelled);
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, j: Joined) {
+        if let Some(first) = &self.hello {
+            if first.preprocess != j.hello.preprocess || first.channels != j.hello.channels {
+                let _ = j.commands.try_send(Err(Status::failed_precondition(
+                    "this worker's network differs from the one the job's other shards run",
+                )));
+                return;
+            }
+        } else {
+            self.hello = Some(j.hello.clone());
+        }
+        tracing::info!(job_id = %self.job, task_id = %j.task, "a shard joined the lock-step render");
+        self.next_id += 1;
+        self.members.push(Member {
+            id: self.next_id,
+            task: j.task,
+            commands: j.commands,
+            replies: j.replies,
+            holds: HashSet::new(),
+        });
+    }
+
+    fn admit(&mut self) {
+        while let Ok(j) = self.joins.try_recv() {
+            self.add(j);
+        }
+    }
+
+    pub(super) fn wait_for_member(&mut self) -> stylefarm_core::Result<()> {
+        self.admit();
+        while self.members.is_empty() {
+            self.cancelled()?;
+            match self.joins.recv_timeout(POLL) {
+                Ok(j) => self.add(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(CoreError::Cancelled),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn preprocess(&self) -> stylefarm_core::Result<Preprocess> {
+        let name = self.hello.as_ref().map(|h| h.preprocess.as_str());
+        match name.and_then(preprocess_from_proto) {
+            Some(p) => Ok(p),
+            None => Err(CoreError::InvalidOption {
+                option: "tiles",
+                reason: format!(
+                    "a shard's network takes its input as {name:?}, which the driver does not know"
+                ),
+            }),
+        }
+    }
+
+    fn drop_member(&mut self, id: u64, why: &str) {
+        if let Some(i) = self.members.iter().position(|m| m.id == id) {
+            let m = self.members.remove(i);
+            tracing::warn!(job_id = %self.job, task_id = %m.task, "a shard left the lock-step render: {why}");
+            let _ = m.commands.try_send(Err(Status::aborted(format!(
+                "the coordinator dropped this shard: {why}"
+            ))));
+        }
+    }
+
+    /// Queues `command` for `member`; false when its stream is closed, or stays full for a
+    /// step's time limit (its worker does not read).
+    fn send(&self, member: usize, command: Command) -> stylefarm_core::Result<bool> {
+        let mut message = Ok(v1::ShardCommand {
+            command: Some(command),
+        });
+        let until = Instant::now() + self.pace.limit(1);
+        loop {
+            match self.members[member].commands.try_send(message) {
+                Ok(()) => return Ok(true),
+                Err(TrySendError::Closed(_)) => return Ok(false),
+                Err(TrySendError::Full(m)) if Instant::now() < until => {
+                    self.cancelled()?;
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(TrySendError::Full(_)) => return Ok(false),
+            }
+        }
+    }
+
+    /// Sends the pixels of `tiles` that `member` lacks.
+    fn send_pixels(&mut self, member: usize, tiles: &[usize]) -> stylefarm_core::Result<bool> {
+        for &t in tiles {
+            if self.members[member].holds.contains(&t) {
+                continue;
+            }
+            let tile = self.tiles[t];
+            let values = crop(&self.x, self.width, self.height, tile.context);
+            let command = Command::Tile(v1::ShardTile {
+                evaluation: self.evaluation,
+                tile: t as u32,
+                core: Some(rect_to_proto(tile.core)),
+                context: Some(rect_to_proto(tile.context)),
+                values: f32_bytes(&values),
+            });
+            if !self.send(member, command)? {
+                return Ok(false);
+            }
+            self.members[member].holds.insert(t);
+        }
+        Ok(true)
+    }
+
+    /// The next reply of `member`, which covers the work of `tiles` tiles; `Ok(Err(why))` when
+    /// it is gone or does not answer within its [`Pace`].
+    fn recv(
+        &mut self,
+        member: usize,
+        tiles: usize,
+    ) -> stylefarm_core::Result<std::result::Result<Reply, String>> {
+        let started = Instant::now();
+        let limit = self.pace.limit(tiles);
+        loop {
+            self.cancelled()?;
+            match self.members[member].replies.recv_timeout(POLL) {
+                Ok(Ok(v1::ShardReply { reply: Some(r) })) => {
+                    self.pace.record(started.elapsed(), tiles);
+                    return Ok(Ok(r));
+                }
+                Ok(Ok(v1::ShardReply { reply: None })) => {
+                    return Ok(Err("it sent an empty reply".into()))
+                }
+                Ok(Err(why)) => return Ok(Err(format!("its stream failed: {why}"))),
+                Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() < limit => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Ok(Err(format!(
+                        "it did not answer within {:.1} s",
+                        limit.as_secs_f64()
+                    )))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Ok(Err("its stream ended".into()))
+                }
+            }
+        }
+    }
+
+    /// Spreads `pending` over the members and sends each its share: the pixels it lacks, then
+    /// `command` for its tiles. Returns who was asked for which tiles; a member that cannot be
+    /// reached goes into `lost` and its tiles back into `pending`.
+    fn ask(
+        &mut self,
+        pending: &mut Vec<usize>,
+        lost: &mut Vec<(u64, String)>,
+        command: impl Fn(Vec<u32>) -> Command,
+    ) -> stylefarm_core::Result<Vec<(usize, Vec<usize>)>> {
+        self.wait_for_member()?;
+        let share = self.spread(pending);
+        pending.clear();
+        let mut asked = Vec::new();
+        for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let c = command(tiles.iter().map(|&t| t as u32).collect());
+            if self.send_pixels(i, &tiles)? && self.send(i, c)? {
+                asked.push((i, tiles));
+            } else {
+                lost.push((
+                    self.members[i].id,
+                    "its stream is closed, or full".to_string(),
+                ));
+                pending.extend(tiles);
+            }
+        }
+        Ok(asked)
+    }
+
+    /// `pending` spread over the members: each tile to a member that holds its pixels, the
+    /// others round the members with the fewest.
+    fn spread(&self, pending: &[usize]) -> Vec<Vec<usize>> {
+        let mut share = vec![Vec::new(); self.members.len()];
+        let mut loose = Vec::new();
+        for &t in pending {
+            match self.members.iter().position(|m| m.holds.contains(&t)) {
+                Some(i) => share[i].push(t),
+                None => loose.push(t),
+            }
+        }
+        for t in loose {
+            let i = (0..share.len())
+                .min_by_key(|&i| share[i].len())
+                .unwrap_or(0);
+            share[i].push(t);
+        }
+        share
+    }
+}
+
+impl TileBackend for ShardPool<'_> {
+    type Error = CoreError;
+
+    fn grams(&mut self, x: &[f32]) -> stylefarm_core::Result<GramSums> {
+        self.x.clear();
+        self.x.extend_from_slice(x);
+        self.evaluation += 1;
+        for m in &mut self.members {
+            m.holds.clear();
+        }
+        let mut total = GramSums::default();
+        let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
+        let evaluation = self.evaluation;
+        while !pending.is_empty() {
+            let mut lost = Vec::new();
+            let asked = self.ask(&mut pending, &mut lost, |tiles| {
+                Command::Sum(v1::ShardSum { evaluation, tiles })
+            })?;
+            for (i, tiles) in asked {
+                let why = match self.recv(i, tiles.len())? {
+                    Ok(Reply::Grams(g)) if g.evaluation == self.evaluation => match gram_sums(&g) {
+                        Ok(sums) => {
+                            total.add(&sums)?;
+                            continue;
+                        }
+                        Err(why) => why,
+                    },
+                    Ok(_) => "it sent something else than the Gram matrices".into(),
+                    Err(why) => why,
+                };
+                lost.push((self.members[i].id, why));
+                pending.extend(tiles);
+            }
+            for (id, why) in lost {
+                self.drop_member(id, &why);
+            }
+        }
+        Ok(total)
+    }
+
+    fn gradient(&mut self, residuals: &[Vec<f32>], grad: &mut [f32]) -> stylefarm_core::Result<()> {
+        let residuals: Vec<Vec<u8>> = residuals.iter().map(|r| f32_bytes(r)).collect();
+        let mut pending: Vec<usize> = (0..self.tiles.len()).collect();
+        let evaluation = self.evaluation;
+        while !pending.is_empty() {
+            let mut lost = Vec::new();
+            let asked = self.ask(&mut pending, &mut lost, |tiles| {
+                Command::Residuals(v1::ShardResiduals {
+                    evaluation,
+                    tiles,
+                    residuals: residuals.clone(),
+                })
+            })?;
+            for (i, tiles) in asked {
+                let mut waiting: HashSet<usize> = tiles.iter().copied().collect();
+                while !waiting.is_empty() {
+                    let why = match self.recv(i, 1)? {
+                        Ok(Reply::Gradient(g)) if g.evaluation == self.evaluation => {
+                            let t = g.tile as usize;
+                            let r = self.tiles.get(t).map(|t| t.context);
+                            match (r, waiting.contains(&t)) {
+                                (Some(r), true)
+                                    if g.values.len() == 12 * (r.width * r.height) as usize =>
+                                {
+                                    let v = f32_values(&g.values);
+                                    add_crop(grad, self.width, self.height, r, &v);
+                                    waiting.remove(&t);
+                                    continue;
+                                }
+                                _ => "a gradient of a tile it was not asked for, or of the wrong size"
+                                    .into(),
+                            }
+                        }
+                        Ok(_) => "it sent something else than a gradient".into(),
+                        Err(why) => why,
+                    };
+                    lost.push((self.members[i].id, why));
+                    pending.extend(waiting.drain());
+                }
+            }
+            for (id, why) in lost {
+                self.drop_member(id, &why);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gram_sums(g: &v1::ShardGrams) -> std::result::Result<GramSums, String> {
+    if g.grams.iter().any(|b| b.len() % 4 != 0) || g.grams.len() != g.counts.len() {
+        return Err("malformed Gram matrices".into());
+    }
+    Ok(GramSums {
+        grams: g.grams.iter().map(|b| f32_values(b)).collect(),
+        counts: g.counts.clone(),
+        content: g.content,
+    })
+}
