@@ -73,6 +73,10 @@ pub enum CoordinatorError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The disk under the data directory is full (RESOURCE_EXHAUSTED): what the call asked was
+    /// not done, and it may succeed once space is freed.
+    #[error("the coordinator's disk is full: {0}")]
+    DiskFull(String),
     /// Something the call needs is not there yet, or no longer (UNAVAILABLE): the caller may
     /// try again.
     #[error("{0}")]
@@ -86,6 +90,22 @@ impl CoordinatorError {
     /// INVALID_ARGUMENT for `field`, because `reason`.
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument(FieldError::new(field, reason))
+    }
+
+    /// Whether this is the disk (or the database file) being full: SQLite's `SQLITE_FULL`, or
+    /// an I/O error saying there is no space or quota left.
+    pub(crate) fn is_disk_full(&self) -> bool {
+        match self {
+            Self::DiskFull(_) => true,
+            Self::Database(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
     }
 
     /// An I/O error on `path`.
@@ -112,7 +132,9 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::LeaseLost { .. } | CoordinatorError::WrongJobState { .. } => {
                 Self::failed_precondition(message)
             }
-            CoordinatorError::LimitExceeded(_) => Self::resource_exhausted(message),
+            CoordinatorError::LimitExceeded(_) | CoordinatorError::DiskFull(_) => {
+                Self::resource_exhausted(message)
+            }
             CoordinatorError::OffsetOutOfRange { .. } => Self::out_of_range(message),
             CoordinatorError::Unauthenticated => Self::unauthenticated(message),
             CoordinatorError::ShuttingDown | CoordinatorError::Unavailable(_) => {

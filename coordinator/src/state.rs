@@ -10,10 +10,16 @@
 //! writes, so one transaction and one fsync cover them all; the answers of calls that changed
 //! something wait for that commit. With one fsync per call the farm dispatched ~250 tasks/s
 //! whatever the number of workers.
+//!
+//! The database is the truth. When a batch cannot be written (a full disk, an I/O error), its
+//! changes are undone by rebuilding the scheduler from the database as it was last committed
+//! ([`Scheduler::reloaded`]), nobody is told of them, and every call of the batch whose answer
+//! rested on them gets an error saying that nothing was changed: RESOURCE_EXHAUSTED ("the
+//! coordinator's disk is full: ...") when the disk is full, UNAVAILABLE otherwise.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -72,23 +78,59 @@ pub(crate) type Watch = (v1::Job, Option<broadcast::Receiver<v1::JobEvent>>);
 /// The most calls one commit covers.
 const MAX_BATCH: usize = 256;
 
-/// An answer held back until the batch is committed; given the write error, if any.
-type Reply = Box<dyn FnOnce(Option<&CoordinatorError>) + Send>;
+/// An answer held back until the batch is committed; told why the write failed, if it did.
+type Reply = Box<dyn FnOnce(Option<&NotWritten>) + Send>;
+
+/// Why a batch was not written, as each of its calls is told.
+#[derive(Debug)]
+struct NotWritten {
+    disk_full: bool,
+    /// The database file and what SQLite said.
+    reason: String,
+}
+
+impl NotWritten {
+    fn new(e: &CoordinatorError, db: &Path) -> Self {
+        Self {
+            disk_full: e.is_disk_full(),
+            reason: format!("cannot write {} ({e})", db.display()),
+        }
+    }
+
+    /// The error one call of the batch gets.
+    fn error(&self) -> CoordinatorError {
+        if self.disk_full {
+            CoordinatorError::DiskFull(format!(
+                "{}; the call changed nothing and may be made again once space is freed",
+                self.reason
+            ))
+        } else {
+            CoordinatorError::Unavailable(format!(
+                "the coordinator could not record the change: {}; the call changed nothing and \
+                 may be made again",
+                self.reason
+            ))
+        }
+    }
+}
 
 /// State owned by the database thread.
 pub(crate) struct State {
     pub(crate) sched: Scheduler,
     store: Store,
+    /// The database file, for messages.
+    db_path: PathBuf,
     clock: Arc<dyn Clock>,
     signals: Arc<Signals>,
     watchers: HashMap<JobId, broadcast::Sender<v1::JobEvent>>,
     stopped: bool,
     /// Effects applied in memory and not yet written.
     pending: Vec<Effect>,
-    /// Whether the running call changed anything (its answer then waits for the commit).
-    call_changed: bool,
     /// Answers waiting for the commit of `pending`.
     replies: Vec<Reply>,
+    /// The scheduler may differ from the database: a write failed and so did the reload
+    /// after it. Every call reloads first ([`Self::refresh`]).
+    stale: bool,
 }
 
 impl State {
@@ -100,7 +142,15 @@ impl State {
         clock: Arc<dyn Clock>,
         signals: Arc<Signals>,
     ) -> Result<Self> {
-        let mut store = Store::open(&data_dir.join(DB_FILE))?;
+        let db_path = data_dir.join(DB_FILE);
+        let full = |e: CoordinatorError| {
+            if e.is_disk_full() {
+                CoordinatorError::DiskFull(NotWritten::new(&e, &db_path).reason)
+            } else {
+                e
+            }
+        };
+        let mut store = Store::open(&db_path).map_err(full)?;
         let snapshot = store.load()?;
         let mut sched = Scheduler::restore(config, snapshot);
         let effects = sched.take_effects();
@@ -108,7 +158,7 @@ impl State {
             .iter()
             .filter(|e| matches!(e, Effect::TaskChanged(_)))
             .count();
-        store.write(&sched, &effects)?;
+        store.write(&sched, &effects).map_err(full)?;
         if requeued > 0 {
             tracing::info!(
                 tasks = requeued,
@@ -118,13 +168,14 @@ impl State {
         Ok(Self {
             sched,
             store,
+            db_path,
             clock,
             signals,
             watchers: HashMap::new(),
             stopped: false,
             pending: Vec::new(),
-            call_changed: false,
             replies: Vec::new(),
+            stale: false,
         })
     }
 
@@ -142,30 +193,67 @@ impl State {
     ) -> Result<T> {
         let now = self.clock.now_ms();
         let out = event(&mut self.sched, now);
-        let effects = self.sched.take_effects();
-        if !effects.is_empty() {
-            self.pending.extend(effects);
-            self.call_changed = true;
-        }
+        self.pending.extend(self.sched.take_effects());
         out
     }
 
     /// Writes the batch's changes in one transaction, then answers its calls and tells
-    /// watchers and waiters.
+    /// watchers and waiters. When the write fails, the changes are undone instead and the
+    /// calls are told so.
     fn flush(&mut self) {
         if self.pending.is_empty() && self.replies.is_empty() {
             return;
         }
         let effects = std::mem::take(&mut self.pending);
-        let written = self.store.write(&self.sched, &effects);
-        if let Err(e) = &written {
-            tracing::error!(error = %e, "cannot write the farm's state to the database");
+        match self.store.write(&self.sched, &effects) {
+            Ok(()) => {
+                for reply in self.replies.drain(..) {
+                    reply(None);
+                }
+                self.publish(&effects);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, calls = self.replies.len(), "cannot write the farm's state to the database: the batch's changes are undone");
+                let failed = NotWritten::new(&e, &self.db_path);
+                // Undone before anyone can read them; should the reload fail too, the next
+                // call reloads first.
+                let _ = self.reload();
+                for reply in self.replies.drain(..) {
+                    reply(Some(&failed));
+                }
+            }
         }
-        for reply in self.replies.drain(..) {
-            reply(written.as_ref().err());
+    }
+
+    /// Rebuilds the scheduler from the database, dropping whatever was not written, and wakes
+    /// the waiters, which look again. On failure the state is stale until a reload succeeds.
+    fn reload(&mut self) -> Result<()> {
+        match self.store.load() {
+            Ok(snapshot) => {
+                self.sched = self.sched.reloaded(snapshot);
+                self.stale = false;
+                let wake = self.sched.take_effects();
+                self.publish(&wake);
+                Ok(())
+            }
+            Err(e) => {
+                self.stale = true;
+                tracing::error!(error = %e, "cannot read the farm's state back from the database");
+                Err(CoordinatorError::Unavailable(format!(
+                    "the coordinator cannot read its database {} ({e}); try again",
+                    self.db_path.display()
+                )))
+            }
         }
-        // Published even when the write failed: watchers see what the farm does.
-        self.publish(&effects);
+    }
+
+    /// Makes sure the scheduler holds what the database does before a call reads it.
+    fn refresh(&mut self) -> Result<()> {
+        if self.stale {
+            self.reload()
+        } else {
+            Ok(())
+        }
     }
 
     /// Subscribes to a job's events, atomically with its snapshot.
@@ -204,7 +292,8 @@ impl State {
                 | Effect::JobChanged(_)
                 | Effect::WorkerChanged(_)
                 | Effect::FailureCounted(..)
-                | Effect::FailuresCleared(_) => {}
+                | Effect::FailuresCleared(_)
+                | Effect::JobDeleted(_) => {}
             }
         }
         if self.watchers.is_empty() {
@@ -290,19 +379,22 @@ impl StateHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Box::new(move |state: &mut State| {
-                state.call_changed = false;
+                if let Err(e) = state.refresh() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
                 let out = f(state);
-                if state.call_changed {
+                if state.pending.is_empty() {
+                    let _ = tx.send(out);
+                } else {
+                    // The answer may rest on changes not yet written (this call's or an
+                    // earlier one's of the batch): it waits for the commit, and fails with it.
                     state.replies.push(Box::new(move |failed| {
                         let _ = tx.send(match failed {
                             None => out,
-                            Some(e) => Err(CoordinatorError::Internal(format!(
-                                "cannot write the farm's state to the database: {e}"
-                            ))),
+                            Some(e) => Err(e.error()),
                         });
                     }));
-                } else {
-                    let _ = tx.send(out);
                 }
             }))
             .map_err(|_| CoordinatorError::ShuttingDown)?;
@@ -315,11 +407,223 @@ impl StateHandle {
 
     /// Stops the database thread after the calls already queued.
     pub(crate) async fn stop(&self) {
-        let _ = self
-            .call(|state| {
-                state.stopped = true;
-                Ok(())
+        let (tx, rx) = oneshot::channel();
+        let stop = Box::new(move |state: &mut State| {
+            state.stopped = true;
+            let _ = tx.send(());
+        });
+        if self.tx.send(stop).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use rusqlite::Connection;
+    use stylefarm_proto::ids::WorkerId;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::scheduler::{JobState, SchedulerConfig, TaskState};
+
+    const CONFIG: SchedulerConfig = SchedulerConfig {
+        lease_ms: 30_000,
+        default_max_attempts: 3,
+    };
+
+    fn start(dir: &Path) -> StateHandle {
+        let clock = Arc::new(ManualClock::default());
+        let state = State::open(dir, CONFIG, clock, Arc::new(Signals::new())).unwrap();
+        StateHandle::start(state).unwrap().0
+    }
+
+    async fn submit(h: StateHandle) -> Result<JobId> {
+        h.call(|c| {
+            c.apply(|s, now| {
+                let tasks = vec![v1::TaskSpec::default()];
+                s.submit(JobId::new(), v1::JobSpec::default(), tasks, now)
             })
-            .await;
+        })
+        .await
+    }
+
+    /// From another connection, makes every write that creates a job fail (as a full disk
+    /// would: the whole transaction is refused), or, with `false`, lets them pass again.
+    fn fail_job_inserts(dir: &Path, fail: bool) {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.execute_batch(if fail {
+            "CREATE TRIGGER no_jobs BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'no room'); END;"
+        } else {
+            "DROP TRIGGER no_jobs;"
+        })
+        .unwrap();
+    }
+
+    type Pending<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
+    /// Runs `calls` as one batch: the database thread is held until each has been queued.
+    async fn one_batch<T>(h: &StateHandle, mut calls: Vec<Pending<T>>) -> Vec<Result<T>> {
+        let (release, held) = mpsc::channel::<()>();
+        h.tx.send(Box::new(move |_: &mut State| {
+            let _ = held.recv();
+        }))
+        .unwrap();
+        for call in &mut calls {
+            assert!(futures::poll!(call.as_mut()).is_pending(), "queued");
+        }
+        release.send(()).unwrap();
+        futures::future::join_all(calls).await
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_is_undone_and_each_of_its_calls_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = start(dir.path());
+        let a = submit(h.clone()).await.unwrap();
+        let (_, events) = h.call(move |c| c.watch(a)).await.unwrap();
+        let mut events = events.unwrap();
+
+        fail_job_inserts(dir.path(), true);
+        let cancel = h.clone();
+        let read = h.clone();
+        let calls: Vec<Pending<()>> = vec![
+            Box::pin(async move {
+                cancel
+                    .call(move |c| c.apply(|s, now| s.cancel(a, now)))
+                    .await
+            }),
+            Box::pin(async move { submit(read).await.map(|_| ()) }),
+        ];
+        let read = h.clone();
+        let answers = one_batch(&h, calls).await;
+        for answer in answers {
+            let e = answer.unwrap_err();
+            assert!(matches!(e, CoordinatorError::Unavailable(_)), "{e:?}");
+            assert!(e.to_string().contains("the call changed nothing"), "{e}");
+            assert!(e.to_string().contains("no room"), "{e}");
+        }
+        // Memory is the database again: the cancel is undone, the job never existed, and the
+        // watcher heard of neither.
+        let (state, jobs) = read
+            .call(move |c| Ok((c.sched.job(a)?.state, c.sched.newest_jobs().count())))
+            .await
+            .unwrap();
+        assert_eq!((state, jobs), (JobState::Queued, 1));
+        assert!(events.try_recv().is_err(), "no event for unwritten changes");
+
+        // A read after an unwritten change in its batch saw that change: it is refused too.
+        let cancel = h.clone();
+        let read = h.clone();
+        let calls: Vec<Pending<JobState>> = vec![
+            Box::pin(async move { submit(cancel).await.map(|_| JobState::Queued) }),
+            Box::pin(async move { read.call(move |c| Ok(c.sched.job(a)?.state)).await }),
+        ];
+        for answer in one_batch(&h, calls).await {
+            assert!(answer.is_err());
+        }
+
+        fail_job_inserts(dir.path(), false);
+        let b = submit(h.clone()).await.unwrap();
+        h.call(move |c| c.apply(|s, now| s.cancel(a, now)))
+            .await
+            .unwrap();
+        // Watchers hear of a change after its call is answered.
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await;
+        assert!(
+            heard.is_ok_and(|e| e.is_ok()),
+            "written changes are published"
+        );
+        h.stop().await;
+
+        let h = start(dir.path());
+        let stored = h
+            .call(|c| Ok(c.sched.newest_jobs().collect::<Vec<_>>()))
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![b, a]);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_the_leases_workers_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = start(dir.path());
+        submit(h.clone()).await.unwrap();
+        let worker: WorkerId = h
+            .call(|c| {
+                c.apply(|s, now| {
+                    Ok(s.register_worker("w".into(), v1::Capabilities::default(), now))
+                })
+            })
+            .await
+            .unwrap();
+        let grant = h
+            .call(move |c| c.apply(|s, now| s.lease(worker, now)))
+            .await
+            .unwrap()
+            .unwrap();
+        let lease = grant.lease;
+        let progress = |iteration| v1::Progress {
+            iteration,
+            ..Default::default()
+        };
+
+        fail_job_inserts(dir.path(), true);
+        let (update, other) = (h.clone(), h.clone());
+        let calls: Vec<Pending<()>> = vec![
+            Box::pin(async move {
+                update
+                    .call(move |c| c.apply(|s, now| s.update(lease, Some(progress(3)), now)))
+                    .await
+                    .map(|_| ())
+            }),
+            Box::pin(async move { submit(other).await.map(|_| ()) }),
+        ];
+        assert!(one_batch(&h, calls).await.iter().all(Result::is_err));
+        let task = grant.task;
+        let (state, progress_seen) = h
+            .call(move |c| {
+                let t = c.sched.task(task).expect("the task");
+                Ok((t.state.clone(), t.progress.clone()))
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(state, TaskState::Leased(l) if l.id == lease),
+            "{state:?}"
+        );
+        assert_eq!(progress_seen, None, "the unwritten progress is undone");
+
+        // The worker's next heartbeat finds its lease held.
+        fail_job_inserts(dir.path(), false);
+        h.call(move |c| c.apply(|s, now| s.update(lease, Some(progress(4)), now)))
+            .await
+            .unwrap();
+        h.stop().await;
+    }
+
+    #[test]
+    fn a_full_disk_reads_as_such() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let failed = NotWritten::new(
+            &CoordinatorError::Database(full),
+            Path::new("/data/stylefarm.db"),
+        );
+        let status = tonic::Status::from(failed.error());
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .starts_with("the coordinator's disk is full: cannot write /data/stylefarm.db"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! The scheduler after a restart: rebuilt from the stored records, with the leases held
-//! before it void.
+//! The scheduler rebuilt from the stored records: after a restart, with the leases held before
+//! it void ([`Scheduler::restore`]); after a write that failed, exactly as stored, leases and
+//! all ([`Scheduler::reloaded`]), which undoes whatever the unwritten batch changed.
 
 use stylefarm_proto::ids::{JobId, TaskId, WorkerId};
 
@@ -9,6 +10,53 @@ impl Scheduler {
     /// The farm as stored, after a restart: leases held before are void, their tasks go back
     /// to the queue without using up an attempt (the effects say which rows changed).
     pub(crate) fn restore(config: SchedulerConfig, snapshot: Snapshot) -> Self {
+        let mut s = Self::from_records(config, snapshot);
+        // Leases held before the restart are void: their tasks go back to the queue and the
+        // interrupted attempt is not counted.
+        for task in s.tasks.values_mut() {
+            let voided = match &task.state {
+                TaskState::Leased(_) | TaskState::Running(_) => {
+                    task.attempts = task.attempts.saturating_sub(1);
+                    TaskState::ready(task.attempts)
+                }
+                TaskState::Canceled { draining: Some(_) } => TaskState::Canceled { draining: None },
+                TaskState::Queued
+                | TaskState::SoftFailed
+                | TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Canceled { draining: None }
+                | TaskState::Waiting => continue,
+            };
+            task.state = voided;
+            s.effects.push(Effect::TaskChanged(task.id));
+        }
+        let worker_ids: Vec<WorkerId> = s.workers.keys().copied().collect();
+        for id in worker_ids {
+            if let Some(w) = s.workers.get_mut(&id) {
+                if w.current_task.take().is_some() {
+                    s.effects.push(Effect::WorkerChanged(id));
+                }
+            }
+        }
+        s.index();
+        s
+    }
+
+    /// The farm exactly as stored, with this scheduler's settings: what the database thread
+    /// goes back to when a batch's write failed. Unlike [`Self::restore`] the leases stay held
+    /// (their workers are still running). Nothing needs writing: the effects are there to wake
+    /// the waiters (workers, the lease-expiry loop, the assembler).
+    pub(crate) fn reloaded(&self, snapshot: Snapshot) -> Self {
+        let mut s = Self::from_records(self.config, snapshot);
+        s.index();
+        if !s.leases.is_empty() {
+            s.effects.push(Effect::LeaseGranted);
+        }
+        s
+    }
+
+    /// The records, with each job's tasks attached in index order.
+    fn from_records(config: SchedulerConfig, snapshot: Snapshot) -> Self {
         let mut s = Self::new(config);
         for job in snapshot.jobs {
             s.next_seq = s.next_seq.max(job.seq + 1);
@@ -36,62 +84,46 @@ impl Scheduler {
                 j.tasks.push(task);
             }
         }
-        // Leases held before the restart are void: their tasks go back to the queue and the
-        // interrupted attempt is not counted.
-        for task in s.tasks.values_mut() {
-            let voided = match &task.state {
-                TaskState::Leased(_) | TaskState::Running(_) => {
-                    task.attempts = task.attempts.saturating_sub(1);
-                    TaskState::ready(task.attempts)
-                }
-                TaskState::Canceled { draining: Some(_) } => TaskState::Canceled { draining: None },
-                TaskState::Queued
-                | TaskState::SoftFailed
-                | TaskState::Succeeded
-                | TaskState::Failed
-                | TaskState::Canceled { draining: None }
-                | TaskState::Waiting => continue,
-            };
-            task.state = voided;
-            s.effects.push(Effect::TaskChanged(task.id));
-        }
-        let ready: Vec<ReadyKey> = s
+        s
+    }
+
+    /// Derives what the records imply: the queue, the held leases, the per-job counts and
+    /// the jobs' states; announces ready tasks and assemblies.
+    fn index(&mut self) {
+        let ready: Vec<ReadyKey> = self
             .tasks
             .values()
             .filter(|t| t.state.is_ready() && !t.kind.is_own())
-            .map(|t| s.ready_key(t))
+            .map(|t| self.ready_key(t))
             .collect();
-        s.ready.extend(ready);
-        if s.tasks
+        self.ready.extend(ready);
+        for task in self.tasks.values() {
+            if let Some(lease) = task.state.lease() {
+                self.leases.insert(lease.id, task.id);
+            }
+        }
+        if self
+            .tasks
             .values()
             .any(|t| t.state.is_ready() && t.kind.is_own())
         {
-            s.effects.push(Effect::AssembleReady);
+            self.effects.push(Effect::AssembleReady);
         }
-        let worker_ids: Vec<WorkerId> = s.workers.keys().copied().collect();
-        for id in worker_ids {
-            if let Some(w) = s.workers.get_mut(&id) {
-                if w.current_task.take().is_some() {
-                    s.effects.push(Effect::WorkerChanged(id));
-                }
-            }
+        for task in self.tasks.values() {
+            self.counts.entry(task.job).or_default().add(&task.state);
         }
-        for task in s.tasks.values() {
-            s.counts.entry(task.job).or_default().add(&task.state);
-        }
-        let job_ids: Vec<JobId> = s.jobs.keys().copied().collect();
+        let job_ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in job_ids {
-            let derived = JobState::of(&s.counts.get(&id).copied().unwrap_or_default());
-            if let Some(job) = s.jobs.get_mut(&id) {
+            let derived = JobState::of(&self.counts.get(&id).copied().unwrap_or_default());
+            if let Some(job) = self.jobs.get_mut(&id) {
                 if job.state != derived {
                     job.state = derived;
-                    s.effects.push(Effect::JobChanged(id));
+                    self.effects.push(Effect::JobChanged(id));
                 }
             }
         }
-        if !s.ready.is_empty() {
-            s.effects.push(Effect::TasksReady);
+        if !self.ready.is_empty() {
+            self.effects.push(Effect::TasksReady);
         }
-        s
     }
 }

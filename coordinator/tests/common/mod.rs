@@ -275,3 +275,99 @@ pub fn job_state(job: &v1::Job) -> v1::JobState {
 pub fn task_state(task: &v1::Task) -> v1::TaskState {
     v1::TaskState::try_from(task.state).unwrap()
 }
+
+impl Farm {
+    /// Starts a coordinator with `config` and waits until it answers, or returns why it
+    /// stopped instead.
+    pub async fn try_start(config: Config) -> Result<Self, String> {
+        let mut farm = Self::start_with(config).await;
+        let url = farm.url.clone();
+        let answers = async move {
+            loop {
+                if let Ok(channel) = Endpoint::from_shared(url.clone()).unwrap().connect().await {
+                    let mut jobs = JobServiceClient::new(channel);
+                    if jobs
+                        .list_jobs(v1::ListJobsRequest { limit: 1 })
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let Some(server) = farm.server.as_mut() else {
+            return Err("no server".into());
+        };
+        let stopped = tokio::select! {
+            () = answers => None,
+            stopped = server => Some(stopped),
+        };
+        let Some(stopped) = stopped else {
+            return Ok(farm);
+        };
+        farm.server = None;
+        Err(match stopped {
+            Ok(Ok(())) => "it stopped without an error".into(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => format!("it panicked: {e}"),
+        })
+    }
+}
+
+/// Completes `lease` with an uploaded `result`, as a worker would; the call's answer.
+pub async fn complete_raw(
+    c: &mut Clients,
+    lease: &str,
+    result: &v1::BlobRef,
+) -> Result<(), tonic::Status> {
+    c.workers
+        .complete_task(v1::CompleteTaskRequest {
+            lease_id: lease.into(),
+            result: Some(result.clone()),
+            final_losses: None,
+            seconds: 0.1,
+        })
+        .await
+        .map(drop)
+}
+
+/// The temporary blob files the store holds now.
+pub fn temporary_blobs(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs/tmp")).map_or(0, Iterator::count)
+}
+
+/// Whether the coordinator lacks the blob `sha`.
+pub async fn missing(c: &mut Clients, sha: &str) -> bool {
+    let answer = c
+        .blobs
+        .find_missing_blobs(v1::FindMissingBlobsRequest {
+            sha256: vec![sha.to_string()],
+        })
+        .await;
+    !answer.unwrap().into_inner().missing.is_empty()
+}
+
+/// `PRAGMA integrity_check` of the data directory's database.
+pub fn integrity(data: &Path) -> String {
+    let conn = rusqlite::Connection::open(data.join("stylefarm.db")).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Clients on their own connection to `url`, which dropping them closes.
+pub async fn clients_of(url: &str) -> Clients {
+    let channel = Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Clients {
+        jobs: JobServiceClient::new(channel.clone()),
+        blobs: BlobServiceClient::new(channel.clone()),
+        workers: WorkerServiceClient::new(channel.clone()),
+        admin: AdminServiceClient::new(channel.clone()),
+        channel,
+    }
+}
