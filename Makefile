@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: weights example test lint graph quality
+.PHONY: weights example test load lint graph quality
 
 weights:
 	$(CARGO) run --quiet --bin stylefarm -- fetch-weights
@@ -14,6 +14,13 @@ example: weights
 
 test: weights
 	$(CARGO) test --workspace
+
+# The load test (tests/tests/load.rs), one run at a time, with its figures (jobs/s, submit
+# latency, the coordinator's peak RSS): 20 clients submit 200 jobs to 4 fake workers and a
+# coordinator process, and the same with workers killed and restarted at random (the soak).
+load:
+	$(CARGO) build --bin stylefarm-coordinator
+	$(CARGO) test -p stylefarm-tests --test load -- --test-threads=1 --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check
