@@ -6,9 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -370,66 +368,6 @@ async fn clients_gone_mid_stream_leave_the_farm_serving_the_others() {
 
 // ---------------------------------------------------------------------------------------------
 // A full disk
-
-/// A small tmpfs mounted on a fresh directory, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None`, saying why, where mounting is not permitted (it needs root).
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Self { dir }),
-            Ok(o) => {
-                let why = String::from_utf8_lossy(&o.stderr);
-                println!("skipped: cannot mount a tmpfs to fill ({})", why.trim());
-                None
-            }
-            Err(e) => {
-                println!("skipped: cannot run mount to make a disk to fill ({e})");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(self.dir.path()).status();
-        if !unmounted.is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
-
-/// Writes `path` until the disk is full.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    for size in [chunk.len(), 512, 1] {
-        loop {
-            match file.write(&chunk[..size]) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-    }
-}
 
 async fn job_ids(c: &mut Clients) -> Vec<String> {
     let jobs = c.jobs.list_jobs(v1::ListJobsRequest { limit: 1000 }).await;

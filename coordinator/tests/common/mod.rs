@@ -3,7 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -369,5 +371,65 @@ pub async fn clients_of(url: &str) -> Clients {
         workers: WorkerServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel.clone()),
         channel,
+    }
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None`, saying why, where mounting is not permitted (it needs root).
+    pub fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self { dir }),
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr);
+                println!("skipped: cannot mount a tmpfs to fill ({})", why.trim());
+                None
+            }
+            Err(e) => {
+                println!("skipped: cannot run mount to make a disk to fill ({e})");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(self.dir.path()).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// Writes `path` until the disk is full.
+pub fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    for size in [chunk.len(), 512, 1] {
+        loop {
+            match file.write(&chunk[..size]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
     }
 }
