@@ -131,6 +131,10 @@ pub(crate) struct State {
     /// The scheduler may differ from the database: a write failed and so did the reload
     /// after it. Every call reloads first ([`Self::refresh`]).
     stale: bool,
+    /// The wake-ups of the last reload, given again after the next commit: a waiter that could
+    /// not act on them then (the assembler, still busy with the run whose outcome was not
+    /// written) looks once more when writes pass again.
+    rewake: Vec<Effect>,
 }
 
 impl State {
@@ -176,6 +180,7 @@ impl State {
             pending: Vec::new(),
             replies: Vec::new(),
             stale: false,
+            rewake: Vec::new(),
         })
     }
 
@@ -211,6 +216,8 @@ impl State {
                     reply(None);
                 }
                 self.publish(&effects);
+                let rewake = std::mem::take(&mut self.rewake);
+                self.publish(&rewake);
             }
             Err(e) => {
                 tracing::error!(error = %e, calls = self.replies.len(), "cannot write the farm's state to the database: the batch's changes are undone");
@@ -234,6 +241,7 @@ impl State {
                 self.stale = false;
                 let wake = self.sched.take_effects();
                 self.publish(&wake);
+                self.rewake = wake;
                 Ok(())
             }
             Err(e) => {
@@ -454,11 +462,23 @@ mod tests {
     /// From another connection, makes every write that creates a job fail (as a full disk
     /// would: the whole transaction is refused), or, with `false`, lets them pass again.
     fn fail_job_inserts(dir: &Path, fail: bool) {
+        fail_writes(dir, "INSERT ON jobs", fail);
+    }
+
+    /// From another connection, makes every transaction with a `write` (`INSERT ON jobs`,
+    /// `UPDATE ON tasks`) fail, or, with `false`, lets them pass again.
+    fn fail_writes(dir: &Path, write: &str, fail: bool) {
         let conn = Connection::open(dir.join(DB_FILE)).unwrap();
-        conn.execute_batch(if fail {
-            "CREATE TRIGGER no_jobs BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'no room'); END;"
+        let name: String = write
+            .chars()
+            .map(|c| if c.is_alphanumeric() { c } else { '_' })
+            .collect();
+        conn.execute_batch(&if fail {
+            format!(
+                "CREATE TRIGGER {name} BEFORE {write} BEGIN SELECT RAISE(ABORT, 'no room'); END;"
+            )
         } else {
-            "DROP TRIGGER no_jobs;"
+            format!("DROP TRIGGER {name};")
         })
         .unwrap();
     }
@@ -603,6 +623,67 @@ mod tests {
         h.call(move |c| c.apply(|s, now| s.update(lease, Some(progress(4)), now)))
             .await
             .unwrap();
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_assembly_whose_outcome_was_not_written_is_announced_again_after_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let signals = Arc::new(Signals::new());
+        let clock = Arc::new(ManualClock::default());
+        let state = State::open(dir.path(), CONFIG, clock, signals.clone()).unwrap();
+        let h = StateHandle::start(state).unwrap().0;
+        let announced = || {
+            let signals = signals.clone();
+            async move {
+                let wait = std::time::Duration::from_secs(5);
+                tokio::time::timeout(wait, signals.assembly_ready.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        let sheet = v1::TaskSpec {
+            part: Some(v1::task_spec::Part::Assemble(v1::Assemble {
+                kind: v1::AssembleKind::ContactSheet as i32,
+                ..Default::default()
+            })),
+            job_result: true,
+            ..Default::default()
+        };
+        h.call(move |c| {
+            c.apply(|s, now| s.submit(JobId::new(), v1::JobSpec::default(), vec![sheet], now))
+        })
+        .await
+        .unwrap();
+        assert!(announced().await);
+        let task = h
+            .call(|c| Ok(c.sched.ready_assemblies()[0].task))
+            .await
+            .unwrap();
+
+        // The assembler's outcome is not written; it hears of the task again at once (and may
+        // still be busy with it), and once more after the next commit.
+        fail_writes(dir.path(), "UPDATE ON tasks", true);
+        let result = v1::BlobRef {
+            sha256: "ab".repeat(32),
+            size: 1,
+        };
+        let outcome = Ok((result, None));
+        let e = h
+            .call(move |c| c.apply(|s, now| s.assembled(task, outcome, now)))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+        assert!(announced().await);
+        fail_writes(dir.path(), "UPDATE ON tasks", false);
+        h.call(|c| {
+            c.apply(|s, now| Ok(s.register_worker("w".into(), v1::Capabilities::default(), now)))
+        })
+        .await
+        .unwrap();
+        assert!(announced().await, "announced again");
+        let ready = h.call(|c| Ok(c.sched.ready_assemblies())).await.unwrap();
+        assert_eq!(ready.len(), 1, "still to be assembled");
         h.stop().await;
     }
 
