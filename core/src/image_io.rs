@@ -153,6 +153,15 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> Result<R
             limit: format!("{} of decoded pixels", mib(limits.max_alloc)),
         });
     }
+    // The decoded pixels count against `max_alloc` too, as in `ImageReader::decode`: the
+    // decoder's own buffers get what is left. (A GIF's first frame is allocated at its own
+    // declared size, up to 65535 x 65535, which the fuzzer showed can be far larger than the
+    // screen it is drawn on: without this, the two together could take twice the limit.)
+    let mut rest = Limits::default();
+    rest.max_alloc = Some(limits.max_alloc - decoder.total_bytes());
+    decoder
+        .set_limits(rest)
+        .map_err(|e| from_image_error(what, e, limits))?;
     // A broken Exif block is no reason to refuse the pixels: it just means no rotation.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img =

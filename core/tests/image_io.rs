@@ -311,6 +311,39 @@ fn decompression_bomb_is_refused_from_the_header() {
     ));
 }
 
+/// A GIF of a `screen` x `screen` screen whose one frame declares `frame` x `frame` pixels
+/// and holds one (LZW: clear, pixel 0, end).
+fn gif_with_frame(screen: u16, frame: u16) -> Vec<u8> {
+    let mut out = b"GIF89a".to_vec();
+    out.extend_from_slice(&screen.to_le_bytes());
+    out.extend_from_slice(&screen.to_le_bytes());
+    out.extend_from_slice(&[0x80, 0, 0]); // a global colour table of 2 entries
+    out.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    out.push(0x2c); // image descriptor
+    out.extend_from_slice(&[0, 0, 0, 0]); // left, top
+    out.extend_from_slice(&frame.to_le_bytes());
+    out.extend_from_slice(&frame.to_le_bytes());
+    out.push(0); // no local colour table
+    out.extend_from_slice(&[2, 2, 0x44, 0x01, 0]); // LZW minimum code size 2, one block
+    out.push(0x3b);
+    out
+}
+
+#[test]
+fn the_decoded_pixels_count_against_the_allocation_limit() {
+    // 64 x 64 RGBA is 16 KiB of pixels; a 120 x 120 frame needs 56 KiB more: each fits in
+    // 64 KiB, both together do not.
+    let limits = DecodeLimits {
+        max_alloc: 64 * 1024,
+        ..DecodeLimits::default()
+    };
+    let msg = assert_bad(decode_image(&gif_with_frame(64, 120), "frame.gif", &limits));
+    assert!(msg.contains("memory limit"), "{msg}");
+    // A frame that is the screen is no extra allocation.
+    let img = decode_image(&gif_with_frame(1, 1), "pixel.gif", &limits).expect("decodes");
+    assert_eq!(img.dimensions(), (1, 1));
+}
+
 #[test]
 fn zero_sized_image_is_refused() {
     let msg = assert_bad(decode_image(&png_claiming(0, 5), "empty.png", &limits()));
