@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use stylefarm_convert::settings_to_proto;
-use stylefarm_core::image_io::{decode_image, DecodeLimits};
+use stylefarm_core::image_io::{decode_image, read_bounded, DecodeLimits};
 use stylefarm_core::settings::{Init, RenderSettings};
 use stylefarm_proto::v1::JobSpec;
 
@@ -26,17 +26,15 @@ impl InputImage {
     /// name the path.
     pub fn load(path: &Path) -> Result<Self> {
         let limits = DecodeLimits::default();
-        let size = std::fs::metadata(path)
+        let Some(bytes) = read_bounded(path, limits.max_alloc)
             .with_context(|| format!("cannot read {}", path.display()))?
-            .len();
-        if size > limits.max_alloc {
+        else {
             bail!(
-                "{} is {size} bytes, more than the farm accepts for an image",
-                path.display()
+                "{} is more than the {} MiB the farm accepts for an image",
+                path.display(),
+                limits.max_alloc >> 20
             );
-        }
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        };
         decode_image(&bytes, &path.display().to_string(), &limits)?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -201,7 +201,8 @@ impl Observer for LocalObserver<'_> {
         total: u32,
         l: &Losses,
     ) -> stylefarm_engine::Result<()> {
-        if self.print_iter > 0 && (iteration % self.print_iter == 0 || iteration == total) {
+        if self.print_iter > 0 && (iteration.is_multiple_of(self.print_iter) || iteration == total)
+        {
             self.history.push(LossPoint {
                 iteration,
                 losses: l.clone(),
@@ -211,7 +212,7 @@ impl Observer for LocalObserver<'_> {
     }
 
     fn snapshot(&mut self, iteration: u32, image: &RgbImage) -> stylefarm_engine::Result<()> {
-        if self.save_iter > 0 && iteration % self.save_iter == 0 {
+        if self.save_iter > 0 && iteration.is_multiple_of(self.save_iter) {
             save_image(image, &snapshot_path(self.output, iteration))?;
         }
         self.inner.snapshot(iteration, image)

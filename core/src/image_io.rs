@@ -180,18 +180,33 @@ pub fn load_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
         err,
     };
     let what = path.display().to_string();
-    let size = fs::metadata(path).map_err(io_err)?.len();
-    if size > limits.max_alloc {
-        return Err(bad_image(
-            &what,
-            format!(
-                "the file is {size} bytes, more than the decoding memory limit of {}",
-                mib(limits.max_alloc)
-            ),
-        ));
-    }
-    let bytes = fs::read(path).map_err(io_err)?;
+    let bytes = read_bounded(path, limits.max_alloc)
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            bad_image(
+                &what,
+                format!(
+                    "the file is larger than the decoding memory limit of {}",
+                    mib(limits.max_alloc)
+                ),
+            )
+        })?;
     decode_image(&bytes, &what, limits)
+}
+
+/// Reads at most `max_bytes` of `path`: `None` when it holds more. Never trusts the file's
+/// stated size, which is 0 for `/dev/zero`, a pipe or a growing file.
+///
+/// # Errors
+/// When the file cannot be opened or read.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = fs::File::open(path)?;
+    let hint = file.metadata().map_or(0, |m| m.len()).min(max_bytes);
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max_bytes).then_some(bytes))
 }
 
 /// Any decoded image to 8-bit RGB; alpha is composited over white.

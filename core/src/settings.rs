@@ -13,6 +13,9 @@ use crate::optim::Optimizer;
 pub const MAX_IMAGE_SIZE: u32 = 8192;
 /// Largest iteration count accepted.
 pub const MAX_ITERATIONS: u32 = 100_000;
+/// Largest L-BFGS history accepted (neural-style uses 100): the history holds two image-sized
+/// vectors per pair, so it is part of a task's memory.
+pub const MAX_LBFGS_HISTORY: usize = 1000;
 /// Smallest stage of a coarse-to-fine render, in pixels: VGG's fifth block (relu5_x) sits at
 /// a sixteenth of the input's size.
 pub const MIN_STAGE_SIZE: u32 = 16;
@@ -115,10 +118,14 @@ impl RenderSettings {
 
     /// Checks every value against its range, naming the first bad option.
     pub fn validate(&self, num_styles: usize) -> Result<()> {
-        if !(1..=MAX_IMAGE_SIZE).contains(&self.image_size) {
+        if !(MIN_STAGE_SIZE..=MAX_IMAGE_SIZE).contains(&self.image_size) {
             return Err(invalid(
                 "image-size",
-                format!("{} is outside 1..={MAX_IMAGE_SIZE}", self.image_size),
+                format!(
+                    "{} is outside {MIN_STAGE_SIZE}..={MAX_IMAGE_SIZE} (VGG's deepest layers see a \
+                     sixteenth of it)",
+                    self.image_size
+                ),
             ));
         }
         if self.num_iterations > MAX_ITERATIONS {
@@ -148,6 +155,17 @@ impl RenderSettings {
                 format!("{} is outside (0, 8]", self.style_scale),
             ));
         }
+        let style = style_side(self.image_size, self.style_scale);
+        if style < MIN_STAGE_SIZE {
+            return Err(invalid(
+                "style-scale",
+                format!(
+                    "{} makes the style images {style} px at --image-size {}, smaller than \
+                     {MIN_STAGE_SIZE} px",
+                    self.style_scale, self.image_size
+                ),
+            ));
+        }
         if self.content_layers.is_empty() {
             return Err(invalid("content-layers", "at least one layer is needed"));
         }
@@ -168,12 +186,22 @@ impl RenderSettings {
                 ));
             }
         }
-        if let Optimizer::Adam { learning_rate } = self.optimizer {
-            if !(learning_rate.is_finite() && learning_rate > 0.0) {
-                return Err(invalid(
-                    "learning-rate",
-                    format!("{learning_rate} is not a positive number"),
-                ));
+        match self.optimizer {
+            Optimizer::Adam { learning_rate } => {
+                if !(learning_rate.is_finite() && learning_rate > 0.0) {
+                    return Err(invalid(
+                        "learning-rate",
+                        format!("{learning_rate} is not a positive number"),
+                    ));
+                }
+            }
+            Optimizer::Lbfgs { history, .. } => {
+                if !(1..=MAX_LBFGS_HISTORY).contains(&history) {
+                    return Err(invalid(
+                        "lbfgs-history",
+                        format!("{history} is outside 1..={MAX_LBFGS_HISTORY}"),
+                    ));
+                }
             }
         }
         Ok(())

@@ -184,7 +184,7 @@ pub fn render_with_targets(
             let losses = objective.evaluate(x, grad)?;
             iteration += 1;
             observer.iteration(iteration, total, &losses)?;
-            if settings.save_iter > 0 && iteration % settings.save_iter == 0 {
+            if settings.save_iter > 0 && iteration.is_multiple_of(settings.save_iter) {
                 let t = Tensor::from_slice(x, (1, 3, h, w), device)?;
                 observer.snapshot(iteration, &finish(&t, pre, settings, &content_img)?)?;
             }

@@ -180,6 +180,27 @@ fn bad_settings_and_images_get_one_clear_error() {
             "image-size",
         ),
         (
+            // Too small for VGG's deepest layers: the size is blamed, not the style scale.
+            RenderSettings {
+                image_size: 1,
+                ..settings()
+            },
+            inputs(),
+            "image-size",
+        ),
+        (
+            // Two image-sized vectors per pair: 10^9 pairs would abort on allocation.
+            RenderSettings {
+                optimizer: Optimizer::Lbfgs {
+                    history: 1_000_000_000,
+                    strong_wolfe: false,
+                },
+                ..settings()
+            },
+            inputs(),
+            "lbfgs-history",
+        ),
+        (
             RenderSettings {
                 num_iterations: 10_000_000,
                 ..settings()

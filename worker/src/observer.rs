@@ -89,7 +89,7 @@ impl Observer for ProgressObserver {
 
     fn snapshot(&mut self, iteration: u32, image: &RgbImage) -> Result<()> {
         self.check_cancel()?;
-        if self.preview_every == 0 || iteration % self.preview_every != 0 {
+        if self.preview_every == 0 || !iteration.is_multiple_of(self.preview_every) {
             return Ok(());
         }
         // A preview that cannot be made is no reason to fail the render.
