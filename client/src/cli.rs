@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{self, CancelArgs, FetchArgs, JobsArgs, SubmitArgs, WatchArgs, WorkersArgs};
+use crate::commands::{self, FetchArgs, JobArgs, JobsArgs, SubmitArgs, WatchArgs, WorkersArgs};
 #[cfg(feature = "embedded")]
 use crate::render::{self, RenderArgs};
 use crate::weights::{self, HubModel, WeightsSource};
@@ -44,7 +44,9 @@ pub enum Command {
     /// List the newest jobs.
     Jobs(JobsArgs),
     /// Cancel a job, stopping its running tasks.
-    Cancel(CancelArgs),
+    Cancel(JobArgs),
+    /// Delete a finished job, its tasks and the blobs only it used.
+    Delete(JobArgs),
     /// List the farm's workers.
     Workers(WorkersArgs),
     /// Download pre-trained VGG weights into the cache (~/.cache/stylefarm).
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => commands::fetch(&args),
         Command::Jobs(args) => commands::jobs(&args),
         Command::Cancel(args) => commands::cancel(&args),
+        Command::Delete(args) => commands::delete(&args),
         Command::Workers(args) => commands::workers(&args),
         Command::FetchWeights { source, model } => {
             let source = match source.as_str() {

@@ -1,4 +1,4 @@
-//! The farm commands: `submit`, `watch`, `fetch`, `jobs`, `cancel` and `workers`, each a
+//! The farm commands: `submit`, `watch`, `fetch`, `jobs`, `cancel`, `delete` and `workers`, each a
 //! connection to a coordinator, a call or two, and output for people (results on stdout,
 //! progress and notes on stderr).
 
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use stylefarm_proto::connect::{self, TlsFiles};
 use stylefarm_proto::v1::{self, Device, Job, JobState, TaskState, WorkerInfo};
 
 use crate::farm::FarmClient;
@@ -26,16 +27,44 @@ pub struct FarmArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
-    /// The farm token, when the coordinator asks for one.
+    /// The farm token (or the clients' token), when the coordinator asks for one.
     #[arg(long, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the token from this file (its first line).
+    #[arg(long, value_name = "FILE", env = "STYLEFARM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS: the authority that signed the coordinator's certificate, PEM (an `https://`
+    /// address without it trusts the system's roots).
+    #[arg(long, value_name = "FILE", env = "STYLEFARM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate, PEM (with --tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "STYLEFARM_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: this client's private key, PEM (with --tls-cert).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "STYLEFARM_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FarmArgs {
     /// Connects to the coordinator.
     pub async fn connect(&self) -> Result<FarmClient> {
-        let token = self.token.as_deref().filter(|t| !t.is_empty());
-        Ok(FarmClient::connect(&self.coordinator, token).await?)
+        let token = connect::token(self.token.clone(), self.token_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tls = TlsFiles {
+            ca: self.tls_ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        };
+        Ok(FarmClient::connect_with(&self.coordinator, token.as_deref(), &tls).await?)
     }
 }
 
@@ -116,9 +145,9 @@ pub struct JobsArgs {
     pub farm: FarmArgs,
 }
 
-/// Options of `stylefarm cancel`.
+/// Options of `stylefarm cancel` and `stylefarm delete`: one job.
 #[derive(Args, Debug)]
-pub struct CancelArgs {
+pub struct JobArgs {
     /// The job's id.
     pub job: String,
     /// The coordinator.
@@ -315,12 +344,22 @@ pub fn jobs(args: &JobsArgs) -> Result<()> {
 }
 
 /// `stylefarm cancel`: cancels a job and says what became of it.
-pub fn cancel(args: &CancelArgs) -> Result<()> {
+pub fn cancel(args: &JobArgs) -> Result<()> {
     let job = runtime()?.block_on(async {
         let client = args.farm.connect().await?;
         anyhow::Ok(client.cancel(&args.job).await?)
     })?;
     println!("{} {}", job.id, job_state_name(job.state));
+    Ok(())
+}
+
+/// `stylefarm delete`: deletes a finished job, its tasks and the blobs only it used.
+pub fn delete(args: &JobArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = args.farm.connect().await?;
+        anyhow::Ok(client.delete(&args.job).await?)
+    })?;
+    println!("{} deleted", args.job);
     Ok(())
 }
 

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_proto::blob::{read_blob, sha256_hex, write_requests, Auth, ReadError};
+use stylefarm_proto::connect::{self, TlsFiles};
 use stylefarm_proto::v1::admin_service_client::AdminServiceClient;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::job_service_client::JobServiceClient;
 use stylefarm_proto::v1::{
-    BlobRef, CancelJobRequest, FindMissingBlobsRequest, GetJobRequest, Job, JobEvent, JobSpec,
-    ListJobsRequest, ListWorkersRequest, PlanJobResponse, SubmitJobRequest, WatchJobRequest,
-    WorkerInfo,
+    BlobRef, CancelJobRequest, DeleteJobRequest, FindMissingBlobsRequest, GetJobRequest, Job,
+    JobEvent, JobSpec, ListJobsRequest, ListWorkersRequest, PlanJobResponse, SubmitJobRequest,
+    WatchJobRequest, WorkerInfo,
 };
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 /// How long connecting to the coordinator may take.
@@ -47,6 +48,9 @@ pub enum FarmError {
         /// What the transport said.
         reason: String,
     },
+    /// One side speaks TLS and the other does not.
+    #[error("{0}")]
+    Tls(String),
     /// The coordinator answered with an error status.
     #[error("{}", refusal_sentence(.url, .status))]
     Refused {
@@ -71,6 +75,7 @@ impl FarmError {
         match self {
             Self::Refused { status, .. } => Some(status.code()),
             Self::Unreachable { .. } => Some(Code::Unavailable),
+            Self::Tls(_) => Some(Code::Unavailable),
             Self::BadAddress { .. } | Self::Corrupt { .. } => None,
         }
     }
@@ -96,8 +101,8 @@ fn refusal_sentence(url: &str, status: &Status) -> String {
         | Code::OutOfRange
         | Code::AlreadyExists => message.to_string(),
         Code::Unauthenticated | Code::PermissionDenied => format!(
-            "the coordinator at {url} refused the request: {message} (pass --token or set \
-             STYLEFARM_TOKEN)"
+            "the coordinator at {url} refused the request: {message} (pass --token or \
+             --token-file, or set STYLEFARM_TOKEN)"
         ),
         Code::Unimplemented => {
             format!("the server at {url} does not look like a stylefarm coordinator: {message}")
@@ -169,6 +174,19 @@ impl FarmClient {
     /// [`FarmError::BadAddress`] for an unusable address or token, [`FarmError::Unreachable`]
     /// when nothing answers.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, FarmError> {
+        Self::connect_with(url, token, &TlsFiles::default()).await
+    }
+
+    /// [`Self::connect`], over TLS as `tls` says for an `https://` address.
+    ///
+    /// # Errors
+    /// As [`Self::connect`]; a TLS mismatch (a plaintext address for a TLS coordinator, or
+    /// the reverse) is one sentence saying so.
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        tls: &TlsFiles,
+    ) -> Result<Self, FarmError> {
         let url = url.trim().trim_end_matches('/');
         let url = if url.contains("://") {
             url.to_string()
@@ -179,11 +197,8 @@ impl FarmClient {
             url: url.clone(),
             reason,
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(bad("only http:// and https:// are supported".into()));
-        }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| bad(chain(&e)))?
+        let endpoint = connect::endpoint(&url, tls)
+            .map_err(bad)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE)
@@ -191,13 +206,16 @@ impl FarmClient {
             .keep_alive_while_idle(true);
         let auth = Auth::new(token)
             .ok_or_else(|| bad("the farm token holds characters a header cannot carry".into()))?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| FarmError::Unreachable {
-                url: url.clone(),
-                reason: chain(&e),
-            })?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            let reason = chain(&e);
+            match connect::tls_mismatch(&url, &reason) {
+                Some(sentence) => FarmError::Tls(sentence),
+                None => FarmError::Unreachable {
+                    url: url.clone(),
+                    reason,
+                },
+            }
+        })?;
         let channel = InterceptedService::new(channel, auth);
         Ok(Self {
             jobs: JobServiceClient::new(channel.clone()),
@@ -215,6 +233,10 @@ impl FarmClient {
     /// A failed call as a [`FarmError`].
     pub fn error(&self, status: Status) -> FarmError {
         if is_transport_failure(&status) {
+            let text = chain(&status);
+            if let Some(sentence) = connect::tls_mismatch(&self.url, &text) {
+                return FarmError::Tls(sentence);
+            }
             return FarmError::Unreachable {
                 url: self.url.clone(),
                 reason: status.message().to_string(),
@@ -359,6 +381,18 @@ impl FarmClient {
             })
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|s| self.error(s))
+    }
+
+    /// Deletes a finished job, its tasks and the blobs only it used.
+    pub async fn delete(&self, job_id: &str) -> Result<(), FarmError> {
+        self.jobs
+            .clone()
+            .delete_job(DeleteJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map(drop)
             .map_err(|s| self.error(s))
     }
 

@@ -2,6 +2,7 @@
 //! and the id newtypes shared by the coordinator, the workers and the client.
 
 pub mod blob;
+pub mod connect;
 pub mod ids;
 
 /// Generated messages, clients and servers of `stylefarm.v1`.

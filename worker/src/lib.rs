@@ -77,6 +77,9 @@ pub struct Config {
     pub grace: Duration,
     /// The farm token, sent as `authorization: Bearer TOKEN` when set.
     pub token: Option<String>,
+    /// TLS for an `https://` coordinator: the authority to trust, and this worker's own
+    /// certificate for mutual TLS.
+    pub tls: stylefarm_proto::connect::TlsFiles,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             preview_every: 10,
             grace: Duration::from_secs(30),
             token: None,
+            tls: stylefarm_proto::connect::TlsFiles::default(),
         }
     }
 }

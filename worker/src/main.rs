@@ -27,9 +27,32 @@ struct Args {
     /// Name shown by `stylefarm workers` (default: host-pid).
     #[arg(long)]
     name: Option<String>,
-    /// The farm token, if the coordinator requires one.
+    /// The farm token (or the workers' token), if the coordinator requires one.
     #[arg(long, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from this file (its first line).
+    #[arg(long, value_name = "FILE", env = "STYLEFARM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// TLS: the authority that signed the coordinator's certificate, PEM (an `https://`
+    /// address without it trusts the system's roots).
+    #[arg(long, value_name = "FILE", env = "STYLEFARM_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this worker's certificate, PEM (with --tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "STYLEFARM_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: this worker's private key, PEM (with --tls-cert).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "STYLEFARM_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Where fetched images are cached (default: the stylefarm cache's `blobs` folder).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -84,7 +107,12 @@ fn start(args: Args) -> anyhow::Result<()> {
     if let Some(name) = args.name {
         config.name = name;
     }
-    config.token = args.token.filter(|t| !t.is_empty());
+    config.token = stylefarm_proto::connect::token(args.token, args.token_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.tls = stylefarm_proto::connect::TlsFiles {
+        ca: args.tls_ca,
+        identity: args.tls_cert.zip(args.tls_key),
+    };
     config.cache_dir = args
         .cache_dir
         .or_else(|| cache::cache_dir().ok().map(|d| d.join("blobs")));

@@ -9,8 +9,9 @@ use stylefarm_proto::blob::Auth;
 use stylefarm_proto::v1::blob_service_client::BlobServiceClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 
+use stylefarm_proto::connect::{self, TlsFiles};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::WorkerError;
@@ -33,16 +34,17 @@ pub(crate) struct Rpc {
 impl Rpc {
     /// Clients of the coordinator at `url`; nothing is connected until the first call, and a
     /// lost connection is re-established by the next call.
-    pub(crate) fn connect(url: &str, token: Option<&str>) -> Result<Self, WorkerError> {
+    pub(crate) fn connect(
+        url: &str,
+        token: Option<&str>,
+        tls: &TlsFiles,
+    ) -> Result<Self, WorkerError> {
         let bad = |reason: String| WorkerError::BadCoordinator {
             url: url.to_string(),
             reason,
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(bad("it does not start with http:// or https://".into()));
-        }
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| bad(e.to_string()))?
+        let endpoint = connect::endpoint(url, tls)
+            .map_err(bad)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -142,7 +144,7 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async { Rpc::connect(url, None).map(|_| ()) })
+                .block_on(async { Rpc::connect(url, None, &TlsFiles::default()).map(|_| ()) })
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("invalid coordinator address"), "{url}: {err}");

@@ -44,7 +44,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::new(shutdown);
-    let rpc = Rpc::connect(&config.coordinator, config.token.as_deref())?;
+    let rpc = Rpc::connect(&config.coordinator, config.token.as_deref(), &config.tls)?;
     let cache = BlobCache::open(config.cache_dir.clone()).map_err(|source| WorkerError::Cache {
         path: config.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
         source,
@@ -164,14 +164,13 @@ async fn register(
             }
             Err(s) if refused(&s) => return Err(refusal(rpc, &s)),
             Err(s) => {
+                // One side speaking TLS and the other not looks like a dead peer: say so.
+                let why = stylefarm_proto::connect::tls_mismatch(&rpc.url, &format!("{s:?}"))
+                    .unwrap_or_else(|| describe(&s));
                 if told {
-                    tracing::debug!("still waiting for the coordinator: {}", describe(&s));
+                    tracing::debug!("still waiting for the coordinator: {why}");
                 } else {
-                    tracing::info!(
-                        "waiting for the coordinator at {} ({})",
-                        rpc.url,
-                        describe(&s)
-                    );
+                    tracing::info!("waiting for the coordinator at {} ({why})", rpc.url);
                     told = true;
                 }
             }
