@@ -296,6 +296,35 @@ async fn errors_are_one_sentence() {
         "{}",
         out.stderr
     );
+    // Sizes a request can choose are bounded before any memory is taken, here and in
+    // `render`: 10^9 L-BFGS pairs used to abort every worker that leased the job.
+    let out_png = dir.path().join("x.png");
+    let render = ["render", &style, &style, "-o", out_png.to_str().unwrap()];
+    let submit = ["submit", &style, &style];
+    for command in [&render[..], &submit[..]] {
+        for (option, value) in [("--lbfgs-history", "1000000000"), ("--image-size", "1")] {
+            let args = [command, &[option, value]].concat();
+            let out = stylefarm(&args, &env).await;
+            let sentence = one_sentence_error(&out);
+            let expected = format!("invalid {}: ", option.trim_start_matches("--"));
+            assert!(sentence.starts_with(&expected), "{args:?}: {sentence}");
+        }
+    }
+    assert!(!out_png.exists());
+    // A file that never ends is read only up to the limit, then refused.
+    let out = stylefarm(&["submit", "/dev/zero", &style], &env).await;
+    assert!(
+        one_sentence_error(&out).contains("more than"),
+        "{}",
+        out.stderr
+    );
+    // TLS files with a plaintext address: said before connecting.
+    let out = stylefarm(&["jobs", "--tls-ca", &style], &env).await;
+    assert!(
+        one_sentence_error(&out).contains("use https://"),
+        "{}",
+        out.stderr
+    );
     farm.stop().await.unwrap();
 }
 

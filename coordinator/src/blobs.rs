@@ -7,6 +7,8 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use stylefarm_proto::v1;
@@ -53,18 +55,23 @@ impl fmt::Display for BlobHash {
     }
 }
 
-/// The store's directories.
+/// The store's directories, and the bytes it holds against its limit.
 #[derive(Debug)]
 pub(crate) struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Bytes of the stored blobs (counted at open, then as blobs are added).
+    used: Arc<AtomicU64>,
+    /// The most bytes the store may hold (`--max-store-bytes`).
+    max_bytes: u64,
 }
 
 /// An I/O error, as a limit when the disk is full.
 fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {
-    if e.kind() == ErrorKind::StorageFull {
-        CoordinatorError::LimitExceeded(format!(
-            "the coordinator's disk is full (writing {})",
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        CoordinatorError::DiskFull(format!(
+            "the coordinator's disk is full: cannot write {}; the upload stored nothing and may \
+             be made again once space is freed",
             path.display()
         ))
     } else {
@@ -100,7 +107,19 @@ impl BlobStore {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover temporary blob");
             }
         }
-        Ok(Self { root, tmp })
+        let used = stored_bytes(&root);
+        Ok(Self {
+            root,
+            tmp,
+            used: Arc::new(AtomicU64::new(used)),
+            max_bytes: u64::MAX,
+        })
+    }
+
+    /// The same store, refusing uploads that would take it past `max_bytes`.
+    pub(crate) fn with_limit(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Where the blob lives.
@@ -121,13 +140,114 @@ impl BlobStore {
     /// The blob's bytes.
     pub(crate) async fn read_all(&self, hash: &BlobHash) -> Result<Vec<u8>> {
         let path = self.path(hash);
-        tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+        let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
             ErrorKind::NotFound => CoordinatorError::NotFound {
                 kind: "blob",
                 id: hash.to_string(),
             },
-            _ => CoordinatorError::io(path, e),
+            _ => CoordinatorError::io(&path, e),
+        })?;
+        if hex::encode(Sha256::digest(&bytes)) != hash.as_str() {
+            return Err(self.damaged(hash).await);
+        }
+        Ok(bytes)
+    }
+
+    /// Moves a blob whose bytes no longer match its name to `blobs/damaged/`, so that it is
+    /// never handed out again (an upload of the right bytes stores it anew), and says so.
+    pub(crate) async fn damaged(&self, hash: &BlobHash) -> CoordinatorError {
+        let path = self.path(hash);
+        let aside = self.root.join("damaged");
+        let len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+        let to = aside.join(format!("{hash}.{}", uuid::Uuid::new_v4().simple()));
+        let moved = match tokio::fs::create_dir_all(&aside).await {
+            Ok(()) => tokio::fs::rename(&path, &to).await,
+            Err(e) => Err(e),
+        };
+        if moved.is_ok() {
+            let used = self.used.load(Ordering::Relaxed);
+            self.used.fetch_sub(len.min(used), Ordering::Relaxed);
+        }
+        tracing::error!(%hash, moved = moved.is_ok(), "a stored blob is damaged: its bytes no longer match its hash");
+        CoordinatorError::Damaged(format!(
+            "blob {hash} is damaged on the coordinator's disk (its bytes no longer match its \
+             hash); it was set aside: upload it again"
+        ))
+    }
+
+    /// Deletes a stored blob; returns the bytes freed (0 when it was not there).
+    pub(crate) async fn remove(&self, hash: &BlobHash) -> u64 {
+        let path = self.path(hash);
+        let len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+        if tokio::fs::remove_file(&path).await.is_err() {
+            return 0;
+        }
+        let used = self.used.load(Ordering::Relaxed);
+        self.used.fetch_sub(len.min(used), Ordering::Relaxed);
+        len
+    }
+
+    /// Marks a stored blob as just used, so that a collection running now keeps it (a client
+    /// that finds it present will not upload it again before naming it in a job).
+    pub(crate) async fn touch(&self, hash: &BlobHash) {
+        let path = self.path(hash);
+        let _ = tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
         })
+        .await;
+    }
+
+    /// Deletes every stored blob that is not in `keep` and was not written or touched in the
+    /// last `grace`; returns how many blobs and bytes went.
+    pub(crate) async fn sweep(
+        &self,
+        keep: std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<(usize, u64)> {
+        let root = self.root.clone();
+        let (count, bytes) = tokio::task::spawn_blocking(move || {
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(grace)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let (mut count, mut bytes) = (0usize, 0u64);
+            let Ok(dirs) = std::fs::read_dir(&root) else {
+                return (0, 0);
+            };
+            for dir in dirs.flatten() {
+                let name = dir.file_name();
+                if name.len() != 2 {
+                    continue;
+                }
+                let Ok(files) = std::fs::read_dir(dir.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let Some(sha) = file.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    if keep.contains(&sha) {
+                        continue;
+                    }
+                    let Ok(meta) = file.metadata() else { continue };
+                    if meta.modified().is_ok_and(|m| m > cutoff) {
+                        continue;
+                    }
+                    if std::fs::remove_file(file.path()).is_ok() {
+                        count += 1;
+                        bytes += meta.len();
+                    }
+                }
+            }
+            (count, bytes)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("collecting blobs failed: {e}")))?;
+        let used = self.used.load(Ordering::Relaxed);
+        self.used.fetch_sub(bytes.min(used), Ordering::Relaxed);
+        Ok((count, bytes))
     }
 
     /// The blob opened at `offset`, and its size.
@@ -166,6 +286,14 @@ impl BlobStore {
 
     /// Starts writing a blob that should hash to `hash` and hold `size` bytes.
     pub(crate) async fn begin(&self, hash: BlobHash, size: u64) -> Result<BlobWriter> {
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(size) > self.max_bytes {
+            return Err(CoordinatorError::LimitExceeded(format!(
+                "the blob store holds {used} bytes and a blob of {size} more would pass its limit \
+                 of {} bytes (--max-store-bytes): delete finished jobs (stylefarm delete) first",
+                self.max_bytes
+            )));
+        }
         let tmp = self
             .tmp
             .join(format!("{}.{}", hash, uuid::Uuid::new_v4().simple()));
@@ -180,6 +308,7 @@ impl BlobStore {
             size,
             path: self.path(&hash),
             hash,
+            used: self.used.clone(),
         })
     }
 }
@@ -197,6 +326,21 @@ impl Drop for TempFile {
     }
 }
 
+/// Bytes of the blobs under `root` (`<aa>/<sha256>` files; the temporary folder aside).
+fn stored_bytes(root: &Path) -> u64 {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter(|d| d.file_name().len() == 2)
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter_map(|f| f.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
+}
+
 /// A blob being written.
 #[derive(Debug)]
 pub(crate) struct BlobWriter {
@@ -207,6 +351,7 @@ pub(crate) struct BlobWriter {
     size: u64,
     hash: BlobHash,
     path: PathBuf,
+    used: Arc<AtomicU64>,
 }
 
 impl BlobWriter {
@@ -263,18 +408,22 @@ impl BlobWriter {
         self.file.flush().await.map_err(|e| io_error(&tmp, e))?;
         self.file.sync_all().await.map_err(|e| io_error(&tmp, e))?;
         let path = self.path.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<()> {
+        let result = tokio::task::spawn_blocking(move || -> Result<bool> {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            let new = !path.exists();
             std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
             // The rename is durable once the directory is.
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| CoordinatorError::io(dir, e))
+                .map_err(|e| CoordinatorError::io(dir, e))?;
+            Ok(new)
         })
         .await
         .map_err(|e| CoordinatorError::Internal(format!("storing a blob failed: {e}")))?;
-        result?;
+        if result? {
+            self.used.fetch_add(self.written, Ordering::Relaxed);
+        }
         // Renamed: nothing left to remove.
         self.guard.0 = None;
         Ok(self.written)

@@ -49,7 +49,10 @@ pub enum CoordinatorError {
         offset: u64,
     },
     /// No or the wrong farm token (UNAUTHENTICATED).
-    #[error("this coordinator needs the farm token (`authorization: Bearer TOKEN`)")]
+    #[error(
+        "this coordinator needs a token for this service (`authorization: Bearer TOKEN`): the \
+         farm token, or the clients' or the workers' own"
+    )]
     Unauthenticated,
     /// The coordinator is stopping (UNAVAILABLE).
     #[error("the coordinator is shutting down")]
@@ -81,6 +84,9 @@ pub enum CoordinatorError {
     /// try again.
     #[error("{0}")]
     Unavailable(String),
+    /// A stored blob no longer matches its hash (DATA_LOSS).
+    #[error("{0}")]
+    Damaged(String),
     /// A bug: an internal step failed that should not (INTERNAL).
     #[error("internal error: {0}")]
     Internal(String),
@@ -123,9 +129,26 @@ impl From<FieldError> for CoordinatorError {
     }
 }
 
+/// Longest message a status carries, in bytes: a message that echoes a huge field must not
+/// overflow the peer's header limit (the reply would be lost, not just long).
+const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE_BYTES`] on a character boundary, marked when cut.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE_BYTES {
+        let mut cut = MAX_STATUS_MESSAGE_BYTES - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
 impl From<CoordinatorError> for tonic::Status {
     fn from(e: CoordinatorError) -> Self {
-        let message = e.to_string();
+        let message = bounded(e.to_string());
         match e {
             CoordinatorError::InvalidArgument(_) => Self::invalid_argument(message),
             CoordinatorError::NotFound { .. } => Self::not_found(message),
@@ -140,6 +163,7 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::ShuttingDown | CoordinatorError::Unavailable(_) => {
                 Self::unavailable(message)
             }
+            CoordinatorError::Damaged(_) => Self::data_loss(message),
             CoordinatorError::Database(_)
             | CoordinatorError::Corrupt { .. }
             | CoordinatorError::Io { .. }
@@ -153,3 +177,19 @@ impl From<CoordinatorError> for tonic::Status {
 
 /// Result with [`CoordinatorError`].
 pub(crate) type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_never_echoes_more_than_a_kilobyte() {
+        let e = CoordinatorError::NotFound {
+            kind: "job",
+            id: "é".repeat(10_000),
+        };
+        let status = tonic::Status::from(e);
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(status.message().ends_with("..."));
+    }
+}

@@ -102,8 +102,11 @@ impl Store {
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Written only when it changes: a database on a full disk still opens.
+        if version != SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(Self { conn })
     }
 
@@ -158,6 +161,7 @@ impl Store {
         let mut workers = BTreeSet::new();
         let mut failures = BTreeSet::new();
         let mut cleared = Vec::new();
+        let mut deleted = Vec::new();
         for effect in effects {
             match effect {
                 Effect::JobCreated(j) => created.push(*j),
@@ -174,6 +178,7 @@ impl Store {
                     failures.insert((*j, *w));
                 }
                 Effect::FailuresCleared(j) => cleared.push(*j),
+                Effect::JobDeleted(j) => deleted.push(*j),
                 Effect::TasksReady | Effect::LeaseGranted | Effect::AssembleReady => {}
             }
         }
@@ -183,6 +188,7 @@ impl Store {
             && workers.is_empty()
             && failures.is_empty()
             && cleared.is_empty()
+            && deleted.is_empty()
         {
             return Ok(());
         }
@@ -272,6 +278,15 @@ impl Store {
                 w.tasks_done,
                 w.tasks_failed,
             ])?;
+        }
+        for job in deleted {
+            let id = job.to_string();
+            tx.prepare_cached("DELETE FROM blocklist WHERE job_id = ?1")?
+                .execute(params![id])?;
+            tx.prepare_cached("DELETE FROM tasks WHERE job_id = ?1")?
+                .execute(params![id])?;
+            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+                .execute(params![id])?;
         }
         for job in cleared {
             tx.prepare_cached("DELETE FROM blocklist WHERE job_id = ?1")?

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use stylefarm_convert::settings_from_proto;
 use stylefarm_core::image_io::{decode_image, DecodeLimits};
+use stylefarm_core::lockstep::style_targets_of_statistics;
 use stylefarm_core::settings::Init;
 use stylefarm_proto::ids::JobId;
 use stylefarm_proto::v1;
@@ -16,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::blobs::{BlobHash, BlobStore};
 use crate::error::{CoordinatorError, Result};
 use crate::plan::{plan_tasks, FarmSize, PlanInputs};
+use crate::scheduler::TaskKind;
 
 /// Most style images in one job.
 pub(crate) const MAX_STYLES: usize = 32;
@@ -25,6 +27,8 @@ const MAX_NAME_CHARS: usize = 256;
 const MAX_FILE_NAME_BYTES: usize = 255;
 /// Most attempts a job may ask for per task.
 const MAX_ATTEMPTS: u32 = 100;
+/// Most memory a job may say a task needs: 4 TiB, more than any one machine holds today.
+const MAX_REQUIRED_MEMORY_BYTES: u64 = 4 << 40;
 
 /// A checked job, ready for the scheduler.
 #[derive(Debug, Clone)]
@@ -49,11 +53,16 @@ pub(crate) struct ImageChecker {
 }
 
 impl ImageChecker {
-    pub(crate) fn new() -> Self {
+    /// Accepts images of up to `max_pixels` pixels (and the default limits otherwise).
+    pub(crate) fn new(max_pixels: u64) -> Self {
+        let defaults = DecodeLimits::default();
         Self {
             checked: Mutex::new(HashMap::new()),
             permits: Semaphore::new(1),
-            limits: DecodeLimits::default(),
+            limits: DecodeLimits {
+                max_pixels,
+                ..defaults
+            },
         }
     }
 
@@ -63,7 +72,12 @@ impl ImageChecker {
 
     /// Checks that the stored blob `hash` is an image the workers can decode and returns its
     /// `(width, height)`; errors name `field`.
-    async fn check(&self, blobs: &BlobStore, hash: &BlobHash, field: &str) -> Result<(u32, u32)> {
+    pub(crate) async fn check(
+        &self,
+        blobs: &BlobStore,
+        hash: &BlobHash,
+        field: &str,
+    ) -> Result<(u32, u32)> {
         if let Some(dims) = self.known(hash) {
             return Ok(dims);
         }
@@ -99,6 +113,12 @@ impl ImageChecker {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JobLimits {
     pub(crate) max_tasks: usize,
+    /// Iterations per task.
+    pub(crate) max_iterations: u32,
+    /// Unfinished jobs on the farm.
+    pub(crate) max_queued_jobs: usize,
+    /// Unfinished jobs of one client address.
+    pub(crate) max_queued_jobs_per_client: usize,
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordinatorError {
@@ -119,6 +139,37 @@ async fn check_blob(blobs: &BlobStore, blob: &mut v1::BlobRef, field: &str) -> R
     }
     blob.size = size;
     Ok(hash)
+}
+
+/// Checks a worker's result before it counts: a render's (and a shard's, which names its
+/// driver's) must be an image the coordinator can decode, a statistics task's must hold the
+/// style targets of every style layer. Garbage is refused with INVALID_ARGUMENT and the task
+/// stays leased, so a broken worker's result never reaches `fetch`.
+pub(crate) async fn check_result(
+    blobs: &BlobStore,
+    images: &ImageChecker,
+    hash: &BlobHash,
+    kind: TaskKind,
+    spec: &v1::TaskSpec,
+) -> Result<()> {
+    match kind {
+        TaskKind::Render | TaskKind::Shard => images.check(blobs, hash, "result").await.map(drop),
+        TaskKind::Statistics => {
+            let settings = spec.settings.clone().unwrap_or_default();
+            let engine = settings_from_proto(&settings, spec.styles.len(), "settings")?;
+            let bytes = blobs.read_all(hash).await?;
+            tokio::task::spawn_blocking(move || {
+                style_targets_of_statistics(&bytes, &engine.style_layers).map(drop)
+            })
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("checking a result failed: {e}")))?
+            .map_err(|e| invalid("result", format!("blob {}: {e}", hash)))
+        }
+        TaskKind::Driver | TaskKind::Sheet => Err(invalid(
+            "lease_id",
+            "the coordinator runs this task itself; a worker cannot complete it",
+        )),
+    }
 }
 
 /// Whether `name` can name an output file on any system.
@@ -229,8 +280,32 @@ pub(crate) async fn plan_job(
         ));
     }
 
+    if spec.required_memory_bytes > MAX_REQUIRED_MEMORY_BYTES {
+        return Err(invalid(
+            "spec.required_memory_bytes",
+            format!(
+                "{} is over the limit of {MAX_REQUIRED_MEMORY_BYTES} (4 TiB)",
+                spec.required_memory_bytes
+            ),
+        ));
+    }
+
     let settings = spec.settings.clone().unwrap_or_default();
     let engine = settings_from_proto(&settings, spec.styles.len(), "spec.settings")?;
+    let most_iterations = spec
+        .scales
+        .iter()
+        .flat_map(|s| s.iterations.iter().copied())
+        .chain([engine.num_iterations])
+        .max()
+        .unwrap_or(0);
+    if most_iterations > limits.max_iterations {
+        return Err(CoordinatorError::LimitExceeded(format!(
+            "spec.settings.num_iterations: {most_iterations} iterations is over this farm's limit \
+             of {} per task (--max-iterations)",
+            limits.max_iterations
+        )));
+    }
 
     let init_given = spec
         .init_image

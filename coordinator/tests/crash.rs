@@ -430,8 +430,6 @@ async fn a_lease_that_lapses_on_a_full_disk_is_taken_back_once_space_is_freed() 
 }
 
 #[tokio::test]
-#[ignore = "bug: the lease-expiry loop (coordinator/src/lib.rs) retries a lapse that cannot be \
-            written at once, ~600 times a second, reloading the database each time"]
 async fn a_lapse_that_cannot_be_written_is_not_retried_in_a_loop() {
     let Some((_disk, process, _c, _job, _held)) = lapsed_on_a_full_disk().await else {
         return;

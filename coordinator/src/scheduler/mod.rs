@@ -95,6 +95,8 @@ pub(crate) enum Effect {
     LeaseGranted,
     /// An assemble task became ready: the coordinator's assembler runs it.
     AssembleReady,
+    /// A finished job and its tasks were deleted.
+    JobDeleted(JobId),
 }
 
 /// A task handed to a worker.
@@ -504,6 +506,42 @@ impl Scheduler {
     }
 
     /// Runs the failed and canceled tasks of a finished job again, with fresh attempts.
+    /// Forgets a finished job and its tasks (their blobs go at the next collection).
+    pub(crate) fn delete(&mut self, job: JobId) -> Result<()> {
+        let j = self.jobs.get(&job).ok_or_else(|| not_found("job", job))?;
+        if !j.state.is_final() {
+            return Err(CoordinatorError::WrongJobState {
+                job,
+                reason: "it is still running: cancel it first, then delete it".into(),
+            });
+        }
+        let stopping = j
+            .tasks
+            .iter()
+            .filter_map(|t| self.tasks.get(t))
+            .any(|t| t.state.lease().is_some());
+        if stopping {
+            return Err(CoordinatorError::WrongJobState {
+                job,
+                reason: "its canceled tasks are still stopping on their workers: try again in a \
+                         few seconds"
+                    .into(),
+            });
+        }
+        let Some(j) = self.jobs.remove(&job) else {
+            return Err(not_found("job", job));
+        };
+        for t in &j.tasks {
+            self.tasks.remove(t);
+        }
+        self.ready.retain(|k| !j.tasks.contains(&k.3));
+        self.order.remove(&j.seq);
+        self.failures.retain(|(jb, _), _| *jb != job);
+        self.counts.remove(&job);
+        self.effects.push(Effect::JobDeleted(job));
+        Ok(())
+    }
+
     pub(crate) fn retry(&mut self, job: JobId, now: i64) -> Result<()> {
         let j = self.jobs.get(&job).ok_or_else(|| not_found("job", job))?;
         if !j.state.is_final() {

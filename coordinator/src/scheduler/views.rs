@@ -2,14 +2,16 @@
 //! `stats`).
 
 use std::cmp::Reverse;
+use std::collections::HashSet;
 
-use stylefarm_proto::ids::{JobId, TaskId, WorkerId};
+use stylefarm_proto::ids::{JobId, LeaseId, TaskId, WorkerId};
 use stylefarm_proto::v1;
 
 use super::{
-    not_found, JobRecord, JobState, Scheduler, TaskRecord, TaskState, WorkerRecord, BLOCKLIST_AFTER,
+    not_found, JobRecord, JobState, Scheduler, TaskKind, TaskRecord, TaskState, WorkerRecord,
+    BLOCKLIST_AFTER,
 };
-use crate::error::Result;
+use crate::error::{CoordinatorError, Result};
 
 /// What goes into a [`v1::Job`] built by [`Scheduler::job_proto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,16 @@ impl Scheduler {
     /// A worker record.
     pub(crate) fn worker(&self, id: WorkerId) -> Option<&WorkerRecord> {
         self.workers.get(&id)
+    }
+
+    /// The kind and spec of the task that `lease` holds.
+    pub(crate) fn leased_task(&self, lease: LeaseId) -> Result<(TaskKind, v1::TaskSpec)> {
+        let (task, _) = self.held(lease)?;
+        let task = self
+            .tasks
+            .get(&task)
+            .ok_or(CoordinatorError::LeaseLost { lease })?;
+        Ok((task.kind, task.spec.clone()))
     }
 
     /// A job's tasks, by index.
@@ -122,7 +134,8 @@ impl Scheduler {
                 })
                 .unwrap_or_default(),
             JobState::Canceled => "canceled".to_string(),
-            JobState::Queued | JobState::Active | JobState::Completed => String::new(),
+            JobState::Queued | JobState::Active => self.why_waiting(&tasks).unwrap_or_default(),
+            JobState::Completed => String::new(),
         };
         let tasks = match detail {
             Detail::Full => tasks.iter().map(|t| Self::task_proto(t, true)).collect(),
@@ -138,6 +151,89 @@ impl Scheduler {
             updated_unix_ms: job.updated_ms,
             result,
             error,
+        })
+    }
+
+    /// Finished jobs last updated before `cutoff_ms`, oldest first.
+    pub(crate) fn finished_before(&self, cutoff_ms: i64) -> Vec<JobId> {
+        self.order
+            .values()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| j.state.is_final() && j.updated_ms < cutoff_ms)
+            .map(|j| j.id)
+            .collect()
+    }
+
+    /// Every blob a job or task names: inputs, results, intermediate results.
+    pub(crate) fn named_blobs(&self) -> HashSet<String> {
+        let mut named = HashSet::new();
+        for id in self.jobs.keys() {
+            self.add_blobs_of(*id, &mut named);
+        }
+        named
+    }
+
+    /// The blobs `job` and its tasks name.
+    pub(crate) fn blobs_of(&self, job: JobId) -> HashSet<String> {
+        let mut named = HashSet::new();
+        self.add_blobs_of(job, &mut named);
+        named
+    }
+
+    fn add_blobs_of(&self, job: JobId, named: &mut HashSet<String>) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let mut add = |b: &v1::BlobRef| {
+            named.insert(b.sha256.clone());
+        };
+        let spec = &j.spec;
+        spec.content
+            .iter()
+            .chain(&spec.styles)
+            .chain(&spec.init_image)
+            .for_each(&mut add);
+        for task in self.job_tasks(job) {
+            let s = &task.spec;
+            s.content
+                .iter()
+                .chain(&s.styles)
+                .chain(&s.init_image)
+                .chain(&task.result)
+                .for_each(&mut add);
+        }
+    }
+
+    /// Jobs not yet finished: on the whole farm, and those `owner` submitted.
+    pub(crate) fn unfinished_jobs(&self, owner: &str) -> (usize, usize) {
+        self.jobs
+            .values()
+            .filter(|j| !j.state.is_final())
+            .fold((0, 0), |(all, theirs), j| {
+                (all + 1, theirs + usize::from(j.spec.owner == owner))
+            })
+    }
+
+    /// Why a queued task of `tasks` cannot start, when no registered worker has the memory it
+    /// needs: a task that waits for ever says so instead of looking merely queued.
+    fn why_waiting(&self, tasks: &[&TaskRecord]) -> Option<String> {
+        let largest = self
+            .workers
+            .values()
+            .map(|w| w.capabilities.memory_bytes)
+            .max();
+        let task = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Queued)
+            .find(|t| largest.is_none_or(|m| t.spec.required_memory_bytes > m))?;
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        Some(match largest {
+            None => "waiting for a worker: none has registered yet".to_string(),
+            Some(m) => format!(
+                "task {} needs {:.1} GiB of memory and no worker has that much (the largest has \
+                 {:.1} GiB): it waits for a larger worker",
+                task.index,
+                gib(task.spec.required_memory_bytes),
+                gib(m)
+            ),
         })
     }
 

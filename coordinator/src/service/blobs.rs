@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use sha2::{Digest, Sha256};
 use stylefarm_proto::v1::{self, blob_service_server::BlobService};
 use stylefarm_proto::BLOB_CHUNK_BYTES;
 use tokio::io::AsyncReadExt;
@@ -45,8 +46,13 @@ impl BlobService for Api {
         let mut missing = Vec::new();
         for (i, s) in hashes.iter().enumerate() {
             let hash = BlobHash::parse(s, &format!("sha256[{i}]"))?;
-            if self.blobs.size(&hash).await?.is_none() && !missing.contains(s) {
-                missing.push(s.clone());
+            if self.blobs.size(&hash).await?.is_none() {
+                if !missing.contains(s) {
+                    missing.push(s.clone());
+                }
+            } else {
+                // The caller will name it in a job without uploading it: keep it.
+                self.blobs.touch(&hash).await;
             }
         }
         Ok(Response::new(v1::FindMissingBlobsResponse { missing }))
@@ -101,31 +107,59 @@ impl BlobService for Api {
         let req = request.into_inner();
         let hash = BlobHash::parse(&req.sha256, "sha256")?;
         let (file, size) = self.blobs.open_at(&hash, req.offset).await?;
-        let path = self.blobs.path(&hash);
         let left = size - req.offset;
-        let chunks =
-            futures::stream::unfold((file, left, path), |(mut file, left, path)| async move {
-                if left == 0 {
-                    return None;
+        // A read of the whole blob is hashed as it goes: a blob damaged on disk ends in
+        // DATA_LOSS (and is set aside) instead of its last chunk, so it never passes as good.
+        let hasher = (req.offset == 0).then(Sha256::new);
+        let read = Reading {
+            file,
+            left,
+            hasher,
+            hash,
+            blobs: self.blobs.clone(),
+        };
+        let chunks = futures::stream::unfold(Some(read), |reading| async move {
+            let mut r = reading?;
+            if r.left == 0 {
+                return None;
+            }
+            let want = r.left.min(BLOB_CHUNK_BYTES as u64);
+            let mut data = Vec::with_capacity(want as usize);
+            let path = r.blobs.path(&r.hash);
+            match (&mut r.file).take(want).read_to_end(&mut data).await {
+                Ok(0) => Some((
+                    Err(
+                        CoordinatorError::Internal(format!("{} ended early", path.display()))
+                            .into(),
+                    ),
+                    None,
+                )),
+                Ok(n) => {
+                    r.left -= n as u64;
+                    if let Some(h) = r.hasher.as_mut() {
+                        h.update(&data);
+                    }
+                    if r.left == 0 {
+                        if let Some(h) = r.hasher.take() {
+                            if hex::encode(h.finalize()) != r.hash.as_str() {
+                                return Some((Err(r.blobs.damaged(&r.hash).await.into()), None));
+                            }
+                        }
+                    }
+                    Some((Ok(v1::ReadBlobResponse { data }), Some(r)))
                 }
-                let want = left.min(BLOB_CHUNK_BYTES as u64);
-                let mut data = Vec::with_capacity(want as usize);
-                let read = (&mut file).take(want).read_to_end(&mut data).await;
-                match read {
-                    Ok(0) => Some((
-                        Err(
-                            CoordinatorError::Internal(format!("{} ended early", path.display()))
-                                .into(),
-                        ),
-                        (file, 0, path),
-                    )),
-                    Ok(n) => Some((
-                        Ok(v1::ReadBlobResponse { data }),
-                        (file, left - n as u64, path),
-                    )),
-                    Err(e) => Some((Err(CoordinatorError::io(&path, e).into()), (file, 0, path))),
-                }
-            });
+                Err(e) => Some((Err(CoordinatorError::io(&path, e).into()), None)),
+            }
+        });
         Ok(Response::new(Box::pin(chunks)))
     }
+}
+
+/// A blob being read out.
+struct Reading {
+    file: tokio::fs::File,
+    left: u64,
+    hasher: Option<Sha256>,
+    hash: BlobHash,
+    blobs: std::sync::Arc<crate::blobs::BlobStore>,
 }

@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{parse_id, Api};
+use crate::blobs::BlobHash;
 use crate::error::CoordinatorError;
 use crate::plan::FarmSize;
 use crate::scheduler::Detail;
@@ -26,11 +27,35 @@ impl JobService for Api {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let plan = self.plan(request.into_inner().spec).await?;
+        let owner = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let mut spec = request.into_inner().spec;
+        if let Some(spec) = spec.as_mut() {
+            spec.owner.clone_from(&owner);
+        }
+        let plan = self.plan(spec).await?;
         let tasks = plan.tasks.len();
+        let limits = self.limits.job;
         let id = self
             .state
-            .call(move |c| c.apply(|s, now| s.submit(plan.id, plan.spec, plan.tasks, now)))
+            .call(move |c| {
+                let (all, theirs) = c.sched.unfinished_jobs(&owner);
+                if all >= limits.max_queued_jobs {
+                    return Err(CoordinatorError::LimitExceeded(format!(
+                        "the farm holds {all} unfinished jobs, its limit (--max-queued-jobs): \
+                         try again when some have finished"
+                    )));
+                }
+                if theirs >= limits.max_queued_jobs_per_client {
+                    return Err(CoordinatorError::LimitExceeded(format!(
+                        "{owner} has {theirs} unfinished jobs on the farm, the limit per client \
+                         (--max-queued-jobs-per-client): try again when some have finished"
+                    )));
+                }
+                c.apply(|s, now| s.submit(plan.id, plan.spec, plan.tasks, now))
+            })
             .await?;
         tracing::info!(job_id = %id, tasks, "job submitted");
         Ok(Response::new(v1::SubmitJobResponse {
@@ -128,6 +153,30 @@ impl JobService for Api {
             .await?;
         tracing::info!(job_id = %id, "job retried");
         Ok(Response::new(job))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<v1::DeleteJobRequest>,
+    ) -> Result<Response<v1::DeleteJobResponse>, Status> {
+        let id: JobId = parse_id(&request.get_ref().job_id, "job_id")?;
+        let (theirs, named) = self
+            .state
+            .call(move |c| {
+                let theirs = c.sched.blobs_of(id);
+                c.apply(|s, _| s.delete(id))?;
+                Ok((theirs, c.sched.named_blobs()))
+            })
+            .await?;
+        // The blobs only this job named go now; the rest stay for the jobs that name them.
+        let mut freed = 0;
+        for sha in theirs.difference(&named) {
+            if let Ok(hash) = BlobHash::parse(sha, "sha256") {
+                freed += self.blobs.remove(&hash).await;
+            }
+        }
+        tracing::info!(job_id = %id, freed_bytes = freed, "job deleted");
+        Ok(Response::new(v1::DeleteJobResponse {}))
     }
 }
 

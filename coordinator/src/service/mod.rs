@@ -3,8 +3,11 @@
 
 mod admin;
 mod blobs;
+mod guard;
 mod jobs;
 mod workers;
+
+pub(crate) use guard::{GuardLayer, GuardLimits, ShardSplit};
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -40,6 +43,9 @@ pub(crate) struct Limits {
     pub(crate) heartbeat_interval: Duration,
 }
 
+/// Longest id accepted, in bytes (ids are UUIDs; an over-long one is not echoed back).
+const MAX_ID_BYTES: usize = 64;
+
 /// An id field of a request.
 pub(crate) fn parse_id<T>(s: &str, field: &str) -> Result<T>
 where
@@ -49,28 +55,39 @@ where
     if s.is_empty() {
         return Err(CoordinatorError::invalid(field, "missing"));
     }
+    if s.len() > MAX_ID_BYTES {
+        return Err(CoordinatorError::invalid(
+            field,
+            format!("{} bytes long, not an id", s.len()),
+        ));
+    }
     s.parse()
         .map_err(|e: T::Err| CoordinatorError::invalid(field, e.to_string()))
 }
 
-/// Refuses calls without the farm token (`authorization: Bearer TOKEN`) when one is set.
+/// Refuses calls that do not carry one of the tokens of the roles a service serves
+/// (`authorization: Bearer TOKEN`); every call passes when the farm has no token.
 #[derive(Clone)]
 pub(crate) struct Auth {
-    expected: Option<Arc<MetadataValue<tonic::metadata::Ascii>>>,
+    accepted: Arc<Vec<MetadataValue<tonic::metadata::Ascii>>>,
 }
 
 impl Auth {
-    /// `None`: every call passes. Errors when the token cannot be sent in a header.
-    pub(crate) fn new(token: Option<&str>) -> anyhow::Result<Self> {
-        let expected = match token {
-            None => None,
-            Some(t) => Some(Arc::new(
+    /// Accepts each of `tokens` that is set; with none set, every call. Errors when a token
+    /// cannot be sent in a header.
+    pub(crate) fn new(tokens: &[&Option<String>]) -> anyhow::Result<Self> {
+        let accepted = tokens
+            .iter()
+            .filter_map(|t| t.as_deref())
+            .map(|t| {
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
                     anyhow::anyhow!("the farm token holds characters a gRPC header cannot carry")
-                })?,
-            )),
-        };
-        Ok(Self { expected })
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            accepted: Arc::new(accepted),
+        })
     }
 }
 
@@ -81,12 +98,18 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
+        if self.accepted.is_empty() {
             return Ok(request);
-        };
-        match request.metadata().get("authorization") {
-            Some(given) if same_bytes(given.as_bytes(), expected.as_bytes()) => Ok(request),
-            _ => Err(CoordinatorError::Unauthenticated.into()),
+        }
+        let given = request.metadata().get("authorization");
+        // Every token is compared, whichever matches, so the time says nothing of which.
+        let matched = self.accepted.iter().fold(false, |ok, expected| {
+            ok | given.is_some_and(|g| same_bytes(g.as_bytes(), expected.as_bytes()))
+        });
+        if matched {
+            Ok(request)
+        } else {
+            Err(CoordinatorError::Unauthenticated.into())
         }
     }
 }
@@ -97,6 +120,7 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
     use crate::clock::ManualClock;
     use crate::scheduler::SchedulerConfig;
     use crate::state::State;
+    use stylefarm_core::image_io::DecodeLimits;
 
     let signals = Arc::new(Signals::new());
     let config = SchedulerConfig {
@@ -109,11 +133,16 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
     Api {
         state,
         blobs: Arc::new(BlobStore::open(dir).unwrap()),
-        images: Arc::new(ImageChecker::new()),
+        images: Arc::new(ImageChecker::new(DecodeLimits::default().max_pixels)),
         signals,
         lockstep: Arc::default(),
         limits: Limits {
-            job: JobLimits { max_tasks: 10 },
+            job: JobLimits {
+                max_tasks: 10,
+                max_iterations: 100_000,
+                max_queued_jobs: 100,
+                max_queued_jobs_per_client: 100,
+            },
             max_blob_bytes: 1 << 20,
             max_long_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(2),

@@ -11,6 +11,7 @@ use super::{parse_id, Api};
 use crate::blobs::BlobHash;
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::FailureKind;
+use crate::validate::check_result;
 
 /// Longest worker name, in characters.
 const MAX_NAME_CHARS: usize = 256;
@@ -258,6 +259,8 @@ impl WorkerService for Api {
             .into());
         }
         result.size = size;
+        let (kind, spec) = self.state.call(move |c| c.sched.leased_task(lease)).await?;
+        check_result(&self.blobs, &self.images, &hash, kind, &spec).await?;
         let losses = req.final_losses;
         self.state
             .call(move |c| c.apply(|s, now| s.complete(lease, result, losses, now)))
