@@ -1,8 +1,8 @@
 //! Collection: finished jobs older than the retention go, and so do the blobs that no job
 //! names any more (inputs of deleted jobs, their results and intermediate results, uploads
 //! that no job ever used, e.g. those of a refused submission), once they have sat unused for
-//! a grace period that covers a submission in progress. Runs every few minutes, and on
-//! request through [`collect_once`].
+//! a grace period that covers a submission in progress. Runs every few minutes
+//! (`--retention-days`, `--blob-grace-seconds`); `DeleteJob` frees a job's own blobs at once.
 
 use std::sync::Arc;
 use std::time::Duration;
