@@ -241,6 +241,20 @@ async fn keep_working(mut c: Clients, acked: Shared, worker: String, mut rng: Rn
 fn check_after_crash(data: &Path, acked: &Acked, verified: &mut HashSet<PathBuf>) {
     assert_eq!(integrity(data), "ok");
     let conn = rusqlite::Connection::open(data.join("stylefarm.db")).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if tables == 0 {
+        // Killed on its first start between creating the database file and writing its
+        // schema: nothing can have been acknowledged yet (the next start writes the schema).
+        assert!(acked.jobs.is_empty() && acked.done.is_empty());
+        check_blobs(data, acked, verified);
+        return;
+    }
     let mut stmt = conn.prepare("SELECT id FROM jobs").unwrap();
     let jobs: HashSet<String> = stmt
         .query_map([], |r| r.get(0))
@@ -256,6 +270,12 @@ fn check_after_crash(data: &Path, acked: &Acked, verified: &mut HashSet<PathBuf>
         let state: String = stmt.query_row([task], |r| r.get(0)).unwrap();
         assert_eq!(state, "succeeded", "task {task}");
     }
+    check_blobs(data, acked, verified);
+}
+
+/// Every blob is filed under its prefix, holds what its name says, and every acknowledged
+/// blob is there.
+fn check_blobs(data: &Path, acked: &Acked, verified: &mut HashSet<PathBuf>) {
     let mut sizes = HashMap::new();
     for dir in std::fs::read_dir(data.join("blobs")).unwrap().flatten() {
         let prefix = dir.file_name().to_string_lossy().to_string();
