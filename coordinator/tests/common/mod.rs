@@ -68,18 +68,7 @@ impl Farm {
     }
 
     pub async fn clients(&self) -> Clients {
-        let channel = Endpoint::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Clients {
-            jobs: JobServiceClient::new(channel.clone()),
-            blobs: BlobServiceClient::new(channel.clone()),
-            workers: WorkerServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel.clone()),
-            channel,
-        }
+        clients_of(&self.url).await
     }
 
     /// Stops the coordinator gracefully and waits for it.
