@@ -70,7 +70,7 @@ fn the_tally_follows_each_pool_and_counts_expiries_retries_and_blocklistings() {
     let gpu = f.worker_on(v1::Device::Cuda);
     let cpu = f.worker_on(v1::Device::Cpu);
     let cuda_job = f.job_on(v1::Device::Cuda, 2, 5);
-    let cpu_job = f.job_on(v1::Device::Unspecified, 1, 0);
+    let cpu_job = f.job_on(v1::Device::Cpu, 1, 0);
     let t = f.s.tally();
     assert_eq!((t.demand(Pool::Cuda), t.demand(Pool::Cpu)), (2, 1));
     assert_eq!(t.queue_depth(Pool::Cuda), 2);
@@ -90,7 +90,7 @@ fn the_tally_follows_each_pool_and_counts_expiries_retries_and_blocklistings() {
     f.fail(g.lease, FailureKind::Application).unwrap();
     let g = f.lease(gpu).unwrap();
     f.fail(g.lease, FailureKind::Application).unwrap();
-    let g = f.lease(gpu).unwrap();
+    f.lease(gpu).expect("a task again, where it failed before");
     assert_eq!(f.expire_after(LEASE + Duration::from_secs(1)), 1);
     let counted = f.s.take_counted();
     assert_eq!(
@@ -103,7 +103,6 @@ fn the_tally_follows_each_pool_and_counts_expiries_retries_and_blocklistings() {
     );
     assert_eq!(f.s.take_counted(), Counted::default(), "taken once");
     assert!(f.lease(gpu).is_none(), "blocklisted for the job");
-    let _ = g;
     let t = f.s.tally();
     assert_eq!((t.demand(Pool::Cuda), t.queue_depth(Pool::Cuda)), (2, 2));
     assert_eq!(t.tasks_in(Pool::Cuda, "soft_failed"), 2);
