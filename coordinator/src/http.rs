@@ -1,11 +1,13 @@
 //! The coordinator's HTTP port (`--http-listen`), beside its gRPC port: `/healthz` for plain
-//! HTTP probes, and the routes the rest of the coordinator adds to [`router`] (metrics, the
-//! web monitor). Off unless the port is given.
+//! HTTP probes, `/metrics` for Prometheus (open, like health: counts, no names or images), and
+//! the routes the rest of the coordinator adds to [`router`] (the web monitor). Off unless the
+//! port is given.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
@@ -24,6 +26,7 @@ pub(crate) struct HttpState {
 pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -34,6 +37,13 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::OK, "ok\n")
     }
+}
+
+/// The Prometheus text exposition of [`crate::metrics::Metrics`]: no call to the database
+/// thread.
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let text = state.api.metrics.encode(state.api.blobs.used_bytes());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 /// Serves `router` on `listener` until the coordinator begins to shut down.

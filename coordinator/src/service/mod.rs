@@ -32,6 +32,8 @@ pub(crate) struct Api {
     pub(crate) limits: Limits,
     /// The running lock-step drivers, which shards' streams join.
     pub(crate) lockstep: Arc<crate::lockstep::Lockstep>,
+    /// The metrics (`/metrics`) and the autoscaler's numbers.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The settings the handlers need.
@@ -129,9 +131,11 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
     };
     let clock = Arc::new(ManualClock::default());
     let state = State::open(dir, config, clock, signals.clone()).unwrap();
+    let metrics = state.metrics();
     let (state, _stopped) = StateHandle::start(state).unwrap();
     Api {
         state,
+        metrics,
         blobs: Arc::new(BlobStore::open(dir).unwrap()),
         images: Arc::new(ImageChecker::new(DecodeLimits::default().max_pixels)),
         signals,
