@@ -24,7 +24,8 @@ pub(crate) struct HttpState {
 pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::web::router(state))
 }
 
 /// 200 while the coordinator serves, 503 once it is shutting down.
@@ -42,7 +43,9 @@ pub(crate) async fn serve(
     router: Router,
     signals: Arc<Signals>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's address reaches the handlers: limits per client count web submissions too.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { signals.shutdown_requested().await })
         .await
 }
