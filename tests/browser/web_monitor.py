@@ -25,6 +25,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -185,14 +186,12 @@ def run(driver, base):
     second = driver.current_url.split("#/job/")[1]
     driver.get(f"{base}/#/jobs")
     row = f'#jobs tr[data-job-id="{second}"]'
-    button = wait_for("the second job's cancel button", lambda: visible(driver, f"{row} button.cancel"), 10)
-    button.click()
+    click(driver, "the second job's cancel button", f"{row} button.cancel", 10)
     wait_for("the second job shown canceled", lambda: attr(driver, row, "data-state") == "canceled", 10)
     # The first job goes on; stop it too, from its own page.
     driver.get(f"{base}/#/job/{first_job}")
-    wait_for("the first job's cancel button", lambda: visible(driver, ".actions button.cancel"), 10).click()
-    wait_for("the first job shown canceled",
-             lambda: (b := driver.find_elements(By.CSS_SELECTOR, "#job-state .badge")) and b[0].get_attribute("data-state") == "canceled", 10)
+    click(driver, "the first job's cancel button", ".actions button.cancel", 10)
+    wait_for("the first job shown canceled", lambda: attr(driver, "#job-state .badge", "data-state") == "canceled", 10)
 
 
 def fill_form(driver, name, iterations):
@@ -242,8 +241,22 @@ def text_of(driver, css):
 
 
 def attr(driver, css, name):
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].get_attribute(name) if found else None
+    # In the page, in one step: the lists are redrawn every 2 s, elements go stale.
+    return js(driver, "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);", css, name)
+
+
+def click(driver, what, css, timeout):
+    """Clicks `css` once it shows, again if the page redrew it in between."""
+    def attempt():
+        try:
+            found = visible(driver, css)
+            if found:
+                found.click()
+                return True
+        except StaleElementReferenceException:
+            pass
+        return False
+    wait_for(what, attempt, timeout)
 
 
 if __name__ == "__main__":

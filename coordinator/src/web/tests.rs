@@ -348,7 +348,7 @@ async fn a_job_is_planned_submitted_watched_listed_and_canceled_through_the_api(
     // ...which the stream reports, then ends.
     let mut rest = String::new();
     while let Some(chunk) = stream.next().await {
-        rest.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
     assert!(
         rest.contains("event: job\n") && rest.contains(r#""state":"canceled""#),
