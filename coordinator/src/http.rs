@@ -27,7 +27,8 @@ pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::web::router(state))
 }
 
 /// 200 while the coordinator serves, 503 once it is shutting down.
@@ -52,7 +53,9 @@ pub(crate) async fn serve(
     router: Router,
     signals: Arc<Signals>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's address reaches the handlers: limits per client count web submissions too.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { signals.shutdown_requested().await })
         .await
 }

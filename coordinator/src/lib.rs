@@ -40,6 +40,7 @@ mod service;
 mod state;
 mod store;
 mod validate;
+mod web;
 
 use std::fmt;
 use std::future::Future;
