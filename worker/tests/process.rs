@@ -39,7 +39,9 @@ fn free_address() -> String {
 fn a_worker_without_weights_says_so_in_one_line() {
     let empty = tempfile::tempdir().unwrap();
     let missing = empty.path().join("vgg.safetensors");
-    let cases: [(&str, Vec<(&str, &Path)>, Vec<&str>); 3] = [
+    // What is missing, the environment, the arguments.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a Path)>, Vec<&'a str>);
+    let cases: [Case<'_>; 3] = [
         (
             "a missing --weights file",
             vec![],
