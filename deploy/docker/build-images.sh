@@ -41,7 +41,7 @@ done
 # Every library the binaries load, and the loader, at the paths ldd prints (copied through
 # symlinks, so each is a plain file where the binary looks for it).
 libs=$(for b in "${bins[@]}"; do ldd "$ctx/$b"; done \
-    | awk '/=> \// { print $3 } /^\s*\/[^ ]+ \(0x/ { print $1 }' | sort -u)
+    | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | sort -u)
 for lib in $libs; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
@@ -84,10 +84,12 @@ ENTRYPOINT ["/usr/local/bin/stylefarm-worker"]
 DOCKERFILE
 
 for image in coordinator worker; do
+    # The classic builder: FROM scratch needs nothing from a registry, nor any frontend image.
     DOCKER_BUILDKIT=0 docker build --quiet --pull=false \
         --label org.opencontainers.image.source=https://github.com/stylefarm/stylefarm \
         --label org.opencontainers.image.revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        -f "$ctx/Dockerfile.$image" -t "stylefarm-$image:$tag" "$ctx" >/dev/null
+        -f "$ctx/Dockerfile.$image" -t "stylefarm-$image:$tag" "$ctx" >"$ctx/build.log" 2>&1 \
+        || { cat "$ctx/build.log" >&2; exit 1; }
 done
 # Each image runs: the loader finds every library, the user is 10001.
 docker run --rm --entrypoint /usr/local/bin/stylefarm-coordinator "stylefarm-coordinator:$tag" --version >/dev/null
