@@ -29,6 +29,7 @@ mod checkpoint;
 mod clock;
 mod collect;
 mod error;
+mod http;
 mod lock;
 mod lockstep;
 mod plan;
@@ -219,6 +220,31 @@ impl fmt::Debug for Config {
     }
 }
 
+/// The already-bound ports a coordinator serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: clients and workers.
+    pub grpc: tokio::net::TcpListener,
+    /// HTTP (`--http-listen`), when wanted.
+    pub http: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// gRPC only.
+    pub fn grpc(grpc: tokio::net::TcpListener) -> Self {
+        Self { grpc, http: None }
+    }
+
+    /// Also serve HTTP on `http`.
+    #[must_use]
+    pub fn with_http(self, http: tokio::net::TcpListener) -> Self {
+        Self {
+            http: Some(http),
+            ..self
+        }
+    }
+}
+
 /// Runs the coordinator on `listener` with the system clock until `shutdown` completes, then
 /// stops gracefully: open long polls and watch streams end, the database is closed.
 ///
@@ -229,7 +255,13 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_with_clock(listener, config, Arc::new(SystemClock), shutdown).await
+    serve_on(
+        Listeners::grpc(listener),
+        config,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`] with an injected clock (tests move a [`ManualClock`] to expire leases).
@@ -242,6 +274,23 @@ pub async fn serve_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_on(Listeners::grpc(listener), config, clock, shutdown).await
+}
+
+/// [`serve_with_clock`] on every port in `listeners`: gRPC, and HTTP when given.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_on(
+    listeners: Listeners,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        http: http_listener,
+    } = listeners;
     let addr = listener
         .local_addr()
         .context("the listener has no local address")?;
@@ -298,6 +347,25 @@ pub async fn serve_with_clock(
             max_long_poll: config.max_long_poll,
             heartbeat_interval: config.heartbeat_interval,
         },
+    };
+
+    let http_server = {
+        let server = http_listener.map(|listener| {
+            let router = http::router(http::HttpState {
+                api: api.clone(),
+                client_auth: client_auth.clone(),
+            });
+            if let Ok(http_addr) = listener.local_addr() {
+                tracing::info!(%http_addr, "coordinator serving HTTP");
+            }
+            http::serve(listener, router, signals.clone())
+        });
+        async move {
+            match server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        }
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -401,8 +469,9 @@ pub async fn serve_with_clock(
         grace: config.blob_grace,
         interval: config.collect_interval.max(Duration::from_millis(10)),
     };
-    let (served, (), (), ()) = tokio::join!(
+    let (served, http_served, (), (), ()) = tokio::join!(
         server,
+        http_server,
         expiry_loop(state.clone(), clock.clone(), signals.clone()),
         collector_loop(
             state.clone(),
@@ -416,6 +485,7 @@ pub async fn serve_with_clock(
     state.stop().await;
     let _ = db_stopped.await;
     served.context("the gRPC server failed")?;
+    http_served.context("the HTTP server failed")?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stylefarm_coordinator::{serve, Config, ServerTls};
+use stylefarm_coordinator::{serve_on, Config, Listeners, ServerTls, SystemClock};
 
 /// The stylefarm coordinator: takes jobs, hands their tasks to workers, keeps the results.
 #[derive(Debug, Parser)]
@@ -21,6 +22,15 @@ struct Cli {
         default_value = "127.0.0.1:50051"
     )]
     listen: String,
+    /// Address for the HTTP port (health at /healthz, metrics, the web monitor); off when
+    /// not given.
+    #[arg(
+        long,
+        visible_alias = "metrics-listen",
+        value_name = "ADDR",
+        env = "STYLEFARM_HTTP_LISTEN"
+    )]
+    http_listen: Option<String>,
     /// Directory for the database and the blobs (created if missing).
     #[arg(long, value_name = "DIR", env = "STYLEFARM_DATA_DIR")]
     data_dir: PathBuf,
@@ -210,6 +220,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let mut listeners = Listeners::grpc(listener);
+    if let Some(http) = &cli.http_listen {
+        let http = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http}"))?;
+        listeners = listeners.with_http(http);
+    }
     anyhow::ensure!(
         cli.rpc_timeout_seconds > 0,
         "--rpc-timeout-seconds must be at least 1"
@@ -246,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.retention =
         (cli.retention_days > 0).then(|| Duration::from_secs(cli.retention_days * 24 * 3600));
     config.blob_grace = Duration::from_secs(cli.blob_grace_seconds);
-    serve(listener, config, shutdown_signal()).await
+    serve_on(listeners, config, Arc::new(SystemClock), shutdown_signal()).await
 }
 
 fn main() -> ExitCode {

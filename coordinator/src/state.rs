@@ -63,6 +63,11 @@ impl Signals {
         self.shutdown.send_replace(true);
     }
 
+    /// Whether shutdown has begun.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Completes once shutdown has begun.
     pub(crate) async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
