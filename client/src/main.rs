@@ -1,20 +1,26 @@
 //! `stylefarm`: the command line. Parses, sets up logging (only when `RUST_LOG` is set: the
-//! embedded coordinator and worker log there), runs the command, and prints its error as one
-//! sentence.
+//! embedded coordinator and worker log there, as text on stderr or, with
+//! `STYLEFARM_LOG_FORMAT=json`, JSON lines on stdout), runs the command, and prints its error
+//! as one sentence.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use stylefarm_client::cli::{self, Cli};
+use stylefarm_proto::logging::{self, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match LogFormat::from_env() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        logging::init(format, filter);
     }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! `stylefarm-coordinator`: parses the command line, sets up logging (`RUST_LOG`), binds the
-//! address and runs the coordinator until ctrl-c or SIGTERM.
+//! `stylefarm-coordinator`: parses the command line, sets up logging (`RUST_LOG`, text or JSON
+//! lines), binds the address and runs the coordinator until ctrl-c or SIGTERM; or, with
+//! `--health-check`, asks a running coordinator whether it serves, for container probes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use stylefarm_coordinator::{serve_on, Config, Listeners, ServerTls, SystemClock};
+use stylefarm_proto::logging::{self, LogFormat};
 
 /// The stylefarm coordinator: takes jobs, hands their tasks to workers, keeps the results.
 #[derive(Debug, Parser)]
@@ -32,8 +34,13 @@ struct Cli {
     )]
     http_listen: Option<String>,
     /// Directory for the database and the blobs (created if missing).
-    #[arg(long, value_name = "DIR", env = "STYLEFARM_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STYLEFARM_DATA_DIR",
+        required_unless_present = "health_check"
+    )]
+    data_dir: Option<PathBuf>,
     /// Farm token for clients and workers: when set, they must send it. Without any token a
     /// coordinator listening beyond loopback makes one and writes it to DATA_DIR/token.
     #[arg(long, env = "STYLEFARM_TOKEN", hide_env_values = true)]
@@ -81,10 +88,20 @@ struct Cli {
     )]
     tls_client_ca: Option<PathBuf>,
     /// Seconds a lease lasts without a heartbeat.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "STYLEFARM_LEASE_SECONDS",
+        default_value_t = 30
+    )]
     lease_seconds: u64,
     /// Attempts per task when a job does not say.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STYLEFARM_MAX_ATTEMPTS",
+        default_value_t = 3
+    )]
     max_attempts: u32,
     /// Limit: pixels of an input image (checked from its header, before decoding).
     #[arg(long, value_name = "N", env = "STYLEFARM_MAX_IMAGE_PIXELS", default_value_t = 64 << 20)]
@@ -171,6 +188,26 @@ struct Cli {
         default_value_t = 3600
     )]
     blob_grace_seconds: u64,
+    /// Log lines as human text on stderr, or as JSON objects on stdout (one per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "STYLEFARM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Do not serve: ask the coordinator at --listen (127.0.0.1 for 0.0.0.0, with the TLS
+    /// flags) whether it serves (grpc.health.v1), and exit 0 if it does, 1 if not.
+    #[arg(long)]
+    health_check: bool,
+    /// With --health-check over TLS: the name the coordinator's certificate must carry
+    /// (default: the address connected to).
+    #[arg(long, value_name = "NAME", env = "STYLEFARM_HEALTH_CHECK_DOMAIN")]
+    health_check_domain: Option<String>,
+    /// With --health-check over TLS: the authority that signed the coordinator's certificate,
+    /// PEM (default: --tls-client-ca, else the certificate chain of --tls-cert itself).
+    #[arg(long, value_name = "FILE", env = "STYLEFARM_HEALTH_CHECK_CA")]
+    health_check_ca: Option<PathBuf>,
 }
 
 /// The token from a flag or a file, or a clear error.
@@ -214,7 +251,51 @@ async fn shutdown_signal() {
     }
 }
 
+/// `--health-check`: `Ok` when the coordinator at `--listen` answers SERVING.
+async fn health_check(cli: &Cli) -> anyhow::Result<()> {
+    let address = stylefarm_proto::connect::local_address(&cli.listen);
+    let endpoint = match &cli.tls_cert {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| anyhow::anyhow!("invalid --listen address {}: {e}", cli.listen))?,
+        Some(cert) => {
+            // Trust the authority given, else the farm's client authority (which often signed
+            // the coordinator's certificate too), else the chain in the certificate file;
+            // under mutual TLS, show the coordinator's own certificate.
+            let (roots, what) = match (&cli.health_check_ca, &cli.tls_client_ca) {
+                (Some(ca), _) => (ca, "health check CA certificate"),
+                (None, Some(ca)) => (ca, "client CA certificate"),
+                (None, None) => (cert, "TLS certificate"),
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(read_pem(roots, what)?),
+            );
+            if cli.tls_client_ca.is_some() {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read_pem(cert, "TLS certificate")?,
+                    read_pem(
+                        cli.tls_key.as_deref().context("--tls-key is missing")?,
+                        "TLS key",
+                    )?,
+                ));
+            }
+            if let Some(name) = &cli.health_check_domain {
+                tls = tls.domain_name(name.clone());
+            }
+            tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+                .map_err(|e| anyhow::anyhow!("invalid --listen address {}: {e}", cli.listen))?
+                .tls_config(tls)
+                .context("cannot set up TLS for the health check")?
+        }
+    };
+    stylefarm_proto::connect::check_health(endpoint, Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .context("--data-dir (or STYLEFARM_DATA_DIR) is required")?;
     anyhow::ensure!(cli.lease_seconds > 0, "--lease-seconds must be at least 1");
     anyhow::ensure!(cli.max_attempts > 0, "--max-attempts must be at least 1");
     let listener = tokio::net::TcpListener::bind(&cli.listen)
@@ -231,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.rpc_timeout_seconds > 0,
         "--rpc-timeout-seconds must be at least 1"
     );
-    let mut config = Config::new(cli.data_dir);
+    let mut config = Config::new(data_dir);
     config.token = token(cli.token, cli.token_file, "token")?;
     config.client_token = token(cli.client_token, cli.client_token_file, "client-token")?;
     config.worker_token = token(cli.worker_token, cli.worker_token_file, "worker-token")?;
@@ -268,13 +349,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if cli.health_check {
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(health_check(&cli)));
+        return match checked {
+            Ok(()) => {
+                println!("serving");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stylefarm-coordinator: unhealthy: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    logging::init(cli.log_format, logging::filter_or("info"));
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
         .and_then(|rt| rt.block_on(run(cli)));

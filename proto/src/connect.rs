@@ -126,3 +126,83 @@ pub fn tls_mismatch(url: &str, error: &str) -> Option<String> {
     }
     None
 }
+
+/// Asks the server at `endpoint` whether it serves, the way a container probe does:
+/// `grpc.health.v1.Health/Check` for the whole server, connecting and answering within
+/// `timeout`.
+///
+/// # Errors
+/// One sentence: the server cannot be reached, did not answer, or is not `SERVING`.
+pub async fn check_health(endpoint: Endpoint, timeout: std::time::Duration) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let url = endpoint.uri().to_string();
+    let url = url.trim_end_matches('/');
+    let channel = endpoint
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| {
+            let text = error_chain(&e);
+            tls_mismatch(url, &text).unwrap_or_else(|| format!("cannot reach {url}: {text}"))
+        })?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| format!("{url} did not answer the health check: {}", s.message()))?;
+    match answer.into_inner().status() {
+        ServingStatus::Serving => Ok(()),
+        other => Err(format!("{url} is not serving ({})", other.as_str_name())),
+    }
+}
+
+/// An error and its causes, joined by `: ` (tonic's transport error says only "transport
+/// error" itself).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The address a probe on this machine connects to for a server listening on `listen`
+/// (`host:port`): the same port on loopback when it listens on every address (`0.0.0.0`,
+/// `[::]`), else `listen` itself.
+pub fn local_address(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let ip: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, addr.port()).to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_reach_every_address_listener_on_loopback() {
+        assert_eq!(local_address("0.0.0.0:50051"), "127.0.0.1:50051");
+        assert_eq!(local_address("[::]:9090"), "[::1]:9090");
+        assert_eq!(local_address("10.1.2.3:50051"), "10.1.2.3:50051");
+        assert_eq!(local_address("coordinator:50051"), "coordinator:50051");
+    }
+}

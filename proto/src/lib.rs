@@ -1,9 +1,11 @@
 //! stylefarm's gRPC protocol, package `stylefarm.v1` (generated from `proto/` at build time),
-//! and the id newtypes shared by the coordinator, the workers and the client.
+//! KEDA's external scaler API, the id newtypes shared by the coordinator, the workers and the
+//! client, and what their binaries share: connecting, health checks, logging.
 
 pub mod blob;
 pub mod connect;
 pub mod ids;
+pub mod logging;
 
 /// Generated messages, clients and servers of `stylefarm.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -11,7 +13,15 @@ pub mod v1 {
     tonic::include_proto!("stylefarm.v1");
 }
 
-/// The encoded file descriptor set of `stylefarm.v1`, for server reflection.
+/// KEDA's external scaler API (package `externalscaler`), which the coordinator serves so that
+/// KEDA can scale worker pools on the farm's queue.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod externalscaler {
+    tonic::include_proto!("externalscaler");
+}
+
+/// The encoded file descriptor set of `stylefarm.v1` and `externalscaler`, for server
+/// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/stylefarm_descriptor.bin"));
 

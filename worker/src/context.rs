@@ -22,6 +22,7 @@ pub(crate) struct TaskContext {
     pub(crate) grace: Duration,
     /// The memory the worker offers (0: unknown).
     pub(crate) memory_bytes: u64,
+    pub(crate) metrics: crate::metrics::WorkerMetrics,
 }
 
 impl TaskContext {

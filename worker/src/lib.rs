@@ -14,7 +14,8 @@
 //! the report) around its `work`, the task spec checked into a render, the statistics of a
 //! whole image or a shard, with the pixel work of each; `lockstep` is a shard's part in tiles
 //! rendered in lock step. `failure`, `context` and `shutdown` are what those share; `blobs`,
-//! `rpc` and `observer` move bytes, calls and progress.
+//! `rpc` and `observer` move bytes, calls and progress; `metrics` and `http` serve
+//! what it did to Prometheus and probes.
 //!
 //! # Starting one in-process
 //! ```no_run
@@ -40,7 +41,9 @@ mod context;
 pub mod engine;
 mod failure;
 pub mod fake;
+pub mod http;
 mod lockstep;
+mod metrics;
 mod observer;
 mod rpc;
 mod shutdown;
@@ -52,6 +55,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use engine::{CandleEngine, Engine, StatisticsInput, TaskInput, TaskOutput};
+pub use metrics::WorkerMetrics;
 pub use worker::run;
 
 /// How a worker connects and behaves; [`Config::new`] fills in sensible defaults.
@@ -80,6 +84,8 @@ pub struct Config {
     /// TLS for an `https://` coordinator: the authority to trust, and this worker's own
     /// certificate for mutual TLS.
     pub tls: stylefarm_proto::connect::TlsFiles,
+    /// Where the worker counts its tasks and iterations (served by [`http::serve`]).
+    pub metrics: WorkerMetrics,
 }
 
 impl Config {
@@ -97,6 +103,7 @@ impl Config {
             grace: Duration::from_secs(30),
             token: None,
             tls: stylefarm_proto::connect::TlsFiles::default(),
+            metrics: WorkerMetrics::new(),
         }
     }
 }

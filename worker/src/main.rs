@@ -1,5 +1,7 @@
-//! `stylefarm-worker`: a render node. Parses options, sets up logging (`RUST_LOG`), loads the
-//! weights and runs the worker until SIGTERM or ctrl-c.
+//! `stylefarm-worker`: a render node. Parses options, sets up logging (`RUST_LOG`, text or JSON
+//! lines), loads the weights, serves `/healthz` and `/metrics` when given an HTTP port, and
+//! runs the worker until SIGTERM or ctrl-c (a running task gets `--grace` seconds to finish);
+//! or, with `--health-check`, checks a running worker for container probes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use stylefarm_core::cache;
+use stylefarm_proto::logging::{self, LogFormat};
 use stylefarm_worker::{CandleEngine, Config};
 
 /// A stylefarm render node: leases style-transfer tasks from a coordinator and renders them.
@@ -16,16 +19,27 @@ use stylefarm_worker::{CandleEngine, Config};
 #[command(name = "stylefarm-worker", version)]
 struct Args {
     /// The coordinator's address.
-    #[arg(long, env = "STYLEFARM_COORDINATOR", value_name = "URL")]
-    coordinator: String,
-    /// VGG weights file (.safetensors or .onnx); default: $STYLEFARM_WEIGHTS, then the cache.
+    #[arg(
+        long,
+        env = "STYLEFARM_COORDINATOR",
+        value_name = "URL",
+        required_unless_present = "health_check"
+    )]
+    coordinator: Option<String>,
+    /// VGG weights file (.safetensors or .onnx); default: $STYLEFARM_WEIGHTS, then the cache
+    /// ($STYLEFARM_CACHE, else ~/.cache/stylefarm).
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
     /// CPU threads for the engine (default: all).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "STYLEFARM_THREADS",
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
     threads: Option<u32>,
     /// Name shown by `stylefarm workers` (default: host-pid).
-    #[arg(long)]
+    #[arg(long, env = "STYLEFARM_WORKER_NAME")]
     name: Option<String>,
     /// The farm token (or the workers' token), if the coordinator requires one.
     #[arg(long, env = "STYLEFARM_TOKEN", hide_env_values = true)]
@@ -54,29 +68,67 @@ struct Args {
     )]
     tls_key: Option<PathBuf>,
     /// Where fetched images are cached (default: the stylefarm cache's `blobs` folder).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "STYLEFARM_WORKER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Iterations between progress previews (0: none).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "N",
+        env = "STYLEFARM_PREVIEW_EVERY"
+    )]
     preview_every: u32,
-    /// Seconds a running task may take to finish on shutdown before it is handed back.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    /// Seconds a running task may take to finish on shutdown (SIGTERM) before it is handed
+    /// back; the process exits within about this long plus a few seconds.
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        value_name = "SECONDS",
+        env = "STYLEFARM_GRACE_SECONDS"
+    )]
     grace: f64,
+    /// Address for the HTTP port (/healthz, /metrics); off when not given.
+    #[arg(
+        long,
+        visible_alias = "metrics-listen",
+        value_name = "ADDR",
+        env = "STYLEFARM_HTTP_LISTEN"
+    )]
+    http_listen: Option<String>,
+    /// Log lines as human text on stderr, or as JSON objects on stdout (one per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "STYLEFARM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Do not work: check a running worker and exit 0 if it is healthy, 1 if not. With
+    /// --http-listen it asks that port's /healthz; without, it asks whether the coordinator
+    /// answers grpc.health.v1.
+    #[arg(long)]
+    health_check: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.health_check {
+        return match health_check(&args) {
+            Ok(()) => {
+                println!("healthy");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stylefarm-worker: unhealthy: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Before any thread exists: candle's CPU kernels read it when they first run.
     if let Some(n) = args.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(args.log_format, logging::filter_or("info"));
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -86,16 +138,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--health-check`: this worker's `/healthz`, or else its coordinator's gRPC health.
+fn health_check(args: &Args) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(5);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let checked = match (&args.http_listen, &args.coordinator) {
+        (Some(listen), _) => {
+            let address = stylefarm_proto::connect::local_address(listen);
+            runtime.block_on(stylefarm_worker::http::check_health(&address, timeout))
+        }
+        (None, Some(url)) => {
+            let tls = stylefarm_proto::connect::TlsFiles {
+                ca: args.tls_ca.clone(),
+                identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+            };
+            let endpoint =
+                stylefarm_proto::connect::endpoint(url, &tls).map_err(|e| anyhow::anyhow!(e))?;
+            runtime.block_on(stylefarm_proto::connect::check_health(endpoint, timeout))
+        }
+        (None, None) => Err("give --http-listen or --coordinator to check".to_string()),
+    };
+    checked.map_err(|e| anyhow::anyhow!(e))
+}
+
 fn start(args: Args) -> anyhow::Result<()> {
     if !(args.grace.is_finite() && args.grace >= 0.0) {
         anyhow::bail!("invalid --grace: {} is not a number of seconds", args.grace);
     }
-    let weights_path = cache::find_weights(args.weights.as_deref())?;
+    let coordinator = args
+        .coordinator
+        .context("--coordinator (or STYLEFARM_COORDINATOR) is required")?;
+    let weights_path = cache::find_weights(args.weights.as_deref()).map_err(|e| {
+        match (&e, cache::cache_dir()) {
+            (cache::WeightsError::NoWeights, Ok(dir)) => anyhow::anyhow!(
+                "no VGG weights: none given (--weights, ${}) and none in the cache {}: run \
+                 `stylefarm fetch-weights` with the same cache, or mount a volume holding them",
+                cache::WEIGHTS_ENV,
+                dir.display()
+            ),
+            _ => anyhow::Error::from(e),
+        }
+    })?;
     let engine = CandleEngine::load(&weights_path)
         .with_context(|| format!("could not load the weights {}", weights_path.display()))?;
     tracing::info!(weights = %weights_path.display(), models = ?stylefarm_worker::Engine::models(&engine), "engine ready");
 
-    let mut config = Config::new(args.coordinator);
+    let mut config = Config::new(coordinator);
     if let Some(n) = args.threads {
         config.threads = n as usize;
     } else if let Some(n) = std::env::var("RAYON_NUM_THREADS")
@@ -125,11 +216,38 @@ fn start(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    runtime.block_on(stylefarm_worker::run(
-        config,
-        Arc::new(engine),
-        shutdown_signal(),
-    ))
+    let http_listen = args.http_listen;
+    runtime.block_on(async move {
+        let http = match &http_listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {listen}"))?;
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(http_addr = %addr, "worker serving HTTP (/healthz, /metrics)");
+                }
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(stylefarm_worker::http::serve(
+                    listener,
+                    config.metrics.clone(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ));
+                Some((stop, server))
+            }
+            None => None,
+        };
+        let worked = stylefarm_worker::run(config, Arc::new(engine), shutdown_signal()).await;
+        if let Some((stop, server)) = http {
+            let _ = stop.send(());
+            server
+                .await
+                .context("the HTTP server panicked")?
+                .context("the HTTP server failed")?;
+        }
+        worked
+    })
 }
 
 /// Completes on ctrl-c or SIGTERM.

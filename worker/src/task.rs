@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::blobs;
 use crate::context::TaskContext;
 use crate::failure::Failure;
+use crate::metrics::Outcome;
 use crate::observer::ProgressState;
 use crate::rpc::{describe, lease_lost, retry, within, RPC_TIMEOUT};
 use crate::shutdown::Shutdown;
@@ -57,11 +58,14 @@ pub(crate) async fn run_lease(ctx: &TaskContext, lease: Lease, shutdown: &mut Sh
 
 async fn drive(ctx: &TaskContext, lease: Lease, shutdown: &mut Shutdown) {
     let started = Instant::now();
+    ctx.metrics.task_started();
     let lease_id = lease.lease_id;
     let work = match Work::from_spec(lease.spec.as_ref(), ctx.preview_every) {
         Ok(w) => w,
         Err(f) => {
             report_failure(ctx, &lease_id, f).await;
+            let seconds = started.elapsed().as_secs_f64();
+            ctx.metrics.task_ended(Outcome::Failed, seconds, 0);
             return;
         }
     };
@@ -137,6 +141,14 @@ async fn drive(ctx: &TaskContext, lease: Lease, shutdown: &mut Shutdown) {
     };
 
     let seconds = started.elapsed().as_secs_f64();
+    let rendered = progress_rx.borrow().iteration;
+    let outcome = match (&stop, &result) {
+        (Some(Stop::Cancelled | Stop::LeaseLost), _) | (_, None) => Outcome::Interrupted,
+        (_, Some(Ok(_))) => Outcome::Completed,
+        (_, Some(Err(f))) if f.kind == FailureKind::Interrupted => Outcome::Interrupted,
+        (_, Some(Err(_))) => Outcome::Failed,
+    };
+    ctx.metrics.task_ended(outcome, seconds, rendered);
     match (stop, result) {
         // The lease is gone: nothing to say. (Abandoned renders always had a stop.)
         (Some(Stop::LeaseLost), _) | (None, None) => {}

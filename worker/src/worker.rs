@@ -70,6 +70,7 @@ pub async fn run(
         preview_every: config.preview_every,
         grace: config.grace,
         memory_bytes: config.memory_bytes,
+        metrics: config.metrics.clone(),
     };
     let mut backoff = Backoff::new();
     loop {
