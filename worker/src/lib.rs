@@ -207,7 +207,10 @@ mod tests {
             memory_limit(MEMINFO, Some("4294967296\n"), None),
             Some(4 << 30)
         );
-        assert_eq!(memory_limit(MEMINFO, None, Some("2147483648")), Some(2 << 30));
+        assert_eq!(
+            memory_limit(MEMINFO, None, Some("2147483648")),
+            Some(2 << 30)
+        );
     }
 
     #[test]
