@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: weights example test load lint graph quality images deploy-test
+.PHONY: weights example test load lint graph quality browser images deploy-test
 
 weights:
 	$(CARGO) run --quiet --bin stylefarm -- fetch-weights
@@ -14,6 +14,14 @@ example: weights
 
 test: weights
 	$(CARGO) test --workspace
+
+# The web monitor in headless Chromium over WebDriver (tests/browser/web_monitor.py; Debian's
+# chromium, chromium-driver and python3-selenium): a coordinator with a token and a worker on the
+# tiny VGG, from the binaries `make test` built; leaves a screenshot in target/web-monitor.png.
+# About 20 s once the binaries are built (17 s measured here).
+browser:
+	$(CARGO) build --bin stylefarm-coordinator --bin stylefarm-worker
+	timeout 180 /usr/bin/python3 tests/browser/web_monitor.py
 
 # The load test (tests/tests/load.rs), one run at a time, with its figures (jobs/s, submit
 # latency, the coordinator's peak RSS): 20 clients submit 200 jobs to 4 fake workers and a

@@ -125,6 +125,22 @@ mod tests {
         assert_eq!(args.style, "s1.jpg,s2.jpg");
         assert_eq!(args.options.style_weight, 1e3);
         assert_eq!(args.farm.coordinator, "http://farm:1");
+        assert_eq!(args.device, None, "any worker unless asked");
+    }
+
+    #[test]
+    fn submit_may_ask_for_a_kind_of_worker() {
+        use crate::commands::DeviceChoice;
+        use stylefarm_proto::v1::Device;
+        for (flag, want) in [("cpu", Device::Cpu), ("cuda", Device::Cuda)] {
+            let cli = Cli::parse_from(["stylefarm", "submit", "a.png", "s.png", "--device", flag]);
+            let Command::Submit(args) = cli.command else {
+                panic!("not submit");
+            };
+            assert_eq!(args.device.map(DeviceChoice::to_proto), Some(want));
+        }
+        let bad = Cli::try_parse_from(["stylefarm", "submit", "a.png", "s.png", "--device", "tpu"]);
+        assert!(bad.is_err());
     }
 
     #[cfg(not(feature = "embedded"))]

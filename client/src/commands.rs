@@ -103,9 +103,32 @@ pub struct SubmitArgs {
     /// Attempts per task before the job fails (0: the coordinator's default).
     #[arg(long, default_value_t = 0)]
     pub max_attempts: u32,
+    /// Run only on workers of this kind (default: any worker; such tasks count toward the
+    /// `cpu` pool when a farm autoscales).
+    #[arg(long, value_enum, value_name = "DEVICE")]
+    pub device: Option<DeviceChoice>,
     /// The coordinator.
     #[command(flatten)]
     pub farm: FarmArgs,
+}
+
+/// The workers a job may run on (`stylefarm submit --device`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CPU workers only.
+    Cpu,
+    /// CUDA workers only.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The device on the wire.
+    pub fn to_proto(self) -> Device {
+        match self {
+            Self::Cpu => Device::Cpu,
+            Self::Cuda => Device::Cuda,
+        }
+    }
 }
 
 /// Options of `stylefarm watch`.
@@ -192,6 +215,9 @@ pub fn submit(args: &SubmitArgs) -> Result<()> {
         spec.priority = args.priority;
         spec.max_attempts = args.max_attempts;
         spec.temporal = args.temporal;
+        spec.device = args
+            .device
+            .map_or(Device::Unspecified, DeviceChoice::to_proto) as i32;
         (spec.tiles, spec.sweeps, spec.scales) = (split.tiles, split.sweeps, split.scales);
         if args.dry_run {
             let plan = client.plan(spec).await?;

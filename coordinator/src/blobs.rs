@@ -94,6 +94,11 @@ impl BlobStore {
         Ok(v1::BlobRef { sha256: sha, size })
     }
 
+    /// Bytes of the blobs stored now.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Opens the store under `data_dir/blobs`, creating it, and removes the temporary files
     /// of writes a crash interrupted. Blocking.
     pub(crate) fn open(data_dir: &Path) -> Result<Self> {

@@ -1,11 +1,13 @@
 //! The coordinator's HTTP port (`--http-listen`), beside its gRPC port: `/healthz` for plain
-//! HTTP probes, and the routes the rest of the coordinator adds to [`router`] (metrics, the
-//! web monitor). Off unless the port is given.
+//! HTTP probes, `/metrics` for Prometheus (open, like health: counts, no names or images), and
+//! the routes the rest of the coordinator adds to [`router`] (the web monitor). Off unless the
+//! port is given.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
@@ -24,7 +26,9 @@ pub(crate) struct HttpState {
 pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(crate::web::router(state))
 }
 
 /// 200 while the coordinator serves, 503 once it is shutting down.
@@ -36,13 +40,22 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// The Prometheus text exposition of [`crate::metrics::Metrics`]: no call to the database
+/// thread.
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let text = state.api.metrics.encode(state.api.blobs.used_bytes());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
+}
+
 /// Serves `router` on `listener` until the coordinator begins to shut down.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     signals: Arc<Signals>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's address reaches the handlers: limits per client count web submissions too.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { signals.shutdown_requested().await })
         .await
 }

@@ -32,12 +32,15 @@ mod error;
 mod http;
 mod lock;
 mod lockstep;
+mod metrics;
 mod plan;
+mod scaler;
 mod scheduler;
 mod service;
 mod state;
 mod store;
 mod validate;
+mod web;
 
 use std::fmt;
 use std::future::Future;
@@ -325,6 +328,7 @@ pub async fn serve_on(
     let client_auth = Auth::new(&[&tokens.client])?;
     let worker_auth = Auth::new(&[&tokens.worker])?;
     let blob_auth = Auth::new(&[&tokens.client, &tokens.worker])?;
+    let metrics = state.metrics();
     let (state, db_stopped) =
         StateHandle::start(state).context("cannot start the database thread")?;
 
@@ -336,6 +340,7 @@ pub async fn serve_on(
         blobs: blobs.clone(),
         images: Arc::new(ImageChecker::new(config.max_image_pixels)),
         signals: signals.clone(),
+        metrics: metrics.clone(),
         limits: Limits {
             job: JobLimits {
                 max_tasks: config.max_tasks_per_job,
@@ -374,6 +379,7 @@ pub async fn serve_on(
         stylefarm_proto::v1::blob_service_server::SERVICE_NAME,
         stylefarm_proto::v1::worker_service_server::SERVICE_NAME,
         stylefarm_proto::v1::admin_service_server::SERVICE_NAME,
+        stylefarm_proto::externalscaler::external_scaler_server::SERVICE_NAME,
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -425,6 +431,15 @@ pub async fn serve_on(
                 max_message_bytes: message,
             }))
             .add_service(health_service)
+            // Open like health: KEDA sends no token; it reads counts per pool.
+            .add_service(
+                stylefarm_proto::externalscaler::external_scaler_server::ExternalScalerServer::new(
+                    scaler::Scaler {
+                        metrics,
+                        signals: signals.clone(),
+                    },
+                ),
+            )
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(InterceptedService::new(

@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, oneshot, watch, Notify};
 
 use crate::clock::Clock;
 use crate::error::{CoordinatorError, Result};
+use crate::metrics::Metrics;
 use crate::scheduler::{Detail, Effect, Scheduler, SchedulerConfig};
 use crate::store::{Store, DB_FILE};
 
@@ -140,6 +141,10 @@ pub(crate) struct State {
     /// not act on them then (the assembler, still busy with the run whose outcome was not
     /// written) looks once more when writes pass again.
     rewake: Vec<Effect>,
+    /// Where each commit's tally and counted events go.
+    metrics: Arc<Metrics>,
+    /// Seconds of the tasks completed in this batch, for the metrics once it is written.
+    durations: Vec<f64>,
 }
 
 impl State {
@@ -168,6 +173,8 @@ impl State {
             .filter(|e| matches!(e, Effect::TaskChanged(_)))
             .count();
         store.write(&sched, &effects).map_err(full)?;
+        let metrics = Metrics::new();
+        metrics.publish(sched.tally(), sched.take_counted());
         if requeued > 0 {
             tracing::info!(
                 tasks = requeued,
@@ -186,7 +193,20 @@ impl State {
             replies: Vec::new(),
             stale: false,
             rewake: Vec::new(),
+            metrics,
+            durations: Vec::new(),
         })
+    }
+
+    /// A task of this batch completed after `seconds` (as its worker measured): counted once
+    /// the batch is written.
+    pub(crate) fn task_took(&mut self, seconds: f64) {
+        self.durations.push(seconds);
+    }
+
+    /// The metrics this state publishes to after each commit.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Now, by the injected clock.
@@ -215,8 +235,16 @@ impl State {
             return;
         }
         let effects = std::mem::take(&mut self.pending);
+        let durations = std::mem::take(&mut self.durations);
         match self.store.write(&self.sched, &effects) {
             Ok(()) => {
+                // Before the answers and the watchers: whoever hears of a change sees its
+                // numbers.
+                self.metrics
+                    .publish(self.sched.tally(), self.sched.take_counted());
+                for seconds in durations {
+                    self.metrics.task_completed(seconds);
+                }
                 for reply in self.replies.drain(..) {
                     reply(None);
                 }
@@ -244,6 +272,8 @@ impl State {
             Ok(snapshot) => {
                 self.sched = self.sched.reloaded(snapshot);
                 self.stale = false;
+                self.metrics
+                    .publish(self.sched.tally(), self.sched.take_counted());
                 let wake = self.sched.take_effects();
                 self.publish(&wake);
                 self.rewake = wake;

@@ -273,6 +273,15 @@ pub(crate) async fn plan_job(
             }
         }
     }
+    if v1::Device::try_from(spec.device).is_err() {
+        return Err(invalid(
+            "spec.device",
+            format!(
+                "unknown device {} (DEVICE_UNSPECIFIED, DEVICE_CPU or DEVICE_CUDA)",
+                spec.device
+            ),
+        ));
+    }
     if spec.max_attempts > MAX_ATTEMPTS {
         return Err(invalid(
             "spec.max_attempts",

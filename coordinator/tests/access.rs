@@ -209,6 +209,43 @@ async fn mutual_tls_refuses_a_peer_without_a_certificate_of_the_authority() {
         Ok(c) => list(c, None).await.is_err(),
     };
     assert!(refused, "a peer without a certificate was served");
+
+    // The container probe, with the coordinator's own flags: it trusts the farm's authority
+    // and shows the coordinator's certificate.
+    let listen = farm.url.trim_start_matches("http://").to_string();
+    let pem = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let probe = |extra: Vec<String>| {
+        let mut args = vec![
+            "--health-check".to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--tls-cert".into(),
+            pem("server.pem"),
+            "--tls-key".into(),
+            pem("server.key"),
+        ];
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_stylefarm-coordinator"))
+                .args(args)
+                .env_remove("STYLEFARM_HEALTH_CHECK_CA")
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = probe(vec!["--tls-client-ca".into(), pem("ca.pem")])
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    // Without a certificate to show, mutual TLS turns the probe away: one sentence, exit 1.
+    let no_identity = probe(vec!["--health-check-ca".into(), pem("ca.pem")])
+        .await
+        .unwrap();
+    assert_eq!(no_identity.status.code(), Some(1), "{no_identity:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&no_identity.stderr).lines().count(),
+        1
+    );
     farm.stop().await;
 }
 

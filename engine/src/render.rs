@@ -41,9 +41,16 @@ pub trait Observer {
         Ok(())
     }
 
-    /// Every `save_iter` iterations, the current image.
+    /// Every `save_iter` iterations, and after the iterations [`Self::wants_snapshot`] asks
+    /// for, the current image.
     fn snapshot(&mut self, _iteration: u32, _image: &RgbImage) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether to be sent the image after `iteration` though it is no multiple of
+    /// `save_iter` (a preview due by time, not by count); asked after every iteration.
+    fn wants_snapshot(&mut self, _iteration: u32) -> bool {
+        false
     }
 
     /// A flag that, once set, stops the render with [`CoreError::Cancelled`] at the next
@@ -184,7 +191,9 @@ pub fn render_with_targets(
             let losses = objective.evaluate(x, grad)?;
             iteration += 1;
             observer.iteration(iteration, total, &losses)?;
-            if settings.save_iter > 0 && iteration.is_multiple_of(settings.save_iter) {
+            if (settings.save_iter > 0 && iteration.is_multiple_of(settings.save_iter))
+                || observer.wants_snapshot(iteration)
+            {
                 let t = Tensor::from_slice(x, (1, 3, h, w), device)?;
                 observer.snapshot(iteration, &finish(&t, pre, settings, &content_img)?)?;
             }

@@ -285,6 +285,10 @@ impl Observer for ProbeObserver<'_> {
         self.inner.snapshot(iteration, image)
     }
 
+    fn wants_snapshot(&mut self, iteration: u32) -> bool {
+        self.inner.wants_snapshot(iteration)
+    }
+
     fn cancel_flag(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
         self.inner.cancel_flag()
     }

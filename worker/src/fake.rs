@@ -107,7 +107,7 @@ impl Engine for FakeEngine {
             }
             observer.iteration(it, total, &Self::losses(it))?;
             let save = task.settings.save_iter;
-            if save > 0 && it.is_multiple_of(save) {
+            if (save > 0 && it.is_multiple_of(save)) || observer.wants_snapshot(it) {
                 observer.snapshot(it, &image)?;
             }
         }

@@ -1,9 +1,15 @@
 //! The bridge from the render thread to the async side: the engine's [`Observer`] writes the
 //! latest progress and a small JPEG preview into a `watch` channel (never blocking, never
 //! queueing), and hands the engine the task's cancel flag.
+//!
+//! Previews are due by time as well as by count: after the first iteration, then at least
+//! every [`PREVIEW_INTERVAL`] (and every `preview_every` iterations), so that whoever watches
+//! (the web monitor) sees a picture within 2 s of a task starting and then every 2 s at
+//! least, on a slow CPU as on a fast GPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use stylefarm_core::image_io::{encode_jpeg, resize_to_max_side, RgbImage};
 use stylefarm_core::settings::Losses;
@@ -15,9 +21,12 @@ use tokio::sync::watch;
 use stylefarm_proto::blob::sha256_hex;
 
 /// Longer side of a preview, in pixels (smaller images are not enlarged).
-pub(crate) const PREVIEW_SIDE: u32 = 128;
+pub(crate) const PREVIEW_SIDE: u32 = 256;
 /// JPEG quality of previews.
 const PREVIEW_QUALITY: u8 = 80;
+/// The longest time between two previews of a render (the heartbeat loop sends a new one
+/// within a quarter of a second).
+pub(crate) const PREVIEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A preview image, encoded, with its blob hash.
 #[derive(Debug, Clone)]
@@ -42,10 +51,14 @@ pub(crate) struct ProgressObserver {
     progress: watch::Sender<ProgressState>,
     cancel: Arc<AtomicBool>,
     preview_every: u32,
+    interval: Duration,
+    /// When the last preview was made; `None` before the first.
+    last_preview: Option<Instant>,
 }
 
 impl ProgressObserver {
-    /// Reports into `progress`; previews every `preview_every` iterations (0 = never).
+    /// Reports into `progress`; previews after the first iteration, then every
+    /// `preview_every` iterations and at least every [`PREVIEW_INTERVAL`] (0 = never).
     pub(crate) fn new(
         progress: watch::Sender<ProgressState>,
         cancel: Arc<AtomicBool>,
@@ -55,7 +68,17 @@ impl ProgressObserver {
             progress,
             cancel,
             preview_every,
+            interval: PREVIEW_INTERVAL,
+            last_preview: None,
         }
+    }
+
+    /// Whether a preview is due by time: none yet, or the last one is `interval` old.
+    fn due(&self) -> bool {
+        self.preview_every > 0
+            && self
+                .last_preview
+                .is_none_or(|at| at.elapsed() >= self.interval)
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -89,9 +112,11 @@ impl Observer for ProgressObserver {
 
     fn snapshot(&mut self, iteration: u32, image: &RgbImage) -> Result<()> {
         self.check_cancel()?;
-        if self.preview_every == 0 || !iteration.is_multiple_of(self.preview_every) {
+        if self.preview_every == 0 || !(iteration.is_multiple_of(self.preview_every) || self.due())
+        {
             return Ok(());
         }
+        self.last_preview = Some(Instant::now());
         // A preview that cannot be made is no reason to fail the render.
         match preview_jpeg(image) {
             Ok(jpeg) => {
@@ -105,6 +130,10 @@ impl Observer for ProgressObserver {
             Err(e) => tracing::warn!(iter = iteration, "could not make a preview: {e}"),
         }
         Ok(())
+    }
+
+    fn wants_snapshot(&mut self, _iteration: u32) -> bool {
+        self.due()
     }
 
     fn cancel_flag(&self) -> Option<Arc<AtomicBool>> {
@@ -143,7 +172,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(previews, vec![4, 8]);
+        // The first iteration's, then by count (the loop is faster than the interval).
+        assert_eq!(previews, vec![1, 4, 8]);
         let state = rx.borrow().clone();
         assert_eq!((state.iteration, state.total), (10, 10));
         assert_eq!(state.losses, Some(FakeEngine::losses(10)));
@@ -151,7 +181,31 @@ mod tests {
         assert_eq!(p.sha256, sha256_hex(&p.jpeg));
         assert_eq!(&p.jpeg[..2], &[0xff, 0xd8], "a JPEG");
         let decoded = decode_image(&p.jpeg, "preview", &DecodeLimits::default()).unwrap();
-        assert_eq!(decoded.dimensions(), (128, 85));
+        assert_eq!(decoded.dimensions(), (256, 171));
+    }
+
+    #[test]
+    fn previews_are_due_by_time_between_counted_ones() {
+        let (tx, rx) = watch::channel(ProgressState::default());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut obs = ProgressObserver::new(tx, cancel, 1000);
+        obs.interval = Duration::from_millis(30);
+        let img = RgbImage::from_pixel(8, 8, Rgb([1, 2, 3]));
+        let mut previews = Vec::new();
+        for it in 1..=4 {
+            if obs.wants_snapshot(it) {
+                obs.snapshot(it, &img).unwrap();
+                previews.push(rx.borrow().preview.as_ref().unwrap().iteration);
+            }
+            assert!(!obs.wants_snapshot(it), "just made one");
+            std::thread::sleep(if it == 2 {
+                Duration::from_millis(40)
+            } else {
+                Duration::ZERO
+            });
+        }
+        // The first at once, the next once the interval has passed (after iteration 2).
+        assert_eq!(previews, vec![1, 3]);
     }
 
     #[test]

@@ -397,7 +397,7 @@ async fn completes_a_large_task_with_progress_and_previews() {
         .expect("a preview");
     let jpeg = farm.mock.state().blobs[&preview.sha256].clone();
     let small = decode_image(&jpeg, "preview", &DecodeLimits::default()).unwrap();
-    assert_eq!(small.dimensions(), (128, 110));
+    assert_eq!(small.dimensions(), (256, 219));
 
     let _ = stop.send(());
     worker.await.unwrap().unwrap();

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use stylefarm_convert::{losses_to_proto, settings_from_proto};
 use stylefarm_core::color::keep_original_colors;
 use stylefarm_core::image_io::{
-    decode_image, encode_png, image_to_network, network_to_image, random_image, resize_exact,
-    DecodeLimits, RgbImage,
+    decode_image, encode_jpeg, encode_png, image_to_network, network_to_image, random_image,
+    resize_exact, resize_to_max_side, DecodeLimits, RgbImage,
 };
 use stylefarm_core::lockstep::{
     driver_optimizer, lockstep_tiles, optimize, style_targets_of_statistics, LockstepObjective,
@@ -62,6 +62,37 @@ const JOB_CHECK: Duration = Duration::from_millis(500);
 const DRIVER_WAIT: Duration = Duration::from_secs(60);
 /// Shortest gap between two progress reports of a driver.
 const PROGRESS_GAP: Duration = Duration::from_millis(250);
+/// Longest gap between two previews of a print: the start image at once, then the image
+/// between evaluations at least this often (the web monitor shows each within 2 s).
+const PREVIEW_INTERVAL: Duration = Duration::from_secs(1);
+/// Longer side of a print's preview, in pixels (the whole image, downscaled), and its JPEG
+/// quality.
+const PREVIEW_SIDE: u32 = 384;
+const PREVIEW_QUALITY: u8 = 80;
+
+/// What the driver's thread tells the task around it: the latest progress, and the latest
+/// preview (a small JPEG of the whole image), each replacing the one before.
+struct Reports {
+    progress: watch::Sender<Option<v1::Progress>>,
+    preview: watch::Sender<Option<Arc<Vec<u8>>>>,
+}
+
+impl Reports {
+    /// Sends the preview of the network-input values `x` (a `w` by `h` image). A preview that
+    /// cannot be made is no reason to stop the render.
+    fn preview(&self, x: &[f32], w: u32, h: u32, pre: stylefarm_core::preprocess::Preprocess) {
+        let Some(image) = network_to_image(x, w, h, pre) else {
+            return;
+        };
+        let side = w.max(h).min(PREVIEW_SIDE);
+        match encode_jpeg(&resize_to_max_side(&image, side), PREVIEW_QUALITY) {
+            Ok(jpeg) => {
+                self.preview.send_replace(Some(Arc::new(jpeg)));
+            }
+            Err(e) => tracing::warn!("could not make a preview of the print: {e}"),
+        }
+    }
+}
 
 /// The commands a shard's stream carries to its worker.
 pub(crate) type Commands = tokio::sync::mpsc::Sender<std::result::Result<v1::ShardCommand, Status>>;
@@ -233,13 +264,18 @@ pub(crate) async fn run(
     let _registered = lockstep.register(assembly.job, joins_tx);
     let cancel = Arc::new(AtomicBool::new(false));
     let (progress_tx, mut progress_rx) = watch::channel(None::<v1::Progress>);
+    let (preview_tx, mut preview_rx) = watch::channel(None::<Arc<Vec<u8>>>);
+    let reports = Reports {
+        progress: progress_tx,
+        preview: preview_tx,
+    };
     let (done_tx, mut done_rx) = oneshot::channel();
     let flag = cancel.clone();
     std::thread::Builder::new()
         .name("stylefarm-lockstep".into())
         .spawn(move || {
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                drive(input, joins, &flag, &progress_tx)
+                drive(input, joins, &flag, &reports)
             }))
             .unwrap_or_else(|_| {
                 let crashed = CoordinatorError::Internal("the lock-step driver crashed".into());
@@ -253,9 +289,27 @@ pub(crate) async fn run(
     let mut last_report = Instant::now() - PROGRESS_GAP;
     let mut ticker = tokio::time::interval(JOB_CHECK);
     let mut shutting_down = false;
+    // The latest preview stored, which every progress report names.
+    let mut preview: Option<v1::BlobRef> = None;
     let outcome = loop {
         tokio::select! {
             out = &mut done_rx => break out.map_err(|_| internal("the lock-step driver ended without a word"))?,
+            changed = preview_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let jpeg = preview_rx.borrow_and_update().clone();
+                if let Some(jpeg) = jpeg {
+                    match blobs.put(&jpeg).await {
+                        Ok(blob) => preview = Some(blob),
+                        Err(e) => tracing::debug!(job_id = %job, "could not store a preview of the print: {e}"),
+                    }
+                    // Shown at once, with the last progress (none before the first step).
+                    let mut p = progress_rx.borrow().clone().unwrap_or_default();
+                    p.preview.clone_from(&preview);
+                    let _ = state.call(move |c| c.apply(|s, now| s.own_progress(task, p, now))).await;
+                }
+            }
             changed = progress_rx.changed() => {
                 if changed.is_err() {
                     // The driver is done; its result follows.
@@ -264,7 +318,8 @@ pub(crate) async fn run(
                 if last_report.elapsed() >= PROGRESS_GAP {
                     last_report = Instant::now();
                     let p = progress_rx.borrow_and_update().clone();
-                    if let Some(p) = p {
+                    if let Some(mut p) = p {
+                        p.preview.clone_from(&preview);
                         let _ = state.call(move |c| c.apply(|s, now| s.own_progress(task, p, now))).await;
                     }
                 }
@@ -302,7 +357,8 @@ pub(crate) async fn run(
     };
     // The last step's progress, which the gap may have held back.
     let last = progress_rx.borrow().clone();
-    if let Some(p) = last {
+    if let Some(mut p) = last {
+        p.preview = preview;
         let _ = state
             .call(move |c| c.apply(|s, now| s.own_progress(task, p, now)))
             .await;
@@ -343,7 +399,7 @@ fn drive(
     input: DriverInput,
     joins: mpsc::Receiver<Joined>,
     cancel: &AtomicBool,
-    progress: &watch::Sender<Option<v1::Progress>>,
+    reports: &Reports,
 ) -> DriverOutcome {
     let (w, h) = (input.width, input.height);
     let align = input.settings.deepest_stride();
@@ -359,7 +415,7 @@ fn drive(
         input.job,
         input.step_timeout,
     );
-    match optimise(&input, &mut pool, progress) {
+    match optimise(&input, &mut pool, reports) {
         Ok(done) => Ok((done, pool.into_members())),
         Err(e) => Err((driver_error(e), pool.into_members())),
     }
@@ -368,7 +424,7 @@ fn drive(
 fn optimise(
     input: &DriverInput,
     pool: &mut ShardPool<'_>,
-    progress: &watch::Sender<Option<v1::Progress>>,
+    reports: &Reports,
 ) -> stylefarm_core::Result<(Vec<u8>, Losses)> {
     let (w, h) = (input.width, input.height);
     let s = &input.settings;
@@ -424,6 +480,9 @@ fn optimise(
         .clone()
         .map(|policy| Saver::new(policy, input.job, render, resume.evals));
     let (started, resumed_at) = (Instant::now(), resume.evals);
+    // The first picture before the first step, which may take a while on a big print.
+    reports.preview(&x, w, h, pre);
+    let mut last_preview = Instant::now();
     let done = optimize(
         &objective,
         pool,
@@ -433,7 +492,7 @@ fn optimise(
         pre,
         resume,
         &mut |iteration, total, losses| {
-            progress.send_replace(Some(v1::Progress {
+            reports.progress.send_replace(Some(v1::Progress {
                 iteration,
                 total_iterations: total,
                 losses: Some(losses_to_proto(losses)),
@@ -442,6 +501,10 @@ fn optimise(
             Ok(())
         },
         &mut |snapshot| {
+            if last_preview.elapsed() >= PREVIEW_INTERVAL {
+                last_preview = Instant::now();
+                reports.preview(snapshot.x, w, h, pre);
+            }
             if let Some(saver) = saver.as_mut() {
                 saver.offer(snapshot);
             }

@@ -134,6 +134,8 @@ impl Builder<'_> {
                 depends_on: Vec::new(),
                 intermediate: false,
                 job_result: false,
+                // The workers that may lease it: those of the job's device.
+                device: self.job.device,
             },
             width,
             height,

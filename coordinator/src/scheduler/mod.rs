@@ -7,7 +7,8 @@
 //! Rules, in short:
 //! - A ready task (queued, or soft-failed and waiting for its retry) goes to the first worker
 //!   that asks and may take it: not blocklisted for the job, enough memory (a requirement of 0
-//!   means none; a worker reporting 0 bytes only takes tasks without one), preferably a worker
+//!   means none; a worker reporting 0 bytes only takes tasks without one), of the device the
+//!   task asks for, if any ([`tally::device_fits`]), preferably a worker
 //!   on which the task has not failed before. Higher job priority first, then submission order,
 //!   then frame order.
 //! - Leasing starts an attempt (`attempts += 1`) under a lease that expires `lease_ms` later;
@@ -34,6 +35,10 @@
 //!   ready they are announced ([`Effect::AssembleReady`]) and finished by
 //!   [`Scheduler::assembled`] ([`own`]).
 //!
+//! - Every move keeps a running tally of tasks by state and worker pool and of jobs by state
+//!   ([`Tally`]), and counts lapsed leases, retries and blocklistings ([`Counted`]), for the
+//!   metrics and the autoscaler.
+//!
 //! The records are in [`records`], dependency settling in [`deps`], the wire views in
 //! [`views`], the rebuild after a restart in [`restore`].
 
@@ -50,6 +55,7 @@ mod kind;
 mod own;
 mod records;
 mod restore;
+mod tally;
 mod views;
 
 pub(crate) use kind::TaskKind;
@@ -58,6 +64,7 @@ use records::StateCounts;
 pub(crate) use records::{
     FailureKind, JobRecord, JobState, Lease, TaskRecord, TaskState, WorkerRecord,
 };
+pub(crate) use tally::{Counted, Pool, Tally, JOB_STATES, OWN_COLUMN, TASK_STATES};
 pub(crate) use views::Detail;
 
 /// Failures of one job's tasks on one worker after which the worker gets no more of them.
@@ -145,6 +152,10 @@ pub(crate) struct Scheduler {
     /// Per job, how many of its tasks are in each kind of state (jobs without waiting tasks
     /// are not scanned for tasks to move on).
     counts: HashMap<JobId, StateCounts>,
+    /// Tasks by state and pool, jobs by state, for the metrics and the autoscaler.
+    tally: Tally,
+    /// Events for the metrics since the last [`Self::take_counted`].
+    counted: Counted,
     next_seq: i64,
     effects: Vec<Effect>,
 }
@@ -162,6 +173,8 @@ impl Scheduler {
             ready: BTreeSet::new(),
             failures: HashMap::new(),
             counts: HashMap::new(),
+            tally: Tally::default(),
+            counted: Counted::default(),
             next_seq: 1,
             effects: Vec::new(),
         }
@@ -170,6 +183,16 @@ impl Scheduler {
     /// The effects recorded since the last call.
     pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// Tasks by state and pool and jobs by state, now.
+    pub(crate) fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// The events counted since the last call.
+    pub(crate) fn take_counted(&mut self) -> Counted {
+        std::mem::take(&mut self.counted)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -213,6 +236,7 @@ impl Scheduler {
                 failed_on: Vec::new(),
             };
             self.counts.entry(id).or_default().add(&task.state);
+            self.tally.add_task(tally::column(&task), &task.state);
             tasks.push(task.id);
             self.tasks.insert(task.id, task);
         }
@@ -226,6 +250,7 @@ impl Scheduler {
             state: JobState::Queued,
         };
         self.order.insert(seq, id);
+        self.tally.add_job(job.state);
         self.jobs.insert(id, job);
         let ids: Vec<TaskId> = self.job_tasks(id).map(|t| t.id).collect();
         for task in ids {
@@ -278,6 +303,7 @@ impl Scheduler {
             .get(&worker)
             .ok_or_else(|| not_found("worker", worker))?;
         let memory = w.capabilities.memory_bytes;
+        let device = w.capabilities.device;
         let mut chosen = None;
         let mut fallback = None;
         for key in &self.ready {
@@ -289,6 +315,9 @@ impl Scheduler {
             }
             let needs = task.spec.required_memory_bytes;
             if needs > 0 && needs > memory {
+                continue;
+            }
+            if !tally::device_fits(task.spec.device, device) {
                 continue;
             }
             if task.failed_on.contains(&worker) {
@@ -460,6 +489,7 @@ impl Scheduler {
             if matches!(task.state, TaskState::Canceled { .. }) {
                 self.set_state(*task_id, TaskState::Canceled { draining: None });
             } else {
+                self.counted.lease_expiries += 1;
                 tracing::warn!(task_id = %task_id, worker_id = %held.worker, "lease lapsed: the task goes back to the queue");
                 let reason = format!(
                     "worker {} stopped reporting and its lease lapsed",
@@ -531,8 +561,11 @@ impl Scheduler {
         let Some(j) = self.jobs.remove(&job) else {
             return Err(not_found("job", job));
         };
+        self.tally.remove_job(j.state);
         for t in &j.tasks {
-            self.tasks.remove(t);
+            if let Some(task) = self.tasks.remove(t) {
+                self.tally.remove_task(tally::column(&task), &task.state);
+            }
         }
         self.ready.retain(|k| !j.tasks.contains(&k.3));
         self.order.remove(&j.seq);
@@ -630,6 +663,9 @@ impl Scheduler {
         let counts = self.counts.entry(job).or_default();
         counts.remove(&old);
         counts.add(&task.state);
+        let column = tally::column(task);
+        self.tally.remove_task(column, &old);
+        self.tally.add_task(column, &task.state);
         if let Some(l) = old.lease() {
             self.leases.remove(&l.id);
         }
@@ -674,6 +710,7 @@ impl Scheduler {
         let count = self.failures.entry((job, worker)).or_insert(0);
         *count += 1;
         if *count == BLOCKLIST_AFTER {
+            self.counted.blocklistings += 1;
             tracing::warn!(job_id = %job, worker_id = %worker, "worker failed {BLOCKLIST_AFTER} tasks of the job: it gets no more of them");
         }
         self.effects.push(Effect::FailureCounted(job, worker));
@@ -684,6 +721,7 @@ impl Scheduler {
         let state = if attempts >= max {
             TaskState::Failed
         } else {
+            self.counted.retries += 1;
             TaskState::SoftFailed
         };
         self.set_state(task_id, state);
@@ -717,6 +755,8 @@ impl Scheduler {
         self.effects.push(Effect::JobChanged(id));
         if job.state != derived {
             tracing::info!(job_id = %id, from = ?job.state, to = ?derived, "job state changed");
+            self.tally.remove_job(job.state);
+            self.tally.add_job(derived);
             job.state = derived;
             self.effects.push(Effect::JobStateChanged(id));
         }
@@ -730,5 +770,7 @@ fn not_found(kind: &'static str, id: impl ToString) -> CoordinatorError {
     }
 }
 
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,9 @@
 
 use stylefarm_proto::ids::{JobId, TaskId, WorkerId};
 
-use super::{Effect, JobState, ReadyKey, Scheduler, SchedulerConfig, Snapshot, TaskState};
+use super::{
+    tally, Effect, JobState, ReadyKey, Scheduler, SchedulerConfig, Snapshot, Tally, TaskState,
+};
 
 impl Scheduler {
     /// The farm as stored, after a restart: leases held before are void, their tasks go back
@@ -121,6 +123,13 @@ impl Scheduler {
                     self.effects.push(Effect::JobChanged(id));
                 }
             }
+        }
+        self.tally = Tally::default();
+        for task in self.tasks.values() {
+            self.tally.add_task(tally::column(task), &task.state);
+        }
+        for job in self.jobs.values() {
+            self.tally.add_job(job.state);
         }
         if !self.ready.is_empty() {
             self.effects.push(Effect::TasksReady);

@@ -5,16 +5,16 @@ use std::time::Duration;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 
-const LEASE: Duration = Duration::from_secs(30);
+pub(super) const LEASE: Duration = Duration::from_secs(30);
 const GIB: u64 = 1024 * 1024 * 1024;
 
-struct Farm {
-    s: Scheduler,
-    clock: ManualClock,
+pub(super) struct Farm {
+    pub(super) s: Scheduler,
+    pub(super) clock: ManualClock,
 }
 
 impl Farm {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             s: Scheduler::new(SchedulerConfig {
                 lease_ms: LEASE.as_millis() as i64,
@@ -24,7 +24,7 @@ impl Farm {
         }
     }
 
-    fn now(&self) -> i64 {
+    pub(super) fn now(&self) -> i64 {
         self.clock.now_ms()
     }
 
@@ -55,17 +55,17 @@ impl Farm {
         self.s.submit(JobId::new(), spec, task_specs, now).unwrap()
     }
 
-    fn lease(&mut self, w: WorkerId) -> Option<Grant> {
+    pub(super) fn lease(&mut self, w: WorkerId) -> Option<Grant> {
         let now = self.now();
         self.s.lease(w, now).unwrap()
     }
 
-    fn update(&mut self, lease: LeaseId) -> Result<UpdateAnswer> {
+    pub(super) fn update(&mut self, lease: LeaseId) -> Result<UpdateAnswer> {
         let now = self.now();
         self.s.update(lease, Some(v1::Progress::default()), now)
     }
 
-    fn complete(&mut self, lease: LeaseId) -> Result<()> {
+    pub(super) fn complete(&mut self, lease: LeaseId) -> Result<()> {
         self.complete_with(lease, "ab")
     }
 
@@ -79,29 +79,37 @@ impl Farm {
         self.s.complete(lease, result, None, now)
     }
 
-    fn fail(&mut self, lease: LeaseId, kind: FailureKind) -> Result<()> {
+    pub(super) fn fail(&mut self, lease: LeaseId, kind: FailureKind) -> Result<()> {
         let now = self.now();
         self.s.fail(lease, kind, "it broke", now)
     }
 
-    fn expire_after(&mut self, d: Duration) -> usize {
+    pub(super) fn expire_after(&mut self, d: Duration) -> usize {
         self.clock.advance(d);
         let now = self.now();
         self.s.expire(now)
     }
 
-    fn task(&self, id: TaskId) -> &TaskRecord {
+    pub(super) fn task(&self, id: TaskId) -> &TaskRecord {
         self.s.task(id).unwrap()
     }
 
     /// The job's state, after checking that the counts the scheduler keeps up to date as
     /// tasks move equal the job's tasks counted afresh.
-    fn job_state(&self, id: JobId) -> JobState {
+    pub(super) fn job_state(&self, id: JobId) -> JobState {
         let mut fresh = StateCounts::default();
         for t in self.s.job_tasks(id) {
             fresh.add(&t.state);
         }
         assert_eq!(self.s.counts.get(&id).copied().unwrap_or_default(), fresh);
+        let mut recount = Tally::default();
+        for t in self.s.tasks.values() {
+            recount.add_task(tally::column(t), &t.state);
+        }
+        for j in self.s.jobs.values() {
+            recount.add_job(j.state);
+        }
+        assert_eq!(self.s.tally(), recount, "the running tally drifted");
         let state = self.s.job(id).unwrap().state;
         assert_eq!(state, JobState::of(&fresh));
         state

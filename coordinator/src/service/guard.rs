@@ -81,6 +81,7 @@ fn is_long_lived(path: &str) -> bool {
                 | "Write"
                 | "LeaseTask"
                 | "Watch"
+                | "StreamIsActive"
                 | "ServerReflectionInfo"
         )
     )
@@ -356,6 +357,7 @@ mod tests {
             "/stylefarm.v1.BlobService/Write",
             "/stylefarm.v1.BlobService/Read",
             "/grpc.health.v1.Health/Watch",
+            "/externalscaler.ExternalScaler/StreamIsActive",
         ] {
             assert!(is_long_lived(path), "{path}");
         }
@@ -363,6 +365,7 @@ mod tests {
             "/stylefarm.v1.JobService/SubmitJob",
             "/stylefarm.v1.WorkerService/RegisterWorker",
             "/grpc.health.v1.Health/Check",
+            "/externalscaler.ExternalScaler/GetMetrics",
         ] {
             assert!(!is_long_lived(path), "{path}");
         }

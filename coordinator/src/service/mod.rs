@@ -32,6 +32,8 @@ pub(crate) struct Api {
     pub(crate) limits: Limits,
     /// The running lock-step drivers, which shards' streams join.
     pub(crate) lockstep: Arc<crate::lockstep::Lockstep>,
+    /// The metrics (`/metrics`) and the autoscaler's numbers.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The settings the handlers need.
@@ -89,6 +91,23 @@ impl Auth {
             accepted: Arc::new(accepted),
         })
     }
+
+    /// True when the farm has no token for these roles: every call passes.
+    pub(crate) fn is_open(&self) -> bool {
+        self.accepted.is_empty()
+    }
+
+    /// Whether `authorization` (the header's value, `Bearer TOKEN`) carries one of the
+    /// accepted tokens; always true when none is set.
+    pub(crate) fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        if self.accepted.is_empty() {
+            return true;
+        }
+        // Every token is compared, whichever matches, so the time says nothing of which.
+        self.accepted.iter().fold(false, |ok, expected| {
+            ok | authorization.is_some_and(|g| same_bytes(g, expected.as_bytes()))
+        })
+    }
 }
 
 /// Compares in time independent of where the first difference is.
@@ -98,15 +117,8 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        if self.accepted.is_empty() {
-            return Ok(request);
-        }
         let given = request.metadata().get("authorization");
-        // Every token is compared, whichever matches, so the time says nothing of which.
-        let matched = self.accepted.iter().fold(false, |ok, expected| {
-            ok | given.is_some_and(|g| same_bytes(g.as_bytes(), expected.as_bytes()))
-        });
-        if matched {
+        if self.accepts(given.map(|g| g.as_bytes())) {
             Ok(request)
         } else {
             Err(CoordinatorError::Unauthenticated.into())
@@ -129,9 +141,11 @@ pub(crate) fn test_api(dir: &std::path::Path) -> Api {
     };
     let clock = Arc::new(ManualClock::default());
     let state = State::open(dir, config, clock, signals.clone()).unwrap();
+    let metrics = state.metrics();
     let (state, _stopped) = StateHandle::start(state).unwrap();
     Api {
         state,
+        metrics,
         blobs: Arc::new(BlobStore::open(dir).unwrap()),
         images: Arc::new(ImageChecker::new(DecodeLimits::default().max_pixels)),
         signals,

@@ -262,8 +262,13 @@ impl WorkerService for Api {
         let (kind, spec) = self.state.call(move |c| c.sched.leased_task(lease)).await?;
         check_result(&self.blobs, &self.images, &hash, kind, &spec).await?;
         let losses = req.final_losses;
+        let seconds = req.seconds;
         self.state
-            .call(move |c| c.apply(|s, now| s.complete(lease, result, losses, now)))
+            .call(move |c| {
+                c.apply(|s, now| s.complete(lease, result, losses, now))?;
+                c.task_took(seconds);
+                Ok(())
+            })
             .await?;
         tracing::info!(lease_id = %lease, seconds = req.seconds, "task completed");
         Ok(Response::new(v1::CompleteTaskResponse {}))
