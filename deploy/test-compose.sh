@@ -106,9 +106,9 @@ worker_tasks() {
 }
 job_state() { sf jobs --limit 100 2>/dev/null | awk -v id="$1" '$1 == id { print $2 }'; }
 http_get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
-metric() { # the coordinator's per-pool gauges (what the scaler reports), one line
+metric() { # the coordinator's per-pool demand (the KEDA scaler's metric), one line
     http_get "http://127.0.0.1:$http_port/metrics" 2>/dev/null \
-        | grep -E '^stylefarm_[a-z_]*\{[^}]*pool="' | tr '\n' ' ' | cut -c1-300
+        | grep -E '^stylefarm_pool_demand\{' | tr '\n' ' ' | cut -c1-300
 }
 wait_for() { # SECONDS WHAT COMMAND...: polls COMMAND until it succeeds
     local until=$((SECONDS + $1)) what=$2
