@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: weights example test load lint graph quality browser
+.PHONY: weights example test load lint graph quality browser images deploy-test
 
 weights:
 	$(CARGO) run --quiet --bin stylefarm -- fetch-weights
@@ -43,3 +43,13 @@ graph:
 quality:
 	$(CARGO) build --bin stylefarm
 	bash bench/quality.sh
+
+# Container images built on this machine, nothing pulled (deploy/docker/build-images.sh).
+images:
+	bash deploy/docker/build-images.sh
+
+# The deploy files: the Kubernetes manifests rendered and validated offline, then the compose
+# farm of 3 workers under faults (kill, partition, coordinator restart, scaling).
+deploy-test:
+	bash deploy/k8s/validate.sh
+	bash deploy/test-compose.sh

@@ -119,12 +119,33 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The machine's total memory from `/proc/meminfo` (Linux); `None` elsewhere.
+/// The memory this process may use (Linux): the machine's total from `/proc/meminfo`, or
+/// its control group's limit when that is lower, as in a container with a memory limit (a
+/// Kubernetes pod's `limits.memory`), where `/proc/meminfo` still shows the whole node's;
+/// `None` elsewhere.
 pub fn total_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    memory_limit(
+        &read("/proc/meminfo")?,
+        read("/sys/fs/cgroup/memory.max").as_deref(),
+        read("/sys/fs/cgroup/memory/memory.limit_in_bytes").as_deref(),
+    )
+}
+
+/// [`total_memory_bytes`] from the files' contents: `/proc/meminfo`, and the cgroup v2
+/// `memory.max` (a number or `max`) and cgroup v1 `memory.limit_in_bytes` when present.
+fn memory_limit(meminfo: &str, cgroup_v2: Option<&str>, cgroup_v1: Option<&str>) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let total = kib.checked_mul(1024)?;
+    // "max" (v2) or a huge number (v1's unlimited) parse to nothing or to more than the total.
+    let limit = [cgroup_v2, cgroup_v1]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.trim().parse::<u64>().ok())
+        .filter(|&l| l > 0)
+        .min();
+    Some(limit.map_or(total, |l| l.min(total)))
 }
 
 /// What can stop a worker from starting or running (task failures never do: they fail the
@@ -160,4 +181,40 @@ pub enum WorkerError {
     /// Loading the engine failed (weights file unreadable or not a VGG).
     #[error(transparent)]
     Engine(#[from] stylefarm_engine::EngineError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory_limit;
+
+    const MEMINFO: &str = "MemTotal:       24576000 kB\nMemFree:        1000 kB\n";
+    const TOTAL: u64 = 24_576_000 * 1024;
+
+    #[test]
+    fn the_memory_is_the_machines_without_a_control_group_limit() {
+        assert_eq!(memory_limit(MEMINFO, None, None), Some(TOTAL));
+        assert_eq!(memory_limit(MEMINFO, Some("max\n"), None), Some(TOTAL));
+        // cgroup v1's "unlimited" is a number near 2^63.
+        assert_eq!(
+            memory_limit(MEMINFO, None, Some("9223372036854771712\n")),
+            Some(TOTAL)
+        );
+    }
+
+    #[test]
+    fn a_containers_memory_limit_is_the_memory_it_reports() {
+        assert_eq!(
+            memory_limit(MEMINFO, Some("4294967296\n"), None),
+            Some(4 << 30)
+        );
+        assert_eq!(
+            memory_limit(MEMINFO, None, Some("2147483648")),
+            Some(2 << 30)
+        );
+    }
+
+    #[test]
+    fn no_meminfo_means_unknown() {
+        assert_eq!(memory_limit("", Some("4294967296"), None), None);
+    }
 }
