@@ -480,8 +480,11 @@ fn optimise(
         .clone()
         .map(|policy| Saver::new(policy, input.job, render, resume.evals));
     let (started, resumed_at) = (Instant::now(), resume.evals);
-    // The first picture before the first step, which may take a while on a big print.
-    reports.preview(&x, w, h, pre);
+    // The first picture before the first step, which may take a while on a big print. A
+    // resumed render shows its first after a step: its progress goes on from the checkpoint.
+    if resumed_at == 0 {
+        reports.preview(&x, w, h, pre);
+    }
     let mut last_preview = Instant::now();
     let done = optimize(
         &objective,

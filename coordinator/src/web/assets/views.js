@@ -13,12 +13,17 @@ const MAX_POINTS = 2000;
 
 const blobUrl = (sha, name) => `/api/blobs/${sha}${name ? `?name=${encodeURIComponent(name)}` : ""}`;
 
-/** Polls `load` every 2 s while the view is open; `load` gets whether it is the first call. */
+/**
+ * Polls `load` every 2 s while the view is open; `load` gets whether it is the first call.
+ * Returns the function that stops it; its `now()` polls at once (after a change).
+ */
 function poll(load) {
   let stopped = false;
   let timer = null;
   let first = true;
+  let running = false;
   const tick = async () => {
+    running = true;
     try {
       await load(first);
       setLive("live");
@@ -27,10 +32,15 @@ function poll(load) {
       if (first) toast(e.message, "error");
     }
     first = false;
+    running = false;
     if (!stopped) timer = setTimeout(tick, POLL_MS);
   };
   tick();
-  return () => { stopped = true; clearTimeout(timer); };
+  const stop = () => { stopped = true; clearTimeout(timer); };
+  stop.now = () => {
+    if (!running && !stopped) { clearTimeout(timer); tick(); }
+  };
+  return stop;
 }
 
 function taskFraction(t) {
@@ -169,7 +179,7 @@ export function jobsView(root) {
     }));
     if (jobs.length === 0) rows.append(el("tr", {}, el("td.empty", { colSpan: 7 }, "No jobs yet: submit one.")));
   });
-  refresh = () => { stop(); root.replaceChildren(); jobsView(root); };
+  refresh = () => stop.now();
   return stop;
 }
 
