@@ -80,12 +80,20 @@ pub struct Config {
     /// TLS for an `https://` coordinator: the authority to trust, and this worker's own
     /// certificate for mutual TLS.
     pub tls: stylefarm_proto::connect::TlsFiles,
+    /// The GPU the engine runs on, reported as a CUDA worker with its name and free memory;
+    /// `None`: the CPU.
+    pub gpu: Option<stylefarm_engine::device::GpuInfo>,
+    /// The engine's measured speed in input pixels per second
+    /// ([`stylefarm_engine::device::measure_speed`]), reported to the coordinator; 0 = not
+    /// measured.
+    pub pixels_per_second: f64,
 }
 
 impl Config {
     /// A configuration for the coordinator at `coordinator` (`http://host:port`): named after
     /// the host and process, all CPUs, the machine's memory, a temporary blob cache, a
-    /// preview every 10 iterations and 30 s of grace on shutdown.
+    /// preview every 10 iterations and 30 s of grace on shutdown; a CPU worker whose speed
+    /// was not measured.
     pub fn new(coordinator: impl Into<String>) -> Self {
         Self {
             coordinator: coordinator.into(),
@@ -97,6 +105,8 @@ impl Config {
             grace: Duration::from_secs(30),
             token: None,
             tls: stylefarm_proto::connect::TlsFiles::default(),
+            gpu: None,
+            pixels_per_second: 0.0,
         }
     }
 }
