@@ -133,6 +133,7 @@ async fn measure(workers: usize, tasks: usize, job_size: usize) -> anyhow::Resul
                         threads: 1,
                         memory_bytes: 8 << 30,
                         models: vec![],
+                        ..Default::default()
                     }),
                 })
                 .await?

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use stylefarm_core::image_io::{load_image, save_image, DecodeLimits};
 use stylefarm_core::settings::{Init, RenderSettings};
+use stylefarm_engine::device::{self, DeviceKind};
 use stylefarm_engine::render::{render, RenderInputs};
 use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
@@ -31,12 +31,16 @@ pub(crate) struct Args {
     /// L-BFGS iterations.
     #[arg(long, default_value_t = 100)]
     num_iterations: u32,
+    /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 /// Renders from the content image and prints `{"seconds": wall, "total": loss}`.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
-    let weights = VggWeights::load(&args.weights, &Device::Cpu)
+    let device = device::open(args.device)?;
+    let weights = VggWeights::load(&args.weights, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let settings = RenderSettings {
         image_size: args.image_size,

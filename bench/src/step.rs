@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use stylefarm_core::image_io::{load_image, resize_to_max_side, DecodeLimits};
 use stylefarm_core::settings::{RenderSettings, TermWeights};
+use stylefarm_engine::device::{self, DeviceKind};
 use stylefarm_engine::objective::{Objective, StyleTargets};
 use stylefarm_engine::tensor::image_to_tensor;
 use stylefarm_engine::vgg::Vgg;
@@ -31,11 +31,15 @@ pub(crate) struct Args {
     /// Use candle's own conv2d instead of the Winograd convolutions.
     #[arg(long)]
     reference: bool,
+    /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
-/// Prints `{"image_hw": [h, w], "seconds": [...], "median": s}`.
+/// Prints `{"image_hw": [h, w], "seconds": [...], "median": s, "device": d}` (the objective
+/// hands its gradient back to the host, so each time covers the whole GPU work too).
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = device::open(args.device)?;
     let weights = VggWeights::load(&args.weights, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let settings = RenderSettings::default();
@@ -72,7 +76,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let (h, w) = objective.dims();
     println!(
         "{}",
-        serde_json::json!({"image_hw": [h, w], "seconds": seconds, "median": median})
+        serde_json::json!({"image_hw": [h, w], "seconds": seconds, "median": median, "device": args.device.to_string()})
     );
     Ok(())
 }

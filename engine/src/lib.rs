@@ -6,11 +6,15 @@
 //! as tensors ([`tensor`]) and one call that renders ([`render`]); the whole image's style
 //! targets in pieces ([`statistics`]) and a shard's evaluation of tiles in lock step
 //! ([`lockstep`]). The hot loops are the convolutions ([`conv`]), the pools and ReLU
-//! ([`ops`]) and the style term's matrix products ([`linalg`]).
+//! ([`ops`]) and the style term's matrix products ([`linalg`]). The same code runs on the CPU
+//! or, with the `cuda` feature, on an NVIDIA GPU ([`device`]): on the GPU the convolutions,
+//! pools, ReLU and products are candle's CUDA operations composed so their answers are the
+//! CPU ops' (the CPU tests check the composed forms against the CPU ops).
 //!
 //! Plain synchronous code: no async runtime, no network.
 
 pub mod conv;
+pub mod device;
 pub mod error;
 pub mod linalg;
 pub mod lockstep;

@@ -99,6 +99,11 @@ impl TileObjective {
         self.vgg.preprocess()
     }
 
+    /// The device the network runs on: tiles and residuals go there.
+    pub fn device(&self) -> &candle_core::Device {
+        self.vgg.device()
+    }
+
     /// The style layers' channel counts.
     pub fn style_channels(&self) -> Vec<usize> {
         self.style_layers

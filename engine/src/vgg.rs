@@ -4,6 +4,10 @@
 //! The weights are frozen, so the backward pass computes input gradients only: no kernel
 //! gradients are formed. Pools and ReLU use the ops of [`crate::ops`], whose gradients match
 //! PyTorch's.
+//!
+//! Off the CPU (CUDA) every convolution is candle's conv2d, its input gradient a conv2d with
+//! the flipped, transposed kernel, and the pool and ReLU gradients are composed from candle
+//! ops. [`Vgg::portable`] runs that same path on the CPU, for the tests.
 
 use std::sync::Arc;
 use stylefarm_core::CoreError;
@@ -44,6 +48,8 @@ pub struct Vgg {
     ops: Vec<LayerName>,
     convs: Vec<Conv>,
     device: Device,
+    /// Whether the device-independent path runs on the CPU too ([`Vgg::portable`]).
+    portable: bool,
 }
 
 /// The activations a forward pass kept, indexed by layer position.
@@ -110,6 +116,7 @@ impl Vgg {
             ops: weights.arch.ops(),
             convs,
             device,
+            portable: false,
         })
     }
 
@@ -130,6 +137,22 @@ impl Vgg {
             c.fast = None;
         }
         vgg
+    }
+
+    /// The same network on the path it takes on a GPU, whatever its device: candle's conv2d
+    /// for every convolution and every input gradient, and the pool and ReLU ops composed from
+    /// candle tensor operations (`ops::composed`). On the CPU this is how the tests check the
+    /// CUDA path's logic; it is slower there than the default.
+    pub fn portable(&self) -> Self {
+        let mut vgg = self.reference();
+        vgg.portable = true;
+        vgg
+    }
+
+    /// Whether the pools, ReLU and the first convolution's gradient take the device-independent
+    /// path: off the CPU, or when asked for.
+    fn generic(&self) -> bool {
+        self.portable || !self.device.is_cpu()
     }
 
     /// VGG-16 or VGG-19.
@@ -232,9 +255,11 @@ impl Vgg {
                     }
                 }
                 LayerKind::Relu => cur.relu()?,
-                LayerKind::Pool => match self.pooling {
-                    Pooling::Max => ops::max_pool2x2(&cur)?,
-                    Pooling::Avg => ops::avg_pool2x2(&cur)?,
+                LayerKind::Pool => match (self.pooling, self.generic()) {
+                    (Pooling::Max, false) => ops::max_pool2x2(&cur)?,
+                    (Pooling::Max, true) => ops::composed::max_pool2x2(&cur)?,
+                    (Pooling::Avg, false) => ops::avg_pool2x2(&cur)?,
+                    (Pooling::Avg, true) => ops::composed::avg_pool2x2(&cur)?,
                 },
             };
             if keep(pos) || (for_backward && self.ops[pos].kind == LayerKind::Relu) {
@@ -289,13 +314,16 @@ impl Vgg {
                 })
             };
             grad = Some(match layer.kind {
+                LayerKind::Relu if self.generic() => ops::composed::relu_backward(&g, kept(pos)?)?,
                 LayerKind::Relu => ops::relu_backward(&g, kept(pos)?)?,
                 LayerKind::Conv => {
                     let c = &self.convs[conv];
                     if let Some(fast) = &c.fast {
                         fast.1.apply(&g, false)?
-                    } else if conv == 0 {
-                        // Three output channels: the transposed convolution is the faster form.
+                    } else if conv == 0 && !self.generic() {
+                        // Three output channels: on the CPU the transposed convolution is the
+                        // faster form. (On CUDA candle's conv_transpose2d is avoided: its
+                        // gradient path was wrong for non-contiguous kernels, candle#3893.)
                         g.conv_transpose2d(&c.weight, 1, 0, 1, 1)?
                     } else {
                         g.conv2d(&c.weight_back, 1, 1, 1, 1)?
@@ -304,12 +332,12 @@ impl Vgg {
                 LayerKind::Pool => {
                     // A pool always follows a ReLU, whose output is kept for backward.
                     let input = kept(pos - 1)?;
-                    match self.pooling {
-                        Pooling::Max => ops::max_pool2x2_backward(&g, input)?,
-                        Pooling::Avg => {
-                            let (_, _, h, w) = input.dims4()?;
-                            ops::avg_pool2x2_backward(&g, h, w)?
-                        }
+                    let (_, _, h, w) = input.dims4()?;
+                    match (self.pooling, self.generic()) {
+                        (Pooling::Max, false) => ops::max_pool2x2_backward(&g, input)?,
+                        (Pooling::Max, true) => ops::composed::max_pool2x2_backward(&g, input)?,
+                        (Pooling::Avg, false) => ops::avg_pool2x2_backward(&g, h, w)?,
+                        (Pooling::Avg, true) => ops::composed::avg_pool2x2_backward(&g, h, w)?,
                     }
                 }
             });

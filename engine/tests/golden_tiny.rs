@@ -21,6 +21,16 @@ fn every_tiny_case_matches_pytorch_float64() {
     }
 }
 
+/// The path a GPU takes (candle's conv2d everywhere, composed pool and ReLU gradients), run on
+/// the CPU: the CUDA build's logic, checked where no GPU is.
+#[test]
+fn every_tiny_case_matches_pytorch_float64_on_the_gpu_path() {
+    for name in Case::names("tiny_golden") {
+        let case = Case::load("tiny_golden", &name);
+        check_case(&case, &vgg_for(&case).portable(), 1e-4);
+    }
+}
+
 #[test]
 fn gram_is_unnormalised_f_ft() {
     let f = candle_core::Tensor::new(

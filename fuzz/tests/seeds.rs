@@ -287,6 +287,7 @@ fn requests() {
                 threads: 2,
                 memory_bytes: 16 << 30,
                 models: vec!["vgg19-caffe".into(), "vgg16-caffe".into()],
+                ..Default::default()
             }),
         },
     );
@@ -356,6 +357,7 @@ fn requests() {
         grams: vec![vec![0; 16]],
         counts: vec![4],
         content: 0.5,
+        ..Default::default()
     });
     request(
         &dir,

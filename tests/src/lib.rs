@@ -621,6 +621,7 @@ impl HungShard {
                     threads: u32::try_from(config.threads).unwrap_or(u32::MAX),
                     memory_bytes: config.memory_bytes,
                     models: engine.models(),
+                    ..Default::default()
                 }),
             })
             .await?

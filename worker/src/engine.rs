@@ -95,7 +95,7 @@ pub struct TaskOutput {
 /// Style targets kept between tasks.
 const TARGET_CACHE_ENTRIES: usize = 4;
 
-/// The Gatys render on candle (CPU): the VGG is loaded once, and style targets are cached by
+/// The Gatys render on candle (the CPU, or a GPU with the `cuda` feature): the VGG is loaded once, and style targets are cached by
 /// everything they depend on, so the frames of a batch that share a style compute them once.
 pub struct CandleEngine {
     vgg: Vgg,
@@ -114,8 +114,19 @@ impl std::fmt::Debug for CandleEngine {
 impl CandleEngine {
     /// Loads a `.safetensors` (torchvision) or `.onnx` (Keras) VGG weights file on the CPU.
     pub fn load(weights: &Path) -> Result<Self> {
-        let weights = VggWeights::load(weights, &Device::Cpu)?;
+        Self::load_on(weights, &Device::Cpu)
+    }
+
+    /// Loads a weights file as [`Self::load`] does, on `device` (see
+    /// [`stylefarm_engine::device::open`]): every task then runs there.
+    pub fn load_on(weights: &Path, device: &Device) -> Result<Self> {
+        let weights = VggWeights::load(weights, device)?;
         Ok(Self::new(Vgg::new(weights, Pooling::Max)?))
+    }
+
+    /// The network the tasks run on.
+    pub fn vgg(&self) -> &Vgg {
+        &self.vgg
     }
 
     /// An engine on an already built network.

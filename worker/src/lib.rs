@@ -86,12 +86,20 @@ pub struct Config {
     pub tls: stylefarm_proto::connect::TlsFiles,
     /// Where the worker counts its tasks and iterations (served by [`http::serve`]).
     pub metrics: WorkerMetrics,
+    /// The GPU the engine runs on, reported as a CUDA worker with its name and free memory;
+    /// `None`: the CPU.
+    pub gpu: Option<stylefarm_engine::device::GpuInfo>,
+    /// The engine's measured speed in input pixels per second
+    /// ([`stylefarm_engine::device::measure_speed`]), reported to the coordinator; 0 = not
+    /// measured.
+    pub pixels_per_second: f64,
 }
 
 impl Config {
     /// A configuration for the coordinator at `coordinator` (`http://host:port`): named after
     /// the host and process, all CPUs, the machine's memory, a temporary blob cache, a
-    /// preview every 10 iterations and 30 s of grace on shutdown.
+    /// preview every 10 iterations and 30 s of grace on shutdown; a CPU worker whose speed
+    /// was not measured.
     pub fn new(coordinator: impl Into<String>) -> Self {
         Self {
             coordinator: coordinator.into(),
@@ -104,6 +112,8 @@ impl Config {
             token: None,
             tls: stylefarm_proto::connect::TlsFiles::default(),
             metrics: WorkerMetrics::new(),
+            gpu: None,
+            pixels_per_second: 0.0,
         }
     }
 }

@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use stylefarm_convert::{f32_bytes, f32_values, preprocess_to_proto, rect_from_proto};
 use stylefarm_core::image_io::{decode_image, resize_exact, DecodeLimits};
 use stylefarm_core::lockstep::{GramSums, LockstepTile};
@@ -221,11 +221,14 @@ impl Session {
                     self.evaluation = t.evaluation;
                 }
                 let (w, h) = (tile.context.width as usize, tile.context.height as usize);
-                let x = Tensor::from_vec(f32_values(&t.values), (1, 3, h, w), &Device::Cpu)
-                    .map_err(|e| engine(e.into()))?;
+                let x =
+                    Tensor::from_vec(f32_values(&t.values), (1, 3, h, w), self.objective.device())
+                        .map_err(|e| engine(e.into()))?;
                 self.pixels.insert(t.tile, (tile, x));
             }
             Command::Sum(s) => {
+                // The time is the driver's measure of this shard's speed (its share of tiles).
+                let started = Instant::now();
                 let mut sums = GramSums::default();
                 for t in &s.tiles {
                     let (tile, x) = self.held(s.evaluation, *t)?;
@@ -250,11 +253,13 @@ impl Session {
                     grams: sums.grams.iter().map(|g| f32_bytes(g)).collect(),
                     counts: sums.counts,
                     content: sums.content,
+                    seconds: started.elapsed().as_secs_f64(),
                 }))?;
             }
             Command::Residuals(r) => {
                 let residuals = self.residuals(&r.residuals)?;
                 for t in &r.tiles {
+                    let started = Instant::now();
                     let (tile, x) = self.held(r.evaluation, *t)?;
                     let g = match self.kept.remove(t) {
                         Some(acts) => self.objective.gradient_from(&tile, &acts, &residuals),
@@ -267,6 +272,7 @@ impl Session {
                         evaluation: r.evaluation,
                         tile: *t,
                         values: f32_bytes(&g),
+                        seconds: started.elapsed().as_secs_f64(),
                     }))?;
                 }
             }
@@ -346,7 +352,8 @@ impl Session {
                         b.len()
                     )));
                 }
-                Tensor::from_vec(f32_values(b), (c, c), &Device::Cpu).map_err(Failure::from_engine)
+                Tensor::from_vec(f32_values(b), (c, c), self.objective.device())
+                    .map_err(Failure::from_engine)
             })
             .collect()
     }

@@ -12,7 +12,13 @@ use anyhow::Context;
 use clap::Parser;
 use stylefarm_core::cache;
 use stylefarm_proto::logging::{self, LogFormat};
+use stylefarm_engine::device::{self, DeviceKind};
 use stylefarm_worker::{CandleEngine, Config};
+
+/// Side of the image the start-up speed measurement runs: small on the CPU, where it costs
+/// start-up time; larger on a GPU, which a small image leaves mostly idle.
+const SPEED_SIDE_CPU: usize = 64;
+const SPEED_SIDE_GPU: usize = 384;
 
 /// A stylefarm render node: leases style-transfer tasks from a coordinator and renders them.
 #[derive(Parser)]
@@ -30,6 +36,15 @@ struct Args {
     /// ($STYLEFARM_CACHE, else ~/.cache/stylefarm).
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
+    /// Where the engine runs: cpu, cuda (the first GPU) or cuda:N. cuda needs a worker built
+    /// with `--features cuda` and an NVIDIA driver.
+    #[arg(
+        long,
+        env = "STYLEFARM_DEVICE",
+        default_value = "cpu",
+        value_name = "DEVICE"
+    )]
+    device: DeviceKind,
     /// CPU threads for the engine (default: all).
     #[arg(
         long,
@@ -168,6 +183,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     if !(args.grace.is_finite() && args.grace >= 0.0) {
         anyhow::bail!("invalid --grace: {} is not a number of seconds", args.grace);
     }
+    let device = device::open(args.device)?;
     let coordinator = args
         .coordinator
         .context("--coordinator (or STYLEFARM_COORDINATOR) is required")?;
@@ -182,11 +198,29 @@ fn start(args: Args) -> anyhow::Result<()> {
             _ => anyhow::Error::from(e),
         }
     })?;
-    let engine = CandleEngine::load(&weights_path)
+    let engine = CandleEngine::load_on(&weights_path, &device)
         .with_context(|| format!("could not load the weights {}", weights_path.display()))?;
-    tracing::info!(weights = %weights_path.display(), models = ?stylefarm_worker::Engine::models(&engine), "engine ready");
+    let side = if device.is_cpu() {
+        SPEED_SIDE_CPU
+    } else {
+        SPEED_SIDE_GPU
+    };
+    let speed = device::measure_speed(engine.vgg(), side)
+        .with_context(|| format!("could not run the network on {}", args.device))?;
+    let gpu = device::gpu_info(&device);
+    tracing::info!(
+        weights = %weights_path.display(),
+        models = ?stylefarm_worker::Engine::models(&engine),
+        device = %args.device,
+        gpu = gpu.as_ref().map_or("", |g| g.name.as_str()),
+        gpu_free_mib = gpu.as_ref().map_or(0, |g| g.free_bytes >> 20),
+        pixels_per_second = speed.round(),
+        "engine ready"
+    );
 
     let mut config = Config::new(coordinator);
+    config.gpu = gpu;
+    config.pixels_per_second = speed;
     if let Some(n) = args.threads {
         config.threads = n as usize;
     } else if let Some(n) = std::env::var("RAYON_NUM_THREADS")

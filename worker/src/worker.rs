@@ -52,10 +52,21 @@ pub async fn run(
     let request = RegisterWorkerRequest {
         name: config.name.clone(),
         capabilities: Some(Capabilities {
-            device: Device::Cpu as i32,
+            device: (if config.gpu.is_some() {
+                Device::Cuda
+            } else {
+                Device::Cpu
+            }) as i32,
             threads: u32::try_from(config.threads).unwrap_or(u32::MAX),
             memory_bytes: config.memory_bytes,
             models: engine.models(),
+            gpu_name: config
+                .gpu
+                .as_ref()
+                .map(|g| g.name.clone())
+                .unwrap_or_default(),
+            gpu_free_bytes: config.gpu.as_ref().map_or(0, |g| g.free_bytes),
+            pixels_per_second: config.pixels_per_second,
         }),
     };
     let Some(mut registration) = register(&rpc, &request, &mut shutdown).await? else {

@@ -1,6 +1,12 @@
 //! The shards of one lock-step driver ([`super`]) as the optimiser's [`TileBackend`]: each
 //! step's tiles spread over the shards present, their answers awaited within a [`Pace`], and a
 //! shard that is gone, stalls or hangs dropped and its tiles given to the others.
+//!
+//! Shards differ in speed (a GPU worker and CPU workers in one job): each reply says how long
+//! its worker computed, and each shard's share of the next step's tiles follows its measured
+//! speed in pixels per second, so that all finish a step at about the same time. Before a
+//! shard has been measured it counts as fast as the mean of those that have (all alike when
+//! none has).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +31,13 @@ pub(super) struct Member {
     replies: mpsc::Receiver<std::result::Result<v1::ShardReply, String>>,
     /// The tiles whose pixels of the current evaluation it holds.
     holds: HashSet<usize>,
+    /// Measured speed, context pixels per second of computing (Gram sums and gradients); `None`
+    /// until it has answered a whole evaluation with its times.
+    speed: Option<f64>,
+    /// Context pixels and seconds of the current evaluation's answers so far.
+    work: (f64, f64),
+    /// Tiles in its last share of a whole step (logged when it changes).
+    share: usize,
 }
 
 /// The shards of one driver, as the optimiser's [`TileBackend`].
@@ -128,6 +141,9 @@ impl<'a> ShardPool<'a> {
             commands: j.commands,
             replies: j.replies,
             holds: HashSet::new(),
+            speed: None,
+            work: (0.0, 0.0),
+            share: 0,
         });
     }
 
@@ -261,8 +277,24 @@ impl<'a> ShardPool<'a> {
         command: impl Fn(Vec<u32>) -> Command,
     ) -> stylefarm_core::Result<Vec<(usize, Vec<usize>)>> {
         self.wait_for_member()?;
+        let whole_step = pending.len() == self.tiles.len();
         let share = self.spread(pending);
         pending.clear();
+        if whole_step {
+            for (m, tiles) in self.members.iter_mut().zip(&share) {
+                if m.share != tiles.len() {
+                    m.share = tiles.len();
+                    tracing::info!(
+                        job_id = %self.job,
+                        task_id = %m.task,
+                        tiles = m.share,
+                        of = self.tiles.len(),
+                        pixels_per_second = m.speed.map_or(0.0, f64::round),
+                        "lock-step share"
+                    );
+                }
+            }
+        }
         let mut asked = Vec::new();
         for (i, tiles) in share.into_iter().enumerate().filter(|(_, t)| !t.is_empty()) {
             let c = command(tiles.iter().map(|&t| t as u32).collect());
@@ -280,7 +312,7 @@ impl<'a> ShardPool<'a> {
     }
 
     /// `pending` spread over the members: each tile to a member that holds its pixels, the
-    /// others round the members with the fewest.
+    /// others by [`spread_by_speed`].
     fn spread(&self, pending: &[usize]) -> Vec<Vec<usize>> {
         let mut share = vec![Vec::new(); self.members.len()];
         let mut loose = Vec::new();
@@ -290,13 +322,86 @@ impl<'a> ShardPool<'a> {
                 None => loose.push(t),
             }
         }
-        for t in loose {
-            let i = (0..share.len())
-                .min_by_key(|&i| share[i].len())
-                .unwrap_or(0);
+        let speeds: Vec<Option<f64>> = self.members.iter().map(|m| m.speed).collect();
+        spread_by_speed(&mut share, &loose, &speeds, |t| self.pixels(t));
+        share
+    }
+
+    /// Context pixels of tile `t`: the work a shard does for it.
+    fn pixels(&self, t: usize) -> f64 {
+        let c = self.tiles[t].context;
+        f64::from(c.width) * f64::from(c.height)
+    }
+
+    /// Counts `seconds` of work on `tiles` towards member `i`'s speed; a reply without a
+    /// time (0, or not a number) counts nothing.
+    fn record_work(&mut self, i: usize, tiles: &[usize], seconds: f64) {
+        if seconds.is_finite() && seconds > 0.0 {
+            let pixels: f64 = tiles.iter().map(|&t| self.pixels(t)).sum();
+            let work = &mut self.members[i].work;
+            work.0 += pixels;
+            work.1 += seconds;
+        }
+    }
+
+    /// Ends an evaluation: each member's work in it becomes its speed.
+    fn update_speeds(&mut self) {
+        for m in &mut self.members {
+            let (pixels, seconds) = std::mem::take(&mut m.work);
+            if pixels > 0.0 && seconds > 0.0 {
+                m.speed = Some(pixels / seconds);
+            }
+        }
+    }
+}
+
+/// Adds `loose` tiles to `share` (one list per member, some tiles already in it) so that the
+/// members finish together: largest tile first, each to the member whose work would end
+/// soonest with it, a member's work being its tiles' pixels over its speed. A member without
+/// a speed counts as the mean of the measured ones (1 when none is); a member's tiles end up
+/// sorted.
+fn spread_by_speed(
+    share: &mut [Vec<usize>],
+    loose: &[usize],
+    speeds: &[Option<f64>],
+    pixels: impl Fn(usize) -> f64,
+) {
+    let measured: Vec<f64> = speeds
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .collect();
+    let mean = if measured.is_empty() {
+        1.0
+    } else {
+        measured.iter().sum::<f64>() / measured.len() as f64
+    };
+    let speed: Vec<f64> = speeds
+        .iter()
+        .map(|s| s.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(mean))
+        .collect();
+    let mut end: Vec<f64> = share
+        .iter()
+        .zip(&speed)
+        .map(|(tiles, s)| tiles.iter().map(|&t| pixels(t)).sum::<f64>() / s)
+        .collect();
+    let mut loose = loose.to_vec();
+    loose.sort_by(|&a, &b| pixels(b).total_cmp(&pixels(a)).then(a.cmp(&b)));
+    for t in loose {
+        let p = pixels(t);
+        let best = (0..share.len()).min_by(|&i, &j| {
+            (end[i] + p / speed[i])
+                .total_cmp(&(end[j] + p / speed[j]))
+                .then(i.cmp(&j))
+        });
+        if let Some(i) = best {
+            end[i] += p / speed[i];
             share[i].push(t);
         }
-        share
+    }
+    for tiles in share {
+        tiles.sort_unstable();
     }
 }
 
@@ -323,6 +428,7 @@ impl TileBackend for ShardPool<'_> {
                     Ok(Reply::Grams(g)) if g.evaluation == self.evaluation => match gram_sums(&g) {
                         Ok(sums) => {
                             total.add(&sums)?;
+                            self.record_work(i, &tiles, g.seconds);
                             continue;
                         }
                         Err(why) => why,
@@ -367,6 +473,7 @@ impl TileBackend for ShardPool<'_> {
                                     let v = f32_values(&g.values);
                                     add_crop(grad, self.width, self.height, r, &v);
                                     waiting.remove(&t);
+                                    self.record_work(i, &[t], g.seconds);
                                     continue;
                                 }
                                 _ => "a gradient of a tile it was not asked for, or of the wrong size"
@@ -384,6 +491,7 @@ impl TileBackend for ShardPool<'_> {
                 self.drop_member(id, &why);
             }
         }
+        self.update_speeds();
         Ok(())
     }
 }
@@ -397,4 +505,149 @@ fn gram_sums(g: &v1::ShardGrams) -> std::result::Result<GramSums, String> {
         counts: g.counts.clone(),
         content: g.content,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use stylefarm_core::tiles::Rect;
+
+    #[test]
+    fn tiles_go_in_proportion_to_speed() {
+        let px = |_| 100.0;
+        // Nobody measured: alike, as before speeds were known.
+        let mut share = vec![Vec::new(); 3];
+        spread_by_speed(&mut share, &(0..12).collect::<Vec<_>>(), &[None; 3], px);
+        assert_eq!(share.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4]);
+        // One GPU four times as fast as each of two CPUs: 8, 2 and 2 end together.
+        let mut share = vec![Vec::new(); 3];
+        let speeds = [Some(400.0), Some(100.0), Some(100.0)];
+        spread_by_speed(&mut share, &(0..12).collect::<Vec<_>>(), &speeds, px);
+        assert_eq!(share.iter().map(Vec::len).collect::<Vec<_>>(), [8, 2, 2]);
+        assert!(share.iter().all(|s| s.windows(2).all(|w| w[0] < w[1])));
+        // A newcomer counts as the mean of the measured (250): 12 tiles in 1:4:2.5 ratios.
+        let mut share = vec![Vec::new(); 3];
+        let speeds = [Some(100.0), Some(400.0), None];
+        spread_by_speed(&mut share, &(0..15).collect::<Vec<_>>(), &speeds, px);
+        assert_eq!(share.iter().map(Vec::len).collect::<Vec<_>>(), [2, 8, 5]);
+        // Tiles already held count towards a member's time; big tiles go first.
+        let mut share = vec![vec![0, 1], Vec::new()];
+        let sizes = [100.0, 100.0, 300.0, 100.0];
+        spread_by_speed(&mut share, &[2, 3], &[Some(1.0), Some(1.0)], |t| sizes[t]);
+        assert_eq!(share, vec![vec![0, 1, 3], vec![2]]);
+    }
+
+    /// A fake shard that computes `per_tile` seconds for each tile and says so, without
+    /// sleeping: what it was asked for each evaluation comes back when its stream closes.
+    fn fake_shard(
+        joins: &mpsc::Sender<Joined>,
+        per_tile: f64,
+    ) -> std::thread::JoinHandle<Vec<usize>> {
+        let (commands, mut received) = tokio::sync::mpsc::channel(256);
+        let (reply, replies) = mpsc::channel();
+        joins
+            .send(Joined {
+                task: TaskId::new(),
+                hello: v1::ShardHello {
+                    lease_id: String::new(),
+                    preprocess: "caffe".into(),
+                    channels: vec![1],
+                },
+                commands,
+                replies,
+            })
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut sums = Vec::new();
+            let mut areas = HashMap::new();
+            while let Some(Ok(v1::ShardCommand { command: Some(c) })) = received.blocking_recv() {
+                let answer = match c {
+                    Command::Tile(t) => {
+                        areas.insert(t.tile, t.values.len() / 12);
+                        continue;
+                    }
+                    Command::Sum(s) => {
+                        sums.push(s.tiles.len());
+                        vec![Reply::Grams(v1::ShardGrams {
+                            evaluation: s.evaluation,
+                            grams: vec![f32_bytes(&[1.0])],
+                            counts: vec![s.tiles.len() as u64],
+                            content: 0.0,
+                            seconds: per_tile * s.tiles.len() as f64,
+                        })]
+                    }
+                    Command::Residuals(r) => r
+                        .tiles
+                        .iter()
+                        .map(|&t| {
+                            Reply::Gradient(v1::ShardGradient {
+                                evaluation: r.evaluation,
+                                tile: t,
+                                values: f32_bytes(&vec![0.5; 3 * areas[&t]]),
+                                seconds: per_tile,
+                            })
+                        })
+                        .collect(),
+                    Command::Done(_) => break,
+                };
+                for a in answer {
+                    if reply.send(Ok(v1::ShardReply { reply: Some(a) })).is_err() {
+                        return sums;
+                    }
+                }
+            }
+            sums
+        })
+    }
+
+    #[test]
+    fn a_fast_shard_gets_more_tiles_from_the_next_step_on() {
+        // A 64x48 image in twelve 16x16 tiles; one shard four times as fast as the other two.
+        let tiles: Vec<LockstepTile> = (0..12)
+            .map(|i| {
+                let r = Rect {
+                    x: 16 * (i % 4),
+                    y: 16 * (i / 4),
+                    width: 16,
+                    height: 16,
+                };
+                LockstepTile {
+                    core: r,
+                    context: r,
+                }
+            })
+            .collect();
+        let (joins, joined) = mpsc::channel();
+        let shards: Vec<_> = [0.001, 0.004, 0.004]
+            .into_iter()
+            .map(|t| fake_shard(&joins, t))
+            .collect();
+        let cancel = AtomicBool::new(false);
+        let mut pool = ShardPool::new(
+            joined,
+            tiles,
+            (64, 48),
+            &cancel,
+            JobId::new(),
+            Duration::from_secs(10),
+        );
+        let x = vec![0.0; 3 * 64 * 48];
+        let mut grad = vec![0.0; x.len()];
+        for _ in 0..3 {
+            let sums = pool.grams(&x).unwrap();
+            assert_eq!(sums.counts, [12]);
+            grad.fill(0.0);
+            pool.gradient(&[vec![0.0]], &mut grad).unwrap();
+            assert!(
+                grad.iter().all(|&g| g == 0.5),
+                "every tile's gradient arrived"
+            );
+        }
+        drop(pool);
+        let asked: Vec<Vec<usize>> = shards.into_iter().map(|s| s.join().unwrap()).collect();
+        // The first step alike (nobody measured yet), then 8, 2 and 2: each shard's step
+        // takes 8 ms.
+        assert_eq!(asked, [vec![4, 8, 8], vec![4, 2, 2], vec![4, 2, 2]]);
+    }
 }

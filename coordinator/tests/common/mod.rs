@@ -196,6 +196,7 @@ pub async fn register(c: &mut Clients, name: &str, memory_bytes: u64) -> String 
                 threads: 2,
                 memory_bytes,
                 models: vec!["vgg19-torch".into()],
+                ..Default::default()
             }),
         })
         .await

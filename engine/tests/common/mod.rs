@@ -1,4 +1,8 @@
 //! Helpers shared by the engine's integration tests: golden files and comparisons.
+//!
+//! The golden cases run on `$STYLEFARM_TEST_DEVICE` (`cpu` unless set; `cuda` with a build
+//! with `--features cuda`, as `bench/gpu-check.sh` runs them), with the golden files from
+//! `$STYLEFARM_TEST_DATA` when set (a copy of `tests/data` next to prebuilt test binaries).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -14,9 +18,19 @@ use stylefarm_engine::vgg::Vgg;
 use stylefarm_engine::weights::VggWeights;
 
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
+    std::env::var_os("STYLEFARM_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
         .join(name)
+}
+
+/// The device the golden cases run on: `$STYLEFARM_TEST_DEVICE`, the CPU when unset.
+pub fn device() -> Device {
+    let kind = std::env::var("STYLEFARM_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let kind: stylefarm_engine::device::DeviceKind = kind
+        .parse()
+        .unwrap_or_else(|e| panic!("STYLEFARM_TEST_DEVICE: {e}"));
+    stylefarm_engine::device::open(kind).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A golden case: its settings (from the json) and tensors (from the safetensors file).
@@ -31,7 +45,7 @@ impl Case {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(data(&format!("{stem}.json"))).unwrap()).unwrap();
         let tensors =
-            candle_core::safetensors::load(data(&format!("{stem}.safetensors")), &Device::Cpu)
+            candle_core::safetensors::load(data(&format!("{stem}.safetensors")), &device())
                 .unwrap();
         Case {
             name: name.to_string(),
@@ -130,7 +144,7 @@ impl Case {
 }
 
 pub fn load_vgg(path: &std::path::Path) -> Vgg {
-    let w = VggWeights::load(path, &Device::Cpu)
+    let w = VggWeights::load(path, &device())
         .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
     Vgg::new(w, Pooling::Max).unwrap()
 }
