@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use stylefarm_core::cache;
-use stylefarm_proto::logging::{self, LogFormat};
 use stylefarm_engine::device::{self, DeviceKind};
+use stylefarm_proto::logging::{self, LogFormat};
 use stylefarm_worker::{CandleEngine, Config};
 
 /// Side of the image the start-up speed measurement runs: small on the CPU, where it costs
