@@ -86,7 +86,7 @@ export STYLEFARM_PORT=$port STYLEFARM_HTTP_PORT=$http_port STYLEFARM_LEASE_SECON
 openssl rand -hex 32 >"$STYLEFARM_TOKEN_FILE" 2>/dev/null || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STYLEFARM_TOKEN_FILE"
 chmod 644 "$STYLEFARM_TOKEN_FILE"
 
-cli=${STYLEFARM_CLI:-target/debug/stylefarm}
+cli=${STYLEFARM_CLI:-${CARGO_TARGET_DIR:-target}/debug/stylefarm}
 [ -x "$cli" ] || cargo build --quiet --bin stylefarm
 sf() { "$cli" "$@"; }
 

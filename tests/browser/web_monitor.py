@@ -29,9 +29,10 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("STYLEFARM_BIN", os.path.join(ROOT, "target", "debug"))
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
+BIN = os.environ.get("STYLEFARM_BIN", os.path.join(TARGET, "debug"))
 TOKEN = "browser-test-token-4d1f0b"
-SCREENSHOT = os.path.join(ROOT, "target", "web-monitor.png")
+SCREENSHOT = os.path.join(TARGET, "web-monitor.png")
 
 
 def free_port():
@@ -106,7 +107,7 @@ def main():
         try:
             run(driver, base)
         except AssertionError as e:
-            failed = os.path.join(ROOT, "target", "web-monitor-failure.png")
+            failed = os.path.join(TARGET, "web-monitor-failure.png")
             driver.save_screenshot(failed)
             print(f"page at failure ({failed}):\n{driver.find_element(By.TAG_NAME, 'body').text}")
             for entry in driver.get_log("browser"):
