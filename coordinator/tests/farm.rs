@@ -576,7 +576,14 @@ async fn a_crash_mid_job_loses_nothing_that_was_acknowledged() {
         channel,
     };
     let (job_id, worker, result, second) = half_done_job(&mut c).await;
-    rt.shutdown_background();
+    // Its tasks are dropped where they stand, without any shutdown. Dropping them is what
+    // releases the data directory's lock (a real crash releases it with the process), so the
+    // test waits for the runtime's threads to finish dropping them; otherwise the next
+    // coordinator can start while the lock is still held, and refuse (seen in a CI rehearsal
+    // on a loaded machine).
+    tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
     drop(c);
 
     let farm = Farm::start(dir.path()).await;

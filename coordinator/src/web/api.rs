@@ -21,6 +21,7 @@ use super::auth::{authorize, same_site};
 use super::json::{self, JobIn};
 use super::Web;
 use crate::blobs::BlobHash;
+use crate::scheduler::Pool;
 
 /// Jobs listed when the page does not say, and the most it may ask for.
 const DEFAULT_JOBS: u32 = 50;
@@ -137,6 +138,17 @@ pub(super) async fn farm(State(web): State<Web>, headers: HeaderMap) -> ApiResul
                 *n = json!(n.as_u64().unwrap_or(0) + 1);
             }
             let stats = c.sched.stats(now);
+            let tally = c.sched.tally();
+            let pools: serde_json::Map<String, Value> = Pool::ALL
+                .into_iter()
+                .map(|pool| {
+                    let load = json!({
+                        "queued": tally.queue_depth(pool),
+                        "demand": tally.demand(pool),
+                    });
+                    (pool.name().to_owned(), load)
+                })
+                .collect();
             Ok(json!({
                 "now_unix_ms": now,
                 "workers": workers,
@@ -148,6 +160,7 @@ pub(super) async fn farm(State(web): State<Web>, headers: HeaderMap) -> ApiResul
                     "tasks_failed": stats.tasks_failed,
                     "live_workers": stats.workers,
                 },
+                "pools": pools,
             }))
         })
         .await?;

@@ -307,6 +307,12 @@ async fn a_job_is_planned_submitted_watched_listed_and_canceled_through_the_api(
     .await;
     assert_eq!(list["jobs"][0]["id"], json!(id));
     assert_eq!(list["jobs"][0]["state"], json!("queued"));
+    // The farm view counts the two sweep points in the CPU pool's queue (the contact sheet is
+    // the coordinator's own task, in no pool).
+    let farm =
+        body_json(send(&app, bearer(get("/api/farm")).body(Body::empty()).unwrap()).await).await;
+    assert_eq!(farm["pools"]["cpu"], json!({ "queued": 2, "demand": 2 }));
+    assert_eq!(farm["pools"]["cuda"], json!({ "queued": 0, "demand": 0 }));
     let job = body_json(
         send(
             &app,

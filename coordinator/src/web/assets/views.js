@@ -120,6 +120,7 @@ export function farmView(root) {
       card("workers live", q.live_workers),
       card("tasks queued", q.tasks_queued, q.tasks_queued ? ".warn" : ""),
       card("tasks running", q.tasks_running, q.tasks_running ? ".busy" : ""),
+      ...Object.entries(farm.pools).map(([pool, p]) => card(`${pool} queue · demand ${p.demand}`, p.queued, p.queued ? ".warn" : "")),
       ...["active", "queued", "completed", "failed", "canceled"].map((s) => card(`jobs ${s}`, farm.jobs[s] || 0, s === "failed" && farm.jobs[s] ? ".bad" : "")));
     const now = performance.now();
     workers.replaceChildren(...farm.workers.map((w) => {
