@@ -112,22 +112,10 @@ async fn a_worker_renders_jobs_and_a_cancel_stops_its_render() {
 
     let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
     let mut blobs = BlobServiceClient::connect(url).await.unwrap();
-    let content_img = RgbImage::from_fn(40, 30, |x, y| Rgb([x as u8 * 6, y as u8 * 8, 77]));
-    let content = put(&mut blobs, encode_png(&content_img).unwrap()).await;
-    let style = put(&mut blobs, encode_png(&RgbImage::new(16, 16)).unwrap()).await;
+    let (content, style) = put_inputs(&mut blobs).await;
 
     // A long job (1000 s on the fake engine): cancelled once it runs.
-    let long = jobs
-        .submit_job(job(&content, &style, 100_000))
-        .await
-        .unwrap();
-    let long = long.into_inner().job_id;
-    watch_until(
-        &mut jobs,
-        &long,
-        |e| matches!(e, Event::Task(t) if t.progress.as_ref().is_some_and(|p| p.iteration > 0)),
-    )
-    .await;
+    let long = start_long_job(&mut jobs, &content, &style).await;
     jobs.cancel_job(CancelJobRequest {
         job_id: long.clone(),
     })
@@ -158,7 +146,7 @@ async fn a_worker_renders_jobs_and_a_cancel_stops_its_render() {
         &DecodeLimits::default(),
     )
     .unwrap();
-    let mut expected = content_img;
+    let mut expected = content_image();
     image::imageops::invert(&mut expected);
     assert_eq!(out.as_raw(), expected.as_raw());
 
@@ -231,22 +219,10 @@ async fn coordinator_and_worker_metrics_follow_a_job() {
 
     let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
     let mut blobs = BlobServiceClient::connect(url).await.unwrap();
-    let content_img = RgbImage::from_fn(40, 30, |x, y| Rgb([x as u8 * 6, y as u8 * 8, 77]));
-    let content = put(&mut blobs, encode_png(&content_img).unwrap()).await;
-    let style = put(&mut blobs, encode_png(&RgbImage::new(16, 16)).unwrap()).await;
+    let (content, style) = put_inputs(&mut blobs).await;
 
     // While a long task runs: it is the cpu pool's demand, and the worker is busy.
-    let long = jobs
-        .submit_job(job(&content, &style, 100_000))
-        .await
-        .unwrap();
-    let long = long.into_inner().job_id;
-    watch_until(
-        &mut jobs,
-        &long,
-        |e| matches!(e, Event::Task(t) if t.progress.as_ref().is_some_and(|p| p.iteration > 0)),
-    )
-    .await;
+    let long = start_long_job(&mut jobs, &content, &style).await;
     let text = scrape(&coordinator_http, "/metrics").await;
     assert_eq!(
         sample(&text, "stylefarm_tasks{state=\"running\",pool=\"cpu\"}"),
@@ -324,4 +300,38 @@ async fn coordinator_and_worker_metrics_follow_a_job() {
     http_server.await.unwrap().unwrap();
     let _ = stop_coordinator.send(());
     coordinator.await.unwrap().unwrap();
+}
+
+/// The content image the jobs here use (40x30).
+fn content_image() -> RgbImage {
+    RgbImage::from_fn(40, 30, |x, y| Rgb([x as u8 * 6, y as u8 * 8, 77]))
+}
+
+/// Uploads the content image and a 16x16 style image.
+async fn put_inputs(blobs: &mut BlobServiceClient<Channel>) -> (BlobRef, BlobRef) {
+    let content = put(blobs, encode_png(&content_image()).unwrap()).await;
+    let style = put(blobs, encode_png(&RgbImage::new(16, 16)).unwrap()).await;
+    (content, style)
+}
+
+/// Submits a job long enough (1000 s on the fake engine) to still run when looked at, and
+/// returns its id once its task reports progress.
+async fn start_long_job(
+    jobs: &mut JobServiceClient<Channel>,
+    content: &BlobRef,
+    style: &BlobRef,
+) -> String {
+    let long = jobs
+        .submit_job(job(content, style, 100_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    watch_until(
+        jobs,
+        &long,
+        |e| matches!(e, Event::Task(t) if t.progress.as_ref().is_some_and(|p| p.iteration > 0)),
+    )
+    .await;
+    long
 }
