@@ -4,6 +4,7 @@
 //! `RUST_LOG` as usual.
 
 use std::fmt;
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -71,7 +72,11 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Already set (a test harness, or a second call): keep that one.
     let _ = match format {
-        LogFormat::Text => builder.with_writer(std::io::stderr).try_init(),
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(false)
