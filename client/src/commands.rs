@@ -184,6 +184,10 @@ pub struct WorkersArgs {
     /// The coordinator.
     #[command(flatten)]
     pub farm: FarmArgs,
+    /// Only the live workers (seen within a lease duration), not those that stopped or lost
+    /// the coordinator.
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// A runtime for one command's network calls (the CPU work is elsewhere).
@@ -395,13 +399,18 @@ pub fn workers(args: &WorkersArgs) -> Result<()> {
         let client = args.farm.connect().await?;
         anyhow::Ok(client.workers().await?)
     })?;
-    let rows: Vec<Vec<String>> = workers.iter().map(worker_row).collect();
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .filter(|w| w.live || !args.live)
+        .map(worker_row)
+        .collect();
     print!(
         "{}",
         table(
             &[
                 "ID",
                 "NAME",
+                "STATE",
                 "DEVICE",
                 "THREADS",
                 "MEMORY",
@@ -427,6 +436,7 @@ fn worker_row(w: &WorkerInfo) -> Vec<String> {
     vec![
         w.id.clone(),
         w.name.clone(),
+        if w.live { "live" } else { "lost" }.to_string(),
         device.to_string(),
         caps.threads.to_string(),
         match caps.memory_bytes {

@@ -190,13 +190,16 @@ async fn submit_watch_fetch_jobs_cancel_and_workers() {
     assert!(out.stdout.starts_with("ID "), "{}", out.stdout);
     let row = out.stdout.lines().find(|l| l.starts_with(&batch)).unwrap();
     assert!(row.contains("completed") && row.contains("3/3"), "{row}");
-    let out = stylefarm(&["workers"], &env).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.lines().nth(1).unwrap().contains("embedded"),
-        "{}",
-        out.stdout
-    );
+    for args in [&["workers"][..], &["workers", "--live"]] {
+        let out = stylefarm(args, &env).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let row = out.stdout.lines().nth(1).unwrap();
+        assert!(
+            row.contains("embedded") && row.contains(" live "),
+            "{}",
+            out.stdout
+        );
+    }
 
     // cancel: the job ends canceled, and watch says so with a non-zero exit.
     let mut args = vec!["submit", &a, &style, "--num-iterations", "100000"];

@@ -17,8 +17,8 @@ use stylefarm_proto::v1;
 
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler::{
-    Effect, JobRecord, JobState, Lease, Scheduler, Snapshot, TaskKind, TaskRecord, TaskState,
-    WorkerRecord,
+    Effect, JobRecord, JobState, Lease, LossHistory, Scheduler, Snapshot, TaskKind, TaskRecord,
+    TaskState, WorkerRecord,
 };
 
 /// The database file's name inside the data directory.
@@ -429,6 +429,8 @@ fn task_from_row(row: &Row<'_>) -> Result<TaskRecord> {
         attempts: row.get(5)?,
         worker: worker.map(|w| parse_id(&w, what)).transpose()?,
         progress: decode_opt(row.get(10)?, what)?,
+        // Not stored: a restored task's plot starts again from its next report.
+        loss_history: LossHistory::default(),
         result: decode_opt(row.get(11)?, what)?,
         final_losses: decode_opt(row.get(12)?, what)?,
         error: row.get(13)?,

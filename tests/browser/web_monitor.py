@@ -9,7 +9,8 @@ driven over WebDriver (Debian's chromium and chromium-driver, python3-selenium):
 2. drops a content and a style image on the Submit form, asks for the dry run, submits,
 3. on the job's page sees a preview within 2 s of the task starting (on the page), new
    previews at least every 2 s, the iteration advance and the loss plot grow,
-4. saves a screenshot of the job view (target/web-monitor.png),
+4. saves a screenshot of the job view (target/web-monitor.png), and reloaded, plots the
+   losses from before it was opened,
 5. submits a second job, which waits behind the first, and cancels it from the Jobs page.
 
 Bounded: every wait has a deadline, the whole run takes well under two minutes.
@@ -177,6 +178,14 @@ def run(driver, base):
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     driver.save_screenshot(SCREENSHOT)
     print(f"screenshot: {SCREENSHOT}")
+
+    # 4b. Opened again mid-run, the page draws the losses from before it was opened (the
+    # coordinator's history of the running task), not a plot that starts over at one point.
+    driver.refresh()
+    first = int(wait_for("the loss plot after reloading",
+                         lambda: int(attr(driver, "#loss-plot", "data-points") or 0), 10, every=0.02))
+    print(f"plot points on reopening the page: {first} (had {points1})")
+    assert first >= min(10, points1), f"the reopened page plots {first} point(s), not the history"
 
     # 5. A second job waits behind the first (one worker); cancel it from the Jobs page.
     driver.get(f"{base}/#/submit")

@@ -62,7 +62,7 @@ pub(crate) use kind::TaskKind;
 pub(crate) use own::Assembly;
 use records::StateCounts;
 pub(crate) use records::{
-    FailureKind, JobRecord, JobState, Lease, TaskRecord, TaskState, WorkerRecord,
+    FailureKind, JobRecord, JobState, Lease, LossHistory, TaskRecord, TaskState, WorkerRecord,
 };
 pub(crate) use tally::{Counted, Pool, Tally, JOB_STATES, OWN_COLUMN, TASK_STATES};
 pub(crate) use views::Detail;
@@ -230,6 +230,7 @@ impl Scheduler {
                 attempts: 0,
                 worker: None,
                 progress: None,
+                loss_history: LossHistory::default(),
                 result: None,
                 final_losses: None,
                 error: String::new(),
@@ -382,6 +383,9 @@ impl Scheduler {
             let cancel = matches!(task.state, TaskState::Canceled { .. });
             if !cancel {
                 if let Some(p) = progress {
+                    if let Some(l) = &p.losses {
+                        task.loss_history.push(p.iteration, l);
+                    }
                     task.progress = Some(p);
                 }
             }
@@ -671,6 +675,9 @@ impl Scheduler {
         }
         if let Some(l) = task.state.lease() {
             self.leases.insert(l.id, id);
+        } else {
+            // The history is the running attempt's: memory for it only while one runs.
+            task.loss_history.clear();
         }
         if old.is_ready() {
             self.ready.remove(&key);

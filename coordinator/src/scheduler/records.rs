@@ -183,12 +183,68 @@ pub(crate) struct TaskRecord {
     /// The worker that holds or last held the task.
     pub(crate) worker: Option<WorkerId>,
     pub(crate) progress: Option<v1::Progress>,
+    /// The losses of the running attempt so far (empty unless the task holds a lease), for a
+    /// plot that begins before the page was opened.
+    pub(crate) loss_history: LossHistory,
     pub(crate) result: Option<v1::BlobRef>,
     pub(crate) final_losses: Option<v1::Losses>,
     /// Why the last attempt failed ("" when none did).
     pub(crate) error: String,
     /// Workers on which the task failed this run (it prefers others).
     pub(crate) failed_on: Vec<WorkerId>,
+}
+
+/// A running task's losses by iteration, in memory only: at most [`LossHistory::MAX_POINTS`]
+/// points (when full, every other one goes), in `f32` (a plot's precision): at most 2.5 KiB
+/// per running task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct LossHistory {
+    /// (iteration, [content, style, tv, total]), iterations increasing.
+    points: Vec<(u32, [f32; 4])>,
+}
+
+impl LossHistory {
+    pub(crate) const MAX_POINTS: usize = 128;
+
+    /// Adds the losses at `iteration`; an iteration below the last one is a new attempt,
+    /// which starts the history over.
+    pub(crate) fn push(&mut self, iteration: u32, l: &v1::Losses) {
+        match self.points.last() {
+            Some(&(last, _)) if iteration < last => self.points.clear(),
+            Some(&(last, _)) if iteration == last => return,
+            _ => {}
+        }
+        if self.points.len() == Self::MAX_POINTS {
+            let mut i = 0;
+            self.points.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        let f = |x: f64| x as f32;
+        self.points
+            .push((iteration, [f(l.content), f(l.style), f(l.tv), f(l.total)]));
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.points.clear();
+    }
+
+    /// The points on the wire.
+    pub(crate) fn to_proto(&self) -> Vec<v1::LossPoint> {
+        self.points
+            .iter()
+            .map(|&(iteration, [content, style, tv, total])| v1::LossPoint {
+                iteration,
+                losses: Some(v1::Losses {
+                    content: content.into(),
+                    style: style.into(),
+                    tv: tv.into(),
+                    total: total.into(),
+                }),
+            })
+            .collect()
+    }
 }
 
 /// One job.

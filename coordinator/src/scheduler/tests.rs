@@ -148,6 +148,100 @@ fn a_lapsed_lease_requeues_the_task_and_counts_an_attempt() {
 }
 
 #[test]
+fn a_worker_unseen_for_a_lease_duration_is_listed_lost_until_it_is_back() {
+    let mut f = Farm::new();
+    let gone = f.worker(GIB);
+    f.clock.advance(LEASE / 2);
+    let fresh = f.worker(GIB);
+    let live = |f: &Farm| -> Vec<(WorkerId, bool)> {
+        let now = f.now();
+        let mut v: Vec<_> =
+            f.s.workers()
+                .iter()
+                .map(|w| (w.id, f.s.is_live(w, now)))
+                .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<(WorkerId, bool)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(live(&f), sorted(vec![(gone, true), (fresh, true)]));
+    f.clock.advance(LEASE / 2 + Duration::from_millis(1));
+    assert_eq!(live(&f), sorted(vec![(gone, false), (fresh, true)]));
+    assert_eq!(f.s.live_workers(f.now()), 1);
+    assert_eq!(f.s.stats(f.now()).workers, 1);
+    // Back: its next call makes it live again.
+    assert!(f.lease(gone).is_none());
+    assert_eq!(live(&f), sorted(vec![(gone, true), (fresh, true)]));
+}
+
+#[test]
+fn a_running_task_keeps_its_losses_for_the_job_view_until_it_ends() {
+    let mut f = Farm::new();
+    let w = f.worker(GIB);
+    let job = f.job(1, 0, 3, GIB);
+    let g = f.lease(w).unwrap();
+    let report = |f: &mut Farm, lease, iteration: u32| {
+        let total = 1000.0 / f64::from(iteration);
+        let p = v1::Progress {
+            iteration,
+            total_iterations: 500,
+            losses: Some(v1::Losses {
+                total,
+                ..Default::default()
+            }),
+            preview: None,
+        };
+        let now = f.now();
+        f.s.update(lease, Some(p), now).unwrap();
+    };
+    let history = |f: &Farm| -> Vec<(u32, f64)> {
+        let j = f.s.job_proto(job, Detail::Full).unwrap();
+        j.tasks[0]
+            .loss_history
+            .iter()
+            .map(|p| (p.iteration, p.losses.unwrap().total))
+            .collect()
+    };
+    for it in 1..=3 {
+        report(&mut f, g.lease, it);
+    }
+    report(&mut f, g.lease, 3); // the same iteration again adds nothing
+    assert_eq!(
+        history(&f),
+        [(1, 1000.0), (2, 500.0), (3, 1000.0 / 3.0)].map(|(i, t)| (i, f64::from(t as f32)))
+    );
+    // Not in every task event, nor in listings.
+    assert!(Scheduler::task_proto(f.task(g.task), true)
+        .loss_history
+        .is_empty());
+    let listed = f.s.job_proto(job, Detail::Summary).unwrap();
+    assert!(listed.tasks[0].loss_history.is_empty());
+    // Bounded however long it runs, the newest point always kept.
+    for it in 4..=1000 {
+        report(&mut f, g.lease, it);
+    }
+    let h = history(&f);
+    assert!(
+        h.len() <= LossHistory::MAX_POINTS && h.len() > LossHistory::MAX_POINTS / 2,
+        "{}",
+        h.len()
+    );
+    assert!(h.windows(2).all(|p| p[0].0 < p[1].0));
+    assert_eq!((h[0].0, h[h.len() - 1].0), (1, 1000));
+    // A lapsed lease ends the attempt: the next one starts a history of its own.
+    assert_eq!(f.expire_after(LEASE * 2), 1);
+    assert!(history(&f).is_empty());
+    let g = f.lease(w).unwrap();
+    report(&mut f, g.lease, 1);
+    assert_eq!(history(&f).len(), 1);
+    f.complete(g.lease).unwrap();
+    assert!(history(&f).is_empty());
+}
+
+#[test]
 fn a_stale_lease_is_refused_and_its_late_result_does_not_count() {
     let mut f = Farm::new();
     let (a, b) = (f.worker(0), f.worker(0));

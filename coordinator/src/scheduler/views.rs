@@ -16,7 +16,7 @@ use crate::error::{CoordinatorError, Result};
 /// What goes into a [`v1::Job`] built by [`Scheduler::job_proto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Detail {
-    /// Tasks with their specs.
+    /// Tasks with their specs and loss histories.
     Full,
     /// Tasks without their specs (listings).
     Summary,
@@ -102,6 +102,8 @@ impl Scheduler {
             result: task.result.clone(),
             final_losses: task.final_losses,
             error: task.error.clone(),
+            // Only in a whole job's view (`Detail::Full`), not in every task event.
+            loss_history: Vec::new(),
         }
     }
 
@@ -138,7 +140,13 @@ impl Scheduler {
             JobState::Completed => String::new(),
         };
         let tasks = match detail {
-            Detail::Full => tasks.iter().map(|t| Self::task_proto(t, true)).collect(),
+            Detail::Full => tasks
+                .iter()
+                .map(|t| v1::Task {
+                    loss_history: t.loss_history.to_proto(),
+                    ..Self::task_proto(t, true)
+                })
+                .collect(),
             Detail::Summary => tasks.iter().map(|t| Self::task_proto(t, false)).collect(),
             Detail::NoTasks => Vec::new(),
         };
@@ -237,27 +245,31 @@ impl Scheduler {
         })
     }
 
-    /// The most memory a worker seen within a lease duration of `now` reports (0: none).
+    /// Whether `worker` is live at `now`: seen within a lease duration. One that is not has
+    /// stopped or lost the coordinator; its record stays (for its counts) until it is back.
+    pub(crate) fn is_live(&self, worker: &WorkerRecord, now: i64) -> bool {
+        worker.last_seen_ms >= now.saturating_sub(self.config.lease_ms)
+    }
+
+    /// The most memory a live worker reports (0: none).
     pub(crate) fn max_worker_memory(&self, now: i64) -> u64 {
-        let cutoff = now.saturating_sub(self.config.lease_ms);
         self.workers
             .values()
-            .filter(|w| w.last_seen_ms >= cutoff)
+            .filter(|w| self.is_live(w, now))
             .map(|w| w.capabilities.memory_bytes)
             .max()
             .unwrap_or(0)
     }
 
-    /// The workers seen within a lease duration of `now`.
+    /// The live workers.
     pub(crate) fn live_workers(&self, now: i64) -> usize {
-        let cutoff = now.saturating_sub(self.config.lease_ms);
         self.workers
             .values()
-            .filter(|w| w.last_seen_ms >= cutoff)
+            .filter(|w| self.is_live(w, now))
             .count()
     }
 
-    /// Counts for `QueueStats`; workers count when seen within a lease duration of `now`.
+    /// Counts for `QueueStats`; workers count when live at `now`.
     pub(crate) fn stats(&self, now: i64) -> v1::QueueStatsResponse {
         let mut s = v1::QueueStatsResponse::default();
         for job in self.jobs.values() {
@@ -278,12 +290,7 @@ impl Scheduler {
                 TaskState::Canceled { .. } => {}
             }
         }
-        let cutoff = now.saturating_sub(self.config.lease_ms);
-        s.workers = self
-            .workers
-            .values()
-            .filter(|w| w.last_seen_ms >= cutoff)
-            .count() as u32;
+        s.workers = self.live_workers(now) as u32;
         s
     }
 }

@@ -14,6 +14,7 @@ impl AdminService for Api {
         let workers = self
             .state
             .call(|c| {
+                let now = c.now_ms();
                 Ok(c.sched
                     .workers()
                     .into_iter()
@@ -25,6 +26,7 @@ impl AdminService for Api {
                         current_task_id: w.current_task.map(|t| t.to_string()).unwrap_or_default(),
                         tasks_done: w.tasks_done,
                         tasks_failed: w.tasks_failed,
+                        live: c.sched.is_live(w, now),
                     })
                     .collect())
             })

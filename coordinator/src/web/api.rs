@@ -91,9 +91,6 @@ fn request<T>(message: T, extensions: &Extensions) -> tonic::Request<T> {
 pub(super) async fn farm(State(web): State<Web>, headers: HeaderMap) -> ApiResult {
     authorize(&web, &headers)?;
     let api = &web.http.api;
-    let stale_ms = i64::try_from(api.limits.heartbeat_interval.as_millis())
-        .unwrap_or(i64::MAX / 4)
-        .saturating_mul(5);
     let farm = api
         .state
         .call(move |c| {
@@ -112,7 +109,7 @@ pub(super) async fn farm(State(web): State<Web>, headers: HeaderMap) -> ApiResul
                         "threads": caps.threads,
                         "memory_bytes": caps.memory_bytes,
                         "seen_ms_ago": now.saturating_sub(w.last_seen_ms),
-                        "state": if now.saturating_sub(w.last_seen_ms) > stale_ms {
+                        "state": if !c.sched.is_live(w, now) {
                             "lost"
                         } else if task.is_some() {
                             "busy"

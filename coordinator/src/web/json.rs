@@ -109,6 +109,11 @@ pub(super) fn task(t: &v1::Task) -> Value {
         "result": blob(t.result.as_ref()),
         "final_losses": losses(t.final_losses.as_ref()),
         "error": t.error,
+        // Points as the page's plot keeps them.
+        "loss_history": t.loss_history.iter().map(|p| {
+            let l = p.losses.unwrap_or_default();
+            json!({ "it": p.iteration, "content": l.content, "style": l.style, "tv": l.tv, "total": l.total })
+        }).collect::<Vec<_>>(),
     })
 }
 

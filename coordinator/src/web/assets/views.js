@@ -383,7 +383,12 @@ export function jobView(root, id) {
     source.addEventListener("snapshot", (e) => {
       job = JSON.parse(e.data);
       tasks.clear();
-      for (const t of job.tasks) { tasks.set(t.id, t); remember(t); }
+      for (const t of job.tasks) {
+        tasks.set(t.id, t);
+        // A running task's losses so far, from before the page was opened (or reconnected).
+        if (t.loss_history && t.loss_history.length) history.set(t.id, t.loss_history.slice());
+        remember(t);
+      }
       schedule();
       if (FINAL.has(job.state)) { source.close(); setLive("done"); }
     });
