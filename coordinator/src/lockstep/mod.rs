@@ -101,6 +101,8 @@ pub(crate) type Commands = tokio::sync::mpsc::Sender<std::result::Result<v1::Sha
 pub(crate) struct Joined {
     pub(crate) task: TaskId,
     pub(crate) hello: v1::ShardHello,
+    /// Its worker's speed measured at start-up, for its first share (see [`shards`]).
+    pub(crate) startup_speed: Option<f64>,
     pub(crate) commands: Commands,
     /// What the worker sends after its hello; an error ends the stream.
     pub(crate) replies: mpsc::Receiver<std::result::Result<v1::ShardReply, String>>,

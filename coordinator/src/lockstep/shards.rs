@@ -5,8 +5,10 @@
 //! Shards differ in speed (a GPU worker and CPU workers in one job): each reply says how long
 //! its worker computed, and each shard's share of the next step's tiles follows its measured
 //! speed in pixels per second, so that all finish a step at about the same time. Before a
-//! shard has been measured it counts as fast as the mean of those that have (all alike when
-//! none has).
+//! shard has been measured its worker's start-up speed (measured when it registered, in other
+//! units) stands in: as it is for the first evaluation when every shard has one, scaled by
+//! the shards measured in both ways for a shard that joins later; failing that, it counts as
+//! fast as the mean of the measured ones (all alike when none is).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,8 @@ pub(super) struct Member {
     /// Measured speed, context pixels per second of computing (Gram sums and gradients); `None`
     /// until it has answered a whole evaluation with its times.
     speed: Option<f64>,
+    /// Its worker's speed at start-up (input pixels per second of a VGG pass), if it said.
+    startup: Option<f64>,
     /// Context pixels and seconds of the current evaluation's answers so far.
     work: (f64, f64),
     /// Tiles in its last share of a whole step (logged when it changes).
@@ -142,6 +146,7 @@ impl<'a> ShardPool<'a> {
             replies: j.replies,
             holds: HashSet::new(),
             speed: None,
+            startup: j.startup_speed,
             work: (0.0, 0.0),
             share: 0,
         });
@@ -281,7 +286,8 @@ impl<'a> ShardPool<'a> {
         let share = self.spread(pending);
         pending.clear();
         if whole_step {
-            for (m, tiles) in self.members.iter_mut().zip(&share) {
+            let speeds = self.speeds();
+            for ((m, tiles), speed) in self.members.iter_mut().zip(&share).zip(speeds) {
                 if m.share != tiles.len() {
                     m.share = tiles.len();
                     tracing::info!(
@@ -289,7 +295,8 @@ impl<'a> ShardPool<'a> {
                         task_id = %m.task,
                         tiles = m.share,
                         of = self.tiles.len(),
-                        pixels_per_second = m.speed.map_or(0.0, f64::round),
+                        pixels_per_second = speed.map_or(0.0, f64::round),
+                        measured = m.speed.is_some(),
                         "lock-step share"
                     );
                 }
@@ -322,9 +329,14 @@ impl<'a> ShardPool<'a> {
                 None => loose.push(t),
             }
         }
-        let speeds: Vec<Option<f64>> = self.members.iter().map(|m| m.speed).collect();
-        spread_by_speed(&mut share, &loose, &speeds, |t| self.pixels(t));
+        spread_by_speed(&mut share, &loose, &self.speeds(), |t| self.pixels(t));
         share
+    }
+
+    /// Each member's speed for spreading tiles ([`estimate_speeds`]).
+    fn speeds(&self) -> Vec<Option<f64>> {
+        let known: Vec<_> = self.members.iter().map(|m| (m.speed, m.startup)).collect();
+        estimate_speeds(&known)
     }
 
     /// Context pixels of tile `t`: the work a shard does for it.
@@ -353,6 +365,30 @@ impl<'a> ShardPool<'a> {
             }
         }
     }
+}
+
+/// Speeds from (measured, start-up) pairs: the measured one where there is one; else the
+/// start-up speed times the mean ratio of measured to start-up speed among the members that
+/// have both; before anyone is measured, the start-up speeds as they are when every member
+/// has one (one unit for all); `None` otherwise.
+fn estimate_speeds(known: &[(Option<f64>, Option<f64>)]) -> Vec<Option<f64>> {
+    let ok = |s: &Option<f64>| s.filter(|s| s.is_finite() && *s > 0.0);
+    let ratios: Vec<f64> = known
+        .iter()
+        .filter_map(|(m, s)| Some(ok(m)? / ok(s)?))
+        .collect();
+    let scale = if ratios.is_empty() {
+        // Start-up speeds alone, only when they compare like with like: everyone's.
+        let unmeasured = known.iter().all(|(m, _)| ok(m).is_none());
+        let all_startup = known.iter().all(|(_, s)| ok(s).is_some());
+        (unmeasured && all_startup).then_some(1.0)
+    } else {
+        Some(ratios.iter().sum::<f64>() / ratios.len() as f64)
+    };
+    known
+        .iter()
+        .map(|(m, s)| ok(m).or_else(|| Some(ok(s)? * scale?)))
+        .collect()
 }
 
 /// Adds `loose` tiles to `share` (one list per member, some tiles already in it) so that the
@@ -543,6 +579,7 @@ mod tests {
     fn fake_shard(
         joins: &mpsc::Sender<Joined>,
         per_tile: f64,
+        startup_speed: Option<f64>,
     ) -> std::thread::JoinHandle<Vec<usize>> {
         let (commands, mut received) = tokio::sync::mpsc::channel(256);
         let (reply, replies) = mpsc::channel();
@@ -554,6 +591,7 @@ mod tests {
                     preprocess: "caffe".into(),
                     channels: vec![1],
                 },
+                startup_speed,
                 commands,
                 replies,
             })
@@ -601,9 +639,10 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_fast_shard_gets_more_tiles_from_the_next_step_on() {
-        // A 64x48 image in twelve 16x16 tiles; one shard four times as fast as the other two.
+    /// The tiles each of three fake shards was asked for in each of three evaluations: a
+    /// 64x48 image in twelve 16x16 tiles, one shard four times as fast as the other two, with
+    /// the start-up speeds given.
+    fn three_evaluations(startup: [Option<f64>; 3]) -> Vec<Vec<usize>> {
         let tiles: Vec<LockstepTile> = (0..12)
             .map(|i| {
                 let r = Rect {
@@ -621,7 +660,8 @@ mod tests {
         let (joins, joined) = mpsc::channel();
         let shards: Vec<_> = [0.001, 0.004, 0.004]
             .into_iter()
-            .map(|t| fake_shard(&joins, t))
+            .zip(startup)
+            .map(|(t, s)| fake_shard(&joins, t, s))
             .collect();
         let cancel = AtomicBool::new(false);
         let mut pool = ShardPool::new(
@@ -645,9 +685,63 @@ mod tests {
             );
         }
         drop(pool);
-        let asked: Vec<Vec<usize>> = shards.into_iter().map(|s| s.join().unwrap()).collect();
-        // The first step alike (nobody measured yet), then 8, 2 and 2: each shard's step
-        // takes 8 ms.
-        assert_eq!(asked, [vec![4, 8, 8], vec![4, 2, 2], vec![4, 2, 2]]);
+        shards.into_iter().map(|s| s.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_fast_shard_gets_more_tiles_from_the_next_step_on() {
+        // Nobody's start-up speed known: the first step alike, then 8, 2 and 2 (each shard's
+        // step takes 8 ms).
+        assert_eq!(
+            three_evaluations([None; 3]),
+            [vec![4, 8, 8], vec![4, 2, 2], vec![4, 2, 2]]
+        );
+        // Everyone's known (in other units): 8, 2 and 2 from the first step.
+        assert_eq!(
+            three_evaluations([Some(4000.0), Some(1000.0), Some(1000.0)]),
+            [vec![8, 8, 8], vec![2, 2, 2], vec![2, 2, 2]]
+        );
+        // Wrong start-up speeds only cost the first step.
+        assert_eq!(
+            three_evaluations([Some(1000.0), Some(1000.0), Some(4000.0)]),
+            [vec![2, 8, 8], vec![2, 2, 2], vec![8, 2, 2]]
+        );
+        // One shard's unknown: the others' do not count, being in other units.
+        assert_eq!(
+            three_evaluations([Some(4000.0), None, Some(1000.0)]),
+            [vec![4, 8, 8], vec![4, 2, 2], vec![4, 2, 2]]
+        );
+    }
+
+    #[test]
+    fn start_up_speeds_stand_in_until_measured_scaled_to_the_measured_units() {
+        let e = estimate_speeds;
+        assert_eq!(e(&[(None, None), (None, Some(5.0))]), [None, None]);
+        assert_eq!(
+            e(&[(None, Some(100.0)), (None, Some(25.0))]),
+            [Some(100.0), Some(25.0)]
+        );
+        // A shard joining later: its start-up speed times measured / start-up of the others.
+        assert_eq!(
+            e(&[
+                (Some(40.0), Some(100.0)),
+                (Some(20.0), Some(25.0)),
+                (None, Some(50.0))
+            ]),
+            [Some(40.0), Some(20.0), Some(50.0 * ((0.4 + 0.8) / 2.0))]
+        );
+        // Measured ones without a start-up speed: no scale, the newcomer unknown.
+        assert_eq!(
+            e(&[(Some(40.0), None), (None, Some(50.0))]),
+            [Some(40.0), None]
+        );
+        // Nonsense counts as nothing.
+        assert_eq!(
+            e(&[
+                (Some(f64::NAN), Some(-1.0)),
+                (Some(0.0), Some(f64::INFINITY))
+            ]),
+            [None, None]
+        );
     }
 }

@@ -59,7 +59,7 @@ mod tally;
 mod views;
 
 pub(crate) use kind::TaskKind;
-pub(crate) use own::Assembly;
+pub(crate) use own::{Assembly, ShardLease};
 use records::StateCounts;
 pub(crate) use records::{
     FailureKind, JobRecord, JobState, Lease, LossHistory, TaskRecord, TaskState, WorkerRecord,

@@ -8,6 +8,17 @@ use stylefarm_proto::v1;
 use super::{not_found, Effect, Scheduler, TaskKind, TaskRecord, TaskState};
 use crate::error::{CoordinatorError, Result};
 
+/// What a shard's stream needs to know of its lease ([`Scheduler::shard_lease`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ShardLease {
+    pub(crate) task: TaskId,
+    pub(crate) job: JobId,
+    /// The job's lock-step result, when the render is already over.
+    pub(crate) done: Option<v1::BlobRef>,
+    /// The worker's speed measured at start-up (its registration), input pixels per second.
+    pub(crate) startup_speed: Option<f64>,
+}
+
 impl Scheduler {
     /// The coordinator finished assembling `task` (an assemble task that was ready): with its
     /// result (and the objective of a lock-step render's pixels), or failed for good with a
@@ -67,13 +78,10 @@ impl Scheduler {
         Ok((task.state.is_ready() && task.kind.is_own()).then_some(task))
     }
 
-    /// For a shard's stream: the shard task and job behind `lease`, and the job's lock-step
-    /// result when it is already made.
-    pub(crate) fn shard_lease(
-        &self,
-        lease: LeaseId,
-    ) -> Result<(TaskId, JobId, Option<v1::BlobRef>)> {
-        let (task_id, _) = self.held(lease)?;
+    /// For a shard's stream: the shard task and job behind `lease`, the job's lock-step result
+    /// when it is already made, and the speed its worker measured at start-up.
+    pub(crate) fn shard_lease(&self, lease: LeaseId) -> Result<ShardLease> {
+        let (task_id, held) = self.held(lease)?;
         let task = self
             .tasks
             .get(&task_id)
@@ -88,7 +96,17 @@ impl Scheduler {
             .job_tasks(task.job)
             .find(|t| t.kind == TaskKind::Driver && t.state == TaskState::Succeeded)
             .and_then(|t| t.result.clone());
-        Ok((task_id, task.job, done))
+        let startup_speed = self
+            .workers
+            .get(&held.worker)
+            .map(|w| w.capabilities.pixels_per_second)
+            .filter(|s| s.is_finite() && *s > 0.0);
+        Ok(ShardLease {
+            task: task_id,
+            job: task.job,
+            done,
+            startup_speed,
+        })
     }
 
     /// Assemble tasks ready to run, with what they need: their own spec and, in order, the

@@ -101,7 +101,12 @@ impl WorkerService for Api {
             }
         };
         let lease: LeaseId = parse_id(&hello.lease_id, "hello.lease_id")?;
-        let (task, job, done) = self.state.call(move |c| c.sched.shard_lease(lease)).await?;
+        let crate::scheduler::ShardLease {
+            task,
+            job,
+            done,
+            startup_speed,
+        } = self.state.call(move |c| c.sched.shard_lease(lease)).await?;
         let (commands, stream) = tokio::sync::mpsc::channel(64);
         if let Some(result) = done {
             // The render is over: this shard only has to complete.
@@ -116,6 +121,7 @@ impl WorkerService for Api {
             let joined = crate::lockstep::Joined {
                 task,
                 hello,
+                startup_speed,
                 commands,
                 replies,
             };
