@@ -206,8 +206,9 @@ pub(crate) struct LossHistory {
 impl LossHistory {
     pub(crate) const MAX_POINTS: usize = 128;
 
-    /// Adds the losses at `iteration`; an iteration below the last one is a new attempt,
-    /// which starts the history over.
+    /// Adds the losses at `iteration`, keeping the iterations increasing: a repeat adds
+    /// nothing, and one below the last starts the history over (the scheduler already clears
+    /// it between attempts; this keeps the order whatever a worker sends).
     pub(crate) fn push(&mut self, iteration: u32, l: &v1::Losses) {
         match self.points.last() {
             Some(&(last, _)) if iteration < last => self.points.clear(),
